@@ -1,0 +1,244 @@
+"""The SCP's commitment journal (``commitment.sqlite``): every acknowledged N-ACTION until its
+report is delivered or explicitly given up.
+
+A request is written with a synchronous commit *before* the N-ACTION is answered Success, so a
+crash after the answer cannot lose it. States::
+
+    received -> verifying -> report_pending -> delivered
+                                            -> given_up
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .db import Database
+from .protocol import CommitmentReport, FailedReference, Reference
+
+RECEIVED = "received"
+VERIFYING = "verifying"
+REPORT_PENDING = "report_pending"
+DELIVERED = "delivered"
+GIVEN_UP = "given_up"
+ACTIVE_STATES = (RECEIVED, VERIFYING, REPORT_PENDING)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS transactions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    transaction_uid TEXT NOT NULL,
+    calling_aet TEXT NOT NULL,
+    peer_host TEXT,
+    report_assoc TEXT NOT NULL,
+    duplicate_of INTEGER,
+    state TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    n_refs INTEGER NOT NULL,
+    n_committed INTEGER,
+    n_failed INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    last_error TEXT,
+    delivered_at REAL,
+    delivered_via TEXT
+);
+CREATE INDEX IF NOT EXISTS transactions_state ON transactions (state);
+CREATE INDEX IF NOT EXISTS transactions_uid ON transactions (transaction_uid);
+CREATE TABLE IF NOT EXISTS refs (
+    tx_id INTEGER NOT NULL REFERENCES transactions (id),
+    seq INTEGER NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    failure_reason INTEGER,
+    PRIMARY KEY (tx_id, seq)
+) WITHOUT ROWID
+"""
+
+BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Transaction:
+    id: int
+    transaction_uid: str
+    calling_aet: str
+    peer_host: str | None
+    report_assoc: str
+    duplicate_of: int | None
+    state: str
+    received_at: float
+    updated_at: float
+    n_refs: int
+    n_committed: int | None
+    n_failed: int | None
+    attempts: int
+    next_attempt_at: float | None
+    last_error: str | None
+    delivered_at: float | None
+    delivered_via: str | None
+
+    @property
+    def label(self) -> str:
+        """How logs name a transaction: its UID and journal number."""
+        return f"transaction {self.transaction_uid} (#{self.id})"
+
+
+_COLUMNS = ", ".join(Transaction.__dataclass_fields__)
+
+
+class CommitmentJournal:
+    def __init__(self, path: Path) -> None:
+        self.db = Database(path, SCHEMA, synchronous="FULL")
+
+    def record_request(
+        self,
+        transaction_uid: str,
+        calling_aet: str,
+        peer_host: str | None,
+        report_assoc: str,
+        references: Sequence[Reference],
+    ) -> Transaction:
+        """Persist an N-ACTION durably. A Transaction UID still active in the journal makes
+        this a duplicate: it is kept, and its report fails every reference with 0131H."""
+        now = time.time()
+        with self.db.transaction(durable=True) as conn:
+            active = conn.execute(
+                "SELECT id FROM transactions WHERE transaction_uid = ? AND state IN (?,?,?)"
+                " AND duplicate_of IS NULL",
+                (transaction_uid, *ACTIVE_STATES),
+            ).fetchone()
+            cursor = conn.execute(
+                "INSERT INTO transactions (transaction_uid, calling_aet, peer_host, report_assoc,"
+                " duplicate_of, state, received_at, updated_at, n_refs)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    transaction_uid,
+                    calling_aet,
+                    peer_host,
+                    report_assoc,
+                    active[0] if active else None,
+                    RECEIVED,
+                    now,
+                    now,
+                    len(references),
+                ),
+            )
+            tx_id = cursor.lastrowid
+            conn.executemany(
+                "INSERT INTO refs (tx_id, seq, sop_class_uid, sop_instance_uid)"
+                " VALUES (?,?,?,?)",
+                (
+                    (tx_id, seq, r.sop_class_uid, r.sop_instance_uid)
+                    for seq, r in enumerate(references)
+                ),
+            )
+        return self.get(int(tx_id))  # type: ignore[arg-type]
+
+    def get(self, tx_id: int) -> Transaction:
+        rows = self.db.query(f"SELECT {_COLUMNS} FROM transactions WHERE id = ?", (tx_id,))
+        return Transaction(*rows[0])
+
+    def in_state(self, *states: str) -> list[Transaction]:
+        marks = ",".join("?" * len(states))
+        rows = self.db.query(
+            f"SELECT {_COLUMNS} FROM transactions WHERE state IN ({marks}) ORDER BY id", states
+        )
+        return [Transaction(*row) for row in rows]
+
+    def set_state(self, tx_id: int, state: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE transactions SET state = ?, updated_at = ? WHERE id = ?",
+                (state, time.time(), tx_id),
+            )
+
+    def reference_batches(self, tx_id: int) -> Iterator[list[tuple[int, Reference]]]:
+        """The references of a transaction in bounded batches, with their sequence numbers."""
+        last = -1
+        while True:
+            rows = self.db.query(
+                "SELECT seq, sop_class_uid, sop_instance_uid FROM refs"
+                " WHERE tx_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (tx_id, last, BATCH),
+            )
+            if not rows:
+                return
+            yield [(row[0], Reference(row[1], row[2])) for row in rows]
+            last = rows[-1][0]
+
+    def record_results(self, tx_id: int, results: Sequence[tuple[int, int]]) -> None:
+        """Store (seq, failure reason or 0) for verified references."""
+        with self.db.transaction() as conn:
+            conn.executemany(
+                "UPDATE refs SET failure_reason = ? WHERE tx_id = ? AND seq = ?",
+                ((reason, tx_id, seq) for seq, reason in results),
+            )
+
+    def finish_verification(self, tx_id: int, first_attempt_at: float) -> Transaction:
+        """Count outcomes and queue the report, durably: from here on only delivery remains."""
+        with self.db.transaction(durable=True) as conn:
+            committed, failed = conn.execute(
+                "SELECT sum(failure_reason = 0), sum(failure_reason != 0) FROM refs"
+                " WHERE tx_id = ?",
+                (tx_id,),
+            ).fetchone()
+            conn.execute(
+                "UPDATE transactions SET state = ?, n_committed = ?, n_failed = ?,"
+                " next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                (REPORT_PENDING, committed or 0, failed or 0, first_attempt_at, time.time(), tx_id),
+            )
+        return self.get(tx_id)
+
+    def report(self, tx: Transaction, retrieve_ae_title: str) -> CommitmentReport:
+        report = CommitmentReport(tx.transaction_uid, retrieve_ae_title=retrieve_ae_title)
+        for row in self.db.query(
+            "SELECT sop_class_uid, sop_instance_uid, failure_reason FROM refs"
+            " WHERE tx_id = ? ORDER BY seq",
+            (tx.id,),
+        ):
+            if row[2] == 0:
+                report.committed.append(Reference(row[0], row[1]))
+            else:
+                report.failed.append(FailedReference(row[0], row[1], row[2]))
+        return report
+
+    def record_failed_attempt(self, tx_id: int, error: str, next_attempt_at: float) -> None:
+        with self.db.transaction(durable=True) as conn:
+            conn.execute(
+                "UPDATE transactions SET attempts = attempts + 1, last_error = ?,"
+                " next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                (error, next_attempt_at, time.time(), tx_id),
+            )
+
+    def postpone(self, tx_id: int, reason: str, next_attempt_at: float) -> None:
+        """Wait without counting an attempt (e.g. for the requester to associate again)."""
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE transactions SET last_error = ?, next_attempt_at = ?, updated_at = ?"
+                " WHERE id = ?",
+                (reason, next_attempt_at, time.time(), tx_id),
+            )
+
+    def mark_delivered(self, tx_id: int, via: str) -> None:
+        now = time.time()
+        with self.db.transaction(durable=True) as conn:
+            conn.execute(
+                "UPDATE transactions SET state = ?, attempts = attempts + 1, delivered_at = ?,"
+                " delivered_via = ?, last_error = NULL, next_attempt_at = NULL, updated_at = ?"
+                " WHERE id = ?",
+                (DELIVERED, now, via, now, tx_id),
+            )
+
+    def mark_given_up(self, tx_id: int, error: str) -> None:
+        with self.db.transaction(durable=True) as conn:
+            conn.execute(
+                "UPDATE transactions SET state = ?, last_error = ?, next_attempt_at = NULL,"
+                " updated_at = ? WHERE id = ?",
+                (GIVEN_UP, error, time.time(), tx_id),
+            )
+
+    def close(self) -> None:
+        self.db.close()

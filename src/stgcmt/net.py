@@ -1,0 +1,528 @@
+"""The networking seam: the only module that talks DICOM upper layer and DIMSE.
+
+Services (SCP, SCU, agent) see plain Python objects: :class:`Handlers` for what arrives,
+:class:`Association` for what they send, :class:`Server` for listening. The engine behind them
+is pynetdicom today; replacing it must not touch the services, so nothing pynetdicom-specific
+escapes this module.
+
+Two pynetdicom habits are corrected here: every socket gets TCP_NODELAY (otherwise Nagle and
+delayed ACK cost ~40 ms per message on loopback), and a DIMSE timeout is reported as ``None``
+("outcome unknown") so the caller can re-send on a new association.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydicom.dataset import Dataset
+from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, _config, evt
+from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import _STORAGE_CLASSES
+
+from .config import RemoteAE, Timeouts
+from .protocol import (
+    STORAGE_COMMITMENT_INSTANCE,
+    STORAGE_COMMITMENT_PUSH_MODEL,
+    SUCCESS,
+    VERIFICATION,
+)
+
+log = logging.getLogger(__name__)
+
+# Send C-STORE datasets straight from their files instead of decoding them into memory.
+_config.STORE_SEND_CHUNKED_DATASET = True
+# Our own log lines tell the story; pynetdicom's INFO output would drown them.
+logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+STORAGE_SOP_CLASSES: frozenset[str] = frozenset(_STORAGE_CLASSES.values())
+"""Every Storage SOP Class the SCP accepts (and the only classes it can commit)."""
+
+TRANSFER_SYNTAXES: tuple[str, ...] = tuple(
+    dict.fromkeys([ImplicitVRLittleEndian, ExplicitVRLittleEndian, *AllTransferSyntaxes])
+)
+_NON_STORAGE_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
+MAX_CONTEXTS = 128
+
+CommitmentRole = Literal["scu", "scp"]
+
+
+class AssociationError(ConnectionError):
+    """The peer could not be reached, rejected us, or did not accept what we need."""
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """Who is on the other end of an association."""
+
+    calling_aet: str
+    called_aet: str
+    host: str
+    port: int
+    association_id: int
+
+    def __str__(self) -> str:
+        return f"{self.calling_aet}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An A-ASSOCIATE-RJ to send: permanent by default, from the service user."""
+
+    reason: Literal["calling-aet", "called-aet", "no-reason", "congestion"]
+    transient: bool = False
+
+
+@dataclass
+class StoreRequest:
+    """A received C-STORE: the encoded dataset (without File Meta) and its identity."""
+
+    peer: PeerInfo
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    dataset: bytes
+
+
+@dataclass
+class ActionRequest:
+    """A received N-ACTION. ``information`` is None if absent; ``decode_error`` says why it
+    could not be decoded, so the service can answer with the right status."""
+
+    peer: PeerInfo
+    requested_sop_class_uid: str
+    requested_sop_instance_uid: str
+    action_type_id: int | None
+    information: Dataset | None
+    decode_error: str | None = None
+
+
+@dataclass
+class EventReport:
+    """A received N-EVENT-REPORT."""
+
+    peer: PeerInfo
+    event_type_id: int | None
+    information: Dataset | None
+    decode_error: str | None = None
+
+
+@dataclass
+class Handlers:
+    """What a service does with what arrives. Unset handlers mean "not offered"."""
+
+    accept: Callable[[PeerInfo], Rejection | None] | None = None
+    c_store: Callable[[StoreRequest], int] | None = None
+    n_action: Callable[[Link, ActionRequest], tuple[int, Dataset | None]] | None = None
+    n_action_answered: Callable[[Link], None] | None = None
+    n_event_report: Callable[[Link, EventReport], int] | None = None
+    closed: Callable[[Link], None] | None = None
+
+
+_ids = itertools.count(1)
+
+
+class Link:
+    """An established association, seen from a service: who it is with, and the one message a
+    service ever sends on an association it did not open (the N-EVENT-REPORT, same-association
+    delivery)."""
+
+    def __init__(self, assoc: Any, peer: PeerInfo) -> None:
+        self._assoc = assoc
+        self.peer = peer
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self._assoc.is_established)
+
+    def n_event_report(self, event_type_id: int, information: Dataset) -> int | None:
+        """Send an N-EVENT-REPORT for the Storage Commitment instance; returns the peer's status
+        or None if none came (timeout, abort)."""
+        if not self.is_open:
+            return None
+        try:
+            rsp = self._assoc.send_n_event_report(
+                information,
+                event_type_id,
+                STORAGE_COMMITMENT_PUSH_MODEL,
+                STORAGE_COMMITMENT_INSTANCE,
+            )
+        except (RuntimeError, ValueError, OSError) as exc:
+            log.warning("N-EVENT-REPORT to %s could not be sent: %s", self.peer, exc)
+            return None
+        status, _ = rsp if isinstance(rsp, tuple) else (rsp, None)
+        return _status_of(status)
+
+
+def _status_of(rsp: Dataset | None) -> int | None:
+    if rsp is None or "Status" not in rsp:
+        return None
+    return int(rsp.Status)
+
+
+def _set_nodelay(event: Any) -> None:
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _configure_ae(ae: AE, timeouts: Timeouts, max_pdu: int) -> None:
+    ae.acse_timeout = timeouts.acse
+    ae.dimse_timeout = timeouts.dimse
+    ae.network_timeout = timeouts.network
+    ae.connection_timeout = timeouts.connect
+    ae.maximum_pdu_size = max_pdu
+
+
+def _peer_from_assoc(assoc: Any, *, acceptor: bool) -> PeerInfo:
+    """Peer identity; cached on the association so every handler sees the same id."""
+    cached = getattr(assoc, "_stgcmt_peer", None)
+    if cached is not None:
+        return cached
+    if acceptor:
+        primitive = assoc.requestor.primitive
+        calling = str(primitive.calling_ae_title).strip()
+        called = str(primitive.called_ae_title).strip()
+        host, port = assoc.requestor.address, assoc.requestor.port
+    else:
+        calling = assoc.acceptor.ae_title.strip()
+        called = assoc.requestor.ae_title.strip()
+        host, port = assoc.acceptor.address, assoc.acceptor.port
+    peer = PeerInfo(calling, called, str(host), int(port or 0), next(_ids))
+    assoc._stgcmt_peer = peer
+    return peer
+
+
+_REJECT_DIAGNOSTIC = {"calling-aet": (1, 0x03), "called-aet": (1, 0x07), "no-reason": (1, 0x01)}
+
+
+class _Bridge:
+    """Translates pynetdicom events into calls on :class:`Handlers`."""
+
+    def __init__(self, handlers: Handlers, *, acceptor: bool) -> None:
+        self.handlers = handlers
+        self.acceptor = acceptor
+
+    def link(self, event: Any) -> Link:
+        link = getattr(event.assoc, "_stgcmt_link", None)
+        if link is None:
+            link = Link(event.assoc, _peer_from_assoc(event.assoc, acceptor=self.acceptor))
+            event.assoc._stgcmt_link = link
+        return link
+
+    def evt_handlers(self) -> list[tuple[Any, Callable[..., Any]]]:
+        h = self.handlers
+        pairs: list[tuple[Any, Callable[..., Any]]] = [
+            (evt.EVT_CONN_OPEN, _set_nodelay),
+            (evt.EVT_C_ECHO, lambda event: SUCCESS),
+        ]
+        if self.acceptor:
+            pairs.append((evt.EVT_REQUESTED, self.on_requested))
+        if h.c_store:
+            pairs.append((evt.EVT_C_STORE, self.on_c_store))
+        if h.n_action:
+            pairs.append((evt.EVT_N_ACTION, self.on_n_action))
+            pairs.append((evt.EVT_DIMSE_SENT, self.on_dimse_sent))
+        if h.n_event_report:
+            pairs.append((evt.EVT_N_EVENT_REPORT, self.on_n_event_report))
+        if h.closed:
+            for event_type in (evt.EVT_RELEASED, evt.EVT_ABORTED, evt.EVT_CONN_CLOSE):
+                pairs.append((event_type, self.on_closed))
+        return pairs
+
+    def on_requested(self, event: Any) -> None:
+        if self.handlers.accept is None:
+            return
+        peer = _peer_from_assoc(event.assoc, acceptor=True)
+        rejection = self.handlers.accept(peer)
+        if rejection is None:
+            return
+        if rejection.reason == "congestion":
+            result, source, diagnostic = 2, 3, 0x02
+        else:
+            source, diagnostic = _REJECT_DIAGNOSTIC[rejection.reason]
+            result = 2 if rejection.transient else 1
+        event.assoc.acse.send_reject(result, source, diagnostic)
+
+    def on_c_store(self, event: Any) -> int:
+        assert self.handlers.c_store is not None
+        req = event.request
+        request = StoreRequest(
+            peer=self.link(event).peer,
+            sop_class_uid=str(req.AffectedSOPClassUID),
+            sop_instance_uid=str(req.AffectedSOPInstanceUID),
+            transfer_syntax=str(event.context.transfer_syntax),
+            dataset=event.encoded_dataset(include_meta=False),
+        )
+        return self.handlers.c_store(request)
+
+    def on_n_action(self, event: Any) -> tuple[int, Dataset | None]:
+        assert self.handlers.n_action is not None
+        req = event.request
+        information, error = None, None
+        if req.ActionInformation is not None:
+            try:
+                information = event.action_information
+            except Exception as exc:  # malformed bytes from the peer
+                error = str(exc) or type(exc).__name__
+        request = ActionRequest(
+            peer=self.link(event).peer,
+            requested_sop_class_uid=str(req.RequestedSOPClassUID or ""),
+            requested_sop_instance_uid=str(req.RequestedSOPInstanceUID or ""),
+            action_type_id=req.ActionTypeID,
+            information=information,
+            decode_error=error,
+        )
+        return self.handlers.n_action(self.link(event), request)
+
+    def on_dimse_sent(self, event: Any) -> None:
+        if type(event.message).__name__ == "N_ACTION_RSP" and self.handlers.n_action_answered:
+            self.handlers.n_action_answered(self.link(event))
+
+    def on_n_event_report(self, event: Any) -> tuple[int, None]:
+        assert self.handlers.n_event_report is not None
+        information, error = None, None
+        if event.request.EventInformation is not None:
+            try:
+                information = event.event_information
+            except Exception as exc:
+                error = str(exc) or type(exc).__name__
+        report = EventReport(self.link(event).peer, event.request.EventTypeID, information, error)
+        return self.handlers.n_event_report(self.link(event), report), None
+
+    def on_closed(self, event: Any) -> None:
+        assert self.handlers.closed is not None
+        link = getattr(event.assoc, "_stgcmt_link", None)
+        if link is not None and not getattr(event.assoc, "_stgcmt_closed", False):
+            event.assoc._stgcmt_closed = True
+            self.handlers.closed(link)
+
+
+class Server:
+    """A listening AE. ``storage`` accepts every Storage SOP Class and transfer syntax;
+    ``commitment`` accepts the Storage Commitment Push Model, including associations whose
+    requester asks for the SCP role (reports delivered on a new association)."""
+
+    def __init__(
+        self,
+        aet: str,
+        bind: str,
+        port: int,
+        handlers: Handlers,
+        *,
+        storage: bool = False,
+        commitment: bool = True,
+        timeouts: Timeouts | None = None,
+        max_pdu: int = 0,
+        max_associations: int = 64,
+    ) -> None:
+        self.aet = aet
+        self._address = (bind, port)
+        self._bridge = _Bridge(handlers, acceptor=True)
+        self._ae = AE(ae_title=aet)
+        _configure_ae(self._ae, timeouts or Timeouts(), max_pdu)
+        self._ae.maximum_associations = max_associations
+        self._ae.require_called_aet = False  # checked by the service's accept handler
+        self._ae.add_supported_context(VERIFICATION, _NON_STORAGE_SYNTAXES)
+        if commitment:
+            self._ae.add_supported_context(
+                STORAGE_COMMITMENT_PUSH_MODEL, _NON_STORAGE_SYNTAXES, scu_role=True, scp_role=True
+            )
+        if storage:
+            for uid in sorted(STORAGE_SOP_CLASSES):
+                self._ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+        self._server: Any = None
+
+    def start(self) -> Server:
+        self._server = self._ae.start_server(
+            self._address, block=False, evt_handlers=self._bridge.evt_handlers()
+        )
+        return self
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class ContextPlan:
+    """What an association we open asks for."""
+
+    storage: Sequence[tuple[str, str]] = ()
+    """(SOP Class UID, transfer syntax) pairs for C-STORE."""
+    commitment: CommitmentRole | None = None
+    """'scu' to send N-ACTION (receive reports on it), 'scp' to deliver reports (asks for the
+    SCP role with an SCP/SCU Role Selection item: SCU role 0, SCP role 1)."""
+    echo: bool = False
+    extra: list[Any] = field(default_factory=list)
+
+
+def plan_storage_associations(
+    pairs: Iterable[tuple[str, str]], *, reserve: int = 1
+) -> list[list[tuple[str, str]]]:
+    """Split (SOP Class, transfer syntax) pairs so no association proposes more than 128
+    presentation contexts; ``reserve`` leaves room for commitment and verification."""
+    unique = list(dict.fromkeys(pairs))
+    size = MAX_CONTEXTS - reserve
+    return [unique[i : i + size] for i in range(0, len(unique), size)] or [[]]
+
+
+class Association:
+    """An association we opened. Use as a context manager: it releases on exit."""
+
+    def __init__(self, assoc: Any, peer: PeerInfo) -> None:
+        self._assoc = assoc
+        self.link = Link(assoc, peer)
+        assoc._stgcmt_link = self.link
+
+    @property
+    def peer(self) -> PeerInfo:
+        return self.link.peer
+
+    @property
+    def is_open(self) -> bool:
+        return self.link.is_open
+
+    @property
+    def accepts_commitment(self) -> bool:
+        return any(
+            cx.abstract_syntax == STORAGE_COMMITMENT_PUSH_MODEL
+            for cx in self._assoc.accepted_contexts
+        )
+
+    def accepts(self, sop_class_uid: str, transfer_syntax: str) -> bool:
+        return any(
+            cx.abstract_syntax == sop_class_uid and cx.transfer_syntax[0] == transfer_syntax
+            for cx in self._assoc.accepted_contexts
+        )
+
+    def c_echo(self) -> int | None:
+        return _status_of(self._assoc.send_c_echo())
+
+    def c_store(self, path: Path) -> int | None:
+        """Send one Part 10 file; None means no response arrived (outcome unknown: the
+        association is aborted and the caller should re-send on a new one)."""
+        try:
+            return _status_of(self._assoc.send_c_store(Path(path)))
+        except (RuntimeError, ValueError, AttributeError) as exc:
+            log.warning("C-STORE of %s failed locally: %s", path, exc)
+            return None
+
+    def n_action(self, information: Dataset) -> int | None:
+        rsp = self._assoc.send_n_action(
+            information, 1, STORAGE_COMMITMENT_PUSH_MODEL, STORAGE_COMMITMENT_INSTANCE
+        )
+        status, _ = rsp
+        return _status_of(status)
+
+    def n_event_report(self, event_type_id: int, information: Dataset) -> int | None:
+        return self.link.n_event_report(event_type_id, information)
+
+    def release(self) -> None:
+        if self._assoc.is_established:
+            self._assoc.release()
+
+    def abort(self) -> None:
+        self._assoc.abort()
+
+    def __enter__(self) -> Association:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.release()
+        else:
+            self.abort()
+
+
+_REJECT_WORDS = {
+    0x01: "no reason given",
+    0x02: "application context name not supported",
+    0x03: "calling AE title not recognised",
+    0x07: "called AE title not recognised",
+}
+
+
+def open_association(
+    local_aet: str,
+    remote: RemoteAE,
+    plan: ContextPlan,
+    *,
+    handlers: Handlers | None = None,
+    timeouts: Timeouts | None = None,
+    max_pdu: int = 0,
+) -> Association:
+    """Request an association, raising :class:`AssociationError` with a sentence a user can act
+    on if the peer is unreachable or rejects it."""
+    ae = AE(ae_title=local_aet)
+    _configure_ae(ae, timeouts or Timeouts(), max_pdu)
+    contexts = [build_context(uid, [ts]) for uid, ts in plan.storage]
+    ext_neg: list[Any] = []
+    if plan.commitment:
+        contexts.append(build_context(STORAGE_COMMITMENT_PUSH_MODEL, list(_NON_STORAGE_SYNTAXES)))
+        if plan.commitment == "scp":
+            role = SCP_SCU_RoleSelectionNegotiation()
+            role.sop_class_uid = STORAGE_COMMITMENT_PUSH_MODEL
+            role.scu_role = False
+            role.scp_role = True
+            ext_neg.append(role)
+    if plan.echo or not contexts:
+        contexts.append(build_context(VERIFICATION, list(_NON_STORAGE_SYNTAXES)))
+    if len(contexts) > MAX_CONTEXTS:
+        raise ValueError(f"{len(contexts)} presentation contexts exceed {MAX_CONTEXTS}")
+    bridge = _Bridge(handlers or Handlers(), acceptor=False)
+    assoc = ae.associate(
+        remote.host,
+        remote.port,
+        contexts=contexts,
+        ae_title=remote.aet,
+        ext_neg=ext_neg or None,
+        evt_handlers=bridge.evt_handlers(),
+    )
+    if not assoc.is_established:
+        raise AssociationError(_refusal(assoc, remote))
+    association = Association(assoc, _peer_from_assoc(assoc, acceptor=False))
+    if plan.commitment and not association.accepts_commitment:
+        association.release()
+        raise AssociationError(
+            f"{remote} does not support Storage Commitment Push Model "
+            f"({STORAGE_COMMITMENT_PUSH_MODEL}): presentation context rejected"
+        )
+    return association
+
+
+def _refusal(assoc: Any, remote: RemoteAE) -> str:
+    if assoc.is_rejected:
+        primitive = assoc.acceptor.primitive
+        diagnostic = getattr(primitive, "diagnostic", None)
+        words = _REJECT_WORDS.get(diagnostic, "see the peer's log") if diagnostic else ""
+        transient = " (transient)" if getattr(primitive, "result", 1) == 2 else ""
+        return f"{remote} rejected the association{transient}: {words}"
+    if assoc.is_aborted:
+        return f"{remote} aborted the association request"
+    return f"cannot connect to {remote} (connection refused or timed out)"
+
+
+def is_success(status: int | None) -> bool:
+    return status is not None and (status == SUCCESS or (status & 0xF000) == 0xB000)
+

@@ -1,0 +1,262 @@
+"""Storage Commitment Push Model (PS3.4 Annex J): UIDs, status codes and datasets.
+
+Everything here is pure data: building and parsing the N-ACTION Action Information and the
+N-EVENT-REPORT Event Information, and naming status codes the way the standard does, so that
+logs and output read ``0x0112 no such object instance`` rather than a bare number.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+STORAGE_COMMITMENT_PUSH_MODEL = "1.2.840.10008.1.20.1"
+"""Storage Commitment Push Model SOP Class UID."""
+
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+"""Well-known SOP Instance UID of the Storage Commitment Push Model."""
+
+VERIFICATION = "1.2.840.10008.1.1"
+
+ACTION_TYPE_REQUEST_COMMITMENT = 1
+EVENT_TYPE_ALL_COMMITTED = 1
+EVENT_TYPE_FAILURES_EXIST = 2
+
+# DIMSE status codes (PS3.7 Annex C) used by this service.
+SUCCESS = 0x0000
+PROCESSING_FAILURE = 0x0110
+NO_SUCH_ACTION_TYPE = 0x0123
+NO_SUCH_OBJECT_INSTANCE = 0x0112
+NO_SUCH_ARGUMENT = 0x0114
+INVALID_ARGUMENT_VALUE = 0x0115
+INVALID_OBJECT_INSTANCE = 0x0117
+NO_SUCH_SOP_CLASS = 0x0118
+CLASS_INSTANCE_CONFLICT = 0x0119
+NOT_AUTHORIZED = 0x0124
+DUPLICATE_TRANSACTION_UID = 0x0131
+RESOURCE_LIMITATION = 0x0213
+MISTYPED_ARGUMENT = 0x0212
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+
+_STATUS_WORDS = {
+    SUCCESS: "success",
+    PROCESSING_FAILURE: "processing failure",
+    NO_SUCH_OBJECT_INSTANCE: "no such object instance",
+    NO_SUCH_ARGUMENT: "no such argument",
+    INVALID_ARGUMENT_VALUE: "invalid argument value",
+    INVALID_OBJECT_INSTANCE: "invalid object instance",
+    NO_SUCH_SOP_CLASS: "no such SOP class",
+    CLASS_INSTANCE_CONFLICT: "class-instance conflict",
+    SOP_CLASS_NOT_SUPPORTED: "referenced SOP class not supported",
+    NO_SUCH_ACTION_TYPE: "no such action type",
+    NOT_AUTHORIZED: "not authorized",
+    DUPLICATE_TRANSACTION_UID: "duplicate transaction UID",
+    MISTYPED_ARGUMENT: "mistyped argument",
+    RESOURCE_LIMITATION: "resource limitation",
+    OUT_OF_RESOURCES: "out of resources",
+    CANNOT_UNDERSTAND: "cannot understand",
+}
+
+
+def describe_status(code: int | None) -> str:
+    """Render a status or Failure Reason as hex plus words, e.g. ``0x0112 no such object
+    instance``, so administrators never have to look numbers up."""
+    if code is None:
+        return "no status (no response)"
+    words = _STATUS_WORDS.get(code)
+    if words is None:
+        if 0xA700 <= code <= 0xA7FF:
+            words = "out of resources"
+        elif 0xA900 <= code <= 0xA9FF:
+            words = "data set does not match SOP class"
+        elif 0xC000 <= code <= 0xCFFF:
+            words = "cannot understand"
+        elif code in (0xB000, 0xB006, 0xB007):
+            words = "warning"
+        else:
+            words = "unknown status"
+    return f"0x{code:04X} {words}"
+
+
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+
+def is_valid_uid(value: object) -> bool:
+    """A UID per PS3.5 9.1: dotted numeric components, no leading zeros, at most 64 chars."""
+    return isinstance(value, str) and len(value) <= 64 and bool(_UID_RE.match(value))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One item of a Referenced SOP Sequence or Failed SOP Sequence."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class FailedReference:
+    sop_class_uid: str
+    sop_instance_uid: str
+    failure_reason: int
+
+
+@dataclass
+class CommitmentRequest:
+    """The content of an N-ACTION Action Type 1 request."""
+
+    transaction_uid: str
+    references: list[Reference]
+
+
+@dataclass
+class CommitmentReport:
+    """The content of an N-EVENT-REPORT (Event Type 1 or 2)."""
+
+    transaction_uid: str
+    committed: list[Reference] = field(default_factory=list)
+    failed: list[FailedReference] = field(default_factory=list)
+    retrieve_ae_title: str | None = None
+
+    @property
+    def event_type_id(self) -> int:
+        return EVENT_TYPE_FAILURES_EXIST if self.failed else EVENT_TYPE_ALL_COMMITTED
+
+
+class InvalidRequest(ValueError):
+    """An N-ACTION whose Action Information cannot be honoured; carries the DIMSE status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def new_transaction_uid() -> str:
+    return str(generate_uid())
+
+
+def build_action_information(request: CommitmentRequest) -> Dataset:
+    """Action Information of an N-ACTION request (PS3.4 J.3.2.1.1)."""
+    ds = Dataset()
+    ds.TransactionUID = request.transaction_uid
+    ds.ReferencedSOPSequence = _reference_items(request.references)
+    return ds
+
+
+def _reference_items(refs: Iterable[Reference | FailedReference]) -> list[Dataset]:
+    items = []
+    for ref in refs:
+        item = Dataset()
+        item.ReferencedSOPClassUID = ref.sop_class_uid
+        item.ReferencedSOPInstanceUID = ref.sop_instance_uid
+        if isinstance(ref, FailedReference):
+            item.FailureReason = ref.failure_reason
+        items.append(item)
+    return items
+
+
+def build_event_information(report: CommitmentReport) -> Dataset:
+    """Event Information of an N-EVENT-REPORT (PS3.4 J.3.3.1.1, Tables J.3-2/J.3-3)."""
+    ds = Dataset()
+    ds.TransactionUID = report.transaction_uid
+    if report.retrieve_ae_title:
+        ds.RetrieveAETitle = report.retrieve_ae_title
+    if report.committed:
+        ds.ReferencedSOPSequence = _reference_items(report.committed)
+    if report.failed:
+        ds.FailedSOPSequence = _reference_items(report.failed)
+    return ds
+
+
+def parse_action_information(ds: Dataset | None, max_references: int) -> CommitmentRequest:
+    """Validate an N-ACTION's Action Information, raising :class:`InvalidRequest` with the
+    status the requester should get. Accessing elements may raise on malformed encodings, which
+    is reported as a mistyped argument rather than crashing the association."""
+    if ds is None:
+        raise InvalidRequest(INVALID_ARGUMENT_VALUE, "no Action Information in the N-ACTION")
+    try:
+        return _parse_action_information(ds, max_references)
+    except InvalidRequest:
+        raise
+    except Exception as exc:  # pydicom raises many types on malformed values
+        raise InvalidRequest(MISTYPED_ARGUMENT, f"cannot decode Action Information: {exc}") from exc
+
+
+def _parse_action_information(ds: Dataset, max_references: int) -> CommitmentRequest:
+    transaction_uid = ds.get("TransactionUID")
+    if not transaction_uid:
+        raise InvalidRequest(INVALID_ARGUMENT_VALUE, "Transaction UID (0008,1195) is missing")
+    transaction_uid = str(transaction_uid)
+    if not is_valid_uid(transaction_uid):
+        raise InvalidRequest(
+            INVALID_ARGUMENT_VALUE, f"Transaction UID (0008,1195) {transaction_uid!r} is not a UID"
+        )
+    if "ReferencedSOPSequence" not in ds:
+        raise InvalidRequest(
+            INVALID_ARGUMENT_VALUE, "Referenced SOP Sequence (0008,1199) is missing"
+        )
+    items = ds.ReferencedSOPSequence
+    if len(items) == 0:
+        raise InvalidRequest(INVALID_ARGUMENT_VALUE, "Referenced SOP Sequence (0008,1199) is empty")
+    if len(items) > max_references:
+        raise InvalidRequest(
+            RESOURCE_LIMITATION,
+            f"{len(items)} references exceed the limit of {max_references} per request",
+        )
+    return CommitmentRequest(transaction_uid, [_parse_reference(i, n) for n, i in enumerate(items)])
+
+
+def _parse_reference(item: Dataset, index: int) -> Reference:
+    sop_class = item.get("ReferencedSOPClassUID")
+    sop_instance = item.get("ReferencedSOPInstanceUID")
+    for keyword, value in (
+        ("Referenced SOP Class UID (0008,1150)", sop_class),
+        ("Referenced SOP Instance UID (0008,1155)", sop_instance),
+    ):
+        if not value:
+            raise InvalidRequest(
+                INVALID_ARGUMENT_VALUE, f"item {index + 1} lacks {keyword}"
+            )
+        if not is_valid_uid(str(value)):
+            raise InvalidRequest(
+                INVALID_ARGUMENT_VALUE, f"item {index + 1}: {keyword} {str(value)!r} is not a UID"
+            )
+    return Reference(str(sop_class), str(sop_instance))
+
+
+def parse_event_information(ds: Dataset | None) -> CommitmentReport:
+    """Read an N-EVENT-REPORT's Event Information; raises :class:`InvalidRequest` if it has no
+    usable Transaction UID (the report cannot then be matched to anything)."""
+    if ds is None or not ds.get("TransactionUID"):
+        raise InvalidRequest(INVALID_ARGUMENT_VALUE, "Transaction UID (0008,1195) is missing")
+    try:
+        committed = [
+            Reference(str(i.ReferencedSOPClassUID), str(i.ReferencedSOPInstanceUID))
+            for i in ds.get("ReferencedSOPSequence", [])
+        ]
+        failed = [
+            FailedReference(
+                str(i.ReferencedSOPClassUID),
+                str(i.ReferencedSOPInstanceUID),
+                int(i.get("FailureReason", PROCESSING_FAILURE)),
+            )
+            for i in ds.get("FailedSOPSequence", [])
+        ]
+    except Exception as exc:
+        raise InvalidRequest(MISTYPED_ARGUMENT, f"cannot decode Event Information: {exc}") from exc
+    retrieve = ds.get("RetrieveAETitle")
+    return CommitmentReport(
+        str(ds.TransactionUID), committed, failed, str(retrieve) if retrieve else None
+    )
+
+
+def chunked(items: Sequence, size: int) -> Iterable[Sequence]:
+    """Slices of ``items`` of at most ``size`` elements (bounded batches for SQL lookups)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

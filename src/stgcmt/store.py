@@ -1,0 +1,342 @@
+"""The instance store: Part 10 files on disk plus an SQLite index (``index.sqlite``).
+
+C-STORE writes a temp file and renames it into place, then indexes it with ``durable = 0``: no
+fsync on the receive path. Commitment is the durability barrier: :meth:`InstanceStore.verify`
+fsyncs files and directories in a batch and marks rows durable with a synchronous commit before
+anything is reported committed. After a crash, :meth:`InstanceStore.recover` re-checks every
+non-durable row against its SHA-256 and drops rows whose file did not survive intact, so the
+index never claims a file it does not have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
+from .db import Database
+from .protocol import (
+    CLASS_INSTANCE_CONFLICT,
+    NO_SUCH_OBJECT_INSTANCE,
+    PROCESSING_FAILURE,
+    RESOURCE_LIMITATION,
+    SOP_CLASS_NOT_SUPPORTED,
+    Reference,
+    chunked,
+)
+
+log = logging.getLogger(__name__)
+
+IMPLEMENTATION_VERSION = "STGCMT_010"
+LOOKUP_BATCH = 500
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    sop_class_uid TEXT NOT NULL,
+    study_instance_uid TEXT,
+    series_instance_uid TEXT,
+    patient_id TEXT,
+    transfer_syntax TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    source_aet TEXT,
+    received_at REAL NOT NULL,
+    durable INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS instances_not_durable ON instances (durable) WHERE durable = 0;
+CREATE TABLE IF NOT EXISTS class_conflicts (
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    source_aet TEXT,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (sop_instance_uid, sop_class_uid)
+)
+"""
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: Path
+    size: int
+    sha256: str
+    durable: bool
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What a C-STORE did: ``stored``, ``duplicate`` (first copy kept), ``replaced`` or
+    ``conflict`` (same instance UID already held under another SOP Class)."""
+
+    action: str
+    path: Path
+
+
+class InstanceStore:
+    """Files under ``<data_dir>/instances`` fanned out by hash, index in ``index.sqlite``."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        supported_classes: frozenset[str],
+        overwrite_duplicates: bool = False,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.root = self.data_dir / "instances"
+        self.tmp = self.data_dir / "tmp"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.supported_classes = supported_classes
+        self.overwrite_duplicates = overwrite_duplicates
+        self.db = Database(self.data_dir / "index.sqlite", SCHEMA)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def path_for(self, sop_instance_uid: str) -> Path:
+        """Fan out into 256x256 directories: one huge directory gets slow to create files in."""
+        digest = hashlib.sha1(sop_instance_uid.encode()).hexdigest()
+        return self.root / digest[:2] / digest[2:4] / f"{sop_instance_uid}.dcm"
+
+    def store(
+        self,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        dataset: bytes,
+        source_aet: str,
+    ) -> StoreOutcome:
+        """Write one received instance and index it. Raises ``ValueError`` for a dataset that
+        cannot be parsed and ``OSError`` for storage failures (the caller maps both to a
+        C-STORE status)."""
+        existing = self._lookup([sop_instance_uid]).get(sop_instance_uid)
+        if existing is not None and existing.sop_class_uid != sop_class_uid:
+            self._record_conflict(sop_instance_uid, sop_class_uid, source_aet)
+            return StoreOutcome("conflict", existing.path)
+        if existing is not None and not self.overwrite_duplicates:
+            return StoreOutcome("duplicate", existing.path)
+
+        content = _part10(sop_class_uid, sop_instance_uid, transfer_syntax, dataset)
+        attributes = _index_attributes(content)
+        final = self.path_for(sop_instance_uid)
+        self._write_atomically(final, content)
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid,"
+                " study_instance_uid, series_instance_uid, patient_id, transfer_syntax, path,"
+                " size, sha256, source_aet, received_at, durable)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,0)",
+                (
+                    sop_instance_uid,
+                    sop_class_uid,
+                    *attributes,
+                    transfer_syntax,
+                    str(final.relative_to(self.data_dir)),
+                    len(content),
+                    hashlib.sha256(content).hexdigest(),
+                    source_aet,
+                    time.time(),
+                ),
+            )
+        return StoreOutcome("replaced" if existing else "stored", final)
+
+    def _write_atomically(self, final: Path, content: bytes) -> None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp = self.tmp / f"{final.name}.{os.getpid()}.{time.monotonic_ns()}.part"
+        try:
+            temp.write_bytes(content)
+            os.replace(temp, final)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    def _record_conflict(self, sop_instance_uid: str, sop_class_uid: str, aet: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO class_conflicts VALUES (?,?,?,?)",
+                (sop_instance_uid, sop_class_uid, aet, time.time()),
+            )
+
+    # -- looking up ----------------------------------------------------------------------------
+
+    def _lookup(self, uids: Sequence[str]) -> dict[str, StoredInstance]:
+        found: dict[str, StoredInstance] = {}
+        for batch in chunked(list(uids), LOOKUP_BATCH):
+            marks = ",".join("?" * len(batch))
+            for row in self.db.query(
+                "SELECT sop_instance_uid, sop_class_uid, path, size, sha256, durable"
+                f" FROM instances WHERE sop_instance_uid IN ({marks})",
+                list(batch),
+            ):
+                found[row[0]] = StoredInstance(
+                    row[0], row[1], self.data_dir / row[2], row[3], row[4], bool(row[5])
+                )
+        return found
+
+    def count(self) -> int:
+        return int(self.db.query("SELECT count(*) FROM instances")[0][0])
+
+    # -- the commitment barrier ----------------------------------------------------------------
+
+    def verify(self, refs: Sequence[Reference], policy: str) -> list[int]:
+        """Failure Reason per reference (0 = committed), checking by ``policy`` (exists, size
+        or checksum) and making every instance reported committed durable first."""
+        rows = self._lookup([r.sop_instance_uid for r in refs])
+        reasons = [self._check(ref, rows.get(ref.sop_instance_uid), policy) for ref in refs]
+        passing = {
+            ref.sop_instance_uid: rows[ref.sop_instance_uid]
+            for ref, reason in zip(refs, reasons, strict=True)
+            if reason == 0 and not rows[ref.sop_instance_uid].durable
+        }
+        if passing:
+            barrier_failure = self._make_durable(list(passing.values()))
+            if barrier_failure:
+                reasons = [
+                    barrier_failure if r == 0 and ref.sop_instance_uid in passing else r
+                    for ref, r in zip(refs, reasons, strict=True)
+                ]
+        return reasons
+
+    def _check(self, ref: Reference, row: StoredInstance | None, policy: str) -> int:
+        if ref.sop_class_uid not in self.supported_classes:
+            return SOP_CLASS_NOT_SUPPORTED
+        if row is None:
+            return NO_SUCH_OBJECT_INSTANCE
+        if row.sop_class_uid != ref.sop_class_uid:
+            return CLASS_INSTANCE_CONFLICT
+        problem = file_problem(row, policy)
+        if problem:
+            log.error("instance %s fails verification: %s", ref.sop_instance_uid, problem)
+            return PROCESSING_FAILURE
+        return 0
+
+    def _make_durable(self, rows: list[StoredInstance]) -> int:
+        """fsync files, then their directories, then mark the rows durable with a synchronous
+        commit. Returns 0, or the Failure Reason to report if stable storage failed."""
+        try:
+            directories: set[Path] = set()
+            for row in rows:
+                _fsync_path(row.path)
+                directories.update((row.path.parent, row.path.parent.parent))
+            directories.add(self.root)
+            for directory in directories:
+                _fsync_path(directory)
+            with self.db.transaction(durable=True) as conn:
+                for batch in chunked([r.sop_instance_uid for r in rows], LOOKUP_BATCH):
+                    marks = ",".join("?" * len(batch))
+                    conn.execute(
+                        f"UPDATE instances SET durable = 1 WHERE sop_instance_uid IN ({marks})",
+                        list(batch),
+                    )
+        except OSError as exc:
+            log.error("cannot make %d instances durable: %s", len(rows), exc)
+            return RESOURCE_LIMITATION if exc.errno in (28, 122) else PROCESSING_FAILURE
+        return 0
+
+    # -- after a crash -------------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Drop index rows whose file did not survive a crash intact; clear temp files.
+        Returns how many rows were dropped."""
+        for leftover in self.tmp.glob("*.part"):
+            leftover.unlink(missing_ok=True)
+        dropped = 0
+        rows = self.db.query(
+            "SELECT sop_instance_uid, sop_class_uid, path, size, sha256, durable"
+            " FROM instances WHERE durable = 0"
+        )
+        for row in rows:
+            instance = StoredInstance(row[0], row[1], self.data_dir / row[2], row[3], row[4], False)
+            problem = file_problem(instance, "checksum")
+            if problem:
+                log.warning(
+                    "instance %s did not survive a restart intact (%s): removed from the index",
+                    instance.sop_instance_uid,
+                    problem,
+                )
+                with self.db.transaction() as conn:
+                    conn.execute(
+                        "DELETE FROM instances WHERE sop_instance_uid = ?", (row[0],)
+                    )
+                dropped += 1
+        return dropped
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def file_problem(row: StoredInstance, policy: str) -> str | None:
+    """Why the file behind an index row is not what the index says, or None."""
+    try:
+        size = row.path.stat().st_size
+    except OSError as exc:
+        return f"file {row.path} unreadable: {exc.strerror}"
+    if policy in ("size", "checksum") and size != row.size:
+        return f"file {row.path} has {size} bytes, index says {row.size}"
+    if policy == "checksum":
+        digest = sha256_of(row.path)
+        if digest != row.sha256:
+            return f"file {row.path} SHA-256 {digest[:12]}… differs from index {row.sha256[:12]}…"
+    return None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _part10(sop_class: str, sop_instance: str, transfer_syntax: str, dataset: bytes) -> bytes:
+    """Preamble, File Meta Information and the dataset exactly as received."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    buffer = BytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    buffer.write(dataset)
+    return buffer.getvalue()
+
+
+_INDEX_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "PatientID"]
+
+
+def _index_attributes(content: bytes) -> tuple[str | None, ...]:
+    """Study/Series UID and Patient ID for the index; raises ValueError if the dataset cannot
+    be parsed at all (the SCP then refuses it rather than keep a file it cannot read)."""
+    try:
+        ds = dcmread(BytesIO(content), stop_before_pixels=True, specific_tags=_INDEX_TAGS)
+        return tuple(_text(ds.get(keyword)) for keyword in _INDEX_TAGS)
+    except Exception as exc:
+        raise ValueError(f"dataset cannot be parsed: {exc}") from exc
+
+
+def _text(value: object) -> str | None:
+    return None if value is None or value == "" else str(value)
+
