@@ -128,8 +128,7 @@ class CommitmentJournal:
             )
             tx_id = cursor.lastrowid
             conn.executemany(
-                "INSERT INTO refs (tx_id, seq, sop_class_uid, sop_instance_uid)"
-                " VALUES (?,?,?,?)",
+                "INSERT INTO refs (tx_id, seq, sop_class_uid, sop_instance_uid) VALUES (?,?,?,?)",
                 (
                     (tx_id, seq, r.sop_class_uid, r.sop_instance_uid)
                     for seq, r in enumerate(references)

@@ -525,4 +525,3 @@ def _refusal(assoc: Any, remote: RemoteAE) -> str:
 
 def is_success(status: int | None) -> bool:
     return status is not None and (status == SUCCESS or (status & 0xF000) == 0xB000)
-

@@ -220,9 +220,7 @@ def _parse_reference(item: Dataset, index: int) -> Reference:
         ("Referenced SOP Instance UID (0008,1155)", sop_instance),
     ):
         if not value:
-            raise InvalidRequest(
-                INVALID_ARGUMENT_VALUE, f"item {index + 1} lacks {keyword}"
-            )
+            raise InvalidRequest(INVALID_ARGUMENT_VALUE, f"item {index + 1} lacks {keyword}")
         if not is_valid_uid(str(value)):
             raise InvalidRequest(
                 INVALID_ARGUMENT_VALUE, f"item {index + 1}: {keyword} {str(value)!r} is not a UID"

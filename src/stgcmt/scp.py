@@ -188,9 +188,7 @@ class StorageCommitmentSCP:
                 request.peer.calling_aet,
             )
         except ValueError as exc:
-            log.error(
-                "C-STORE %s from %s refused: %s", request.sop_instance_uid, request.peer, exc
-            )
+            log.error("C-STORE %s from %s refused: %s", request.sop_instance_uid, request.peer, exc)
             return CANNOT_UNDERSTAND
         except OSError as exc:
             status = OUT_OF_RESOURCES if exc.errno in (28, 122) else PROCESSING_FAILURE

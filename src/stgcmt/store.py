@@ -268,9 +268,7 @@ class InstanceStore:
                     problem,
                 )
                 with self.db.transaction() as conn:
-                    conn.execute(
-                        "DELETE FROM instances WHERE sop_instance_uid = ?", (row[0],)
-                    )
+                    conn.execute("DELETE FROM instances WHERE sop_instance_uid = ?", (row[0],))
                 dropped += 1
         return dropped
 
@@ -339,4 +337,3 @@ def _index_attributes(content: bytes) -> tuple[str | None, ...]:
 
 def _text(value: object) -> str | None:
     return None if value is None or value == "" else str(value)
-

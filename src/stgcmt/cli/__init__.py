@@ -1,0 +1,59 @@
+"""``stgcmt`` command line: a thin layer that parses arguments and calls the library.
+
+Each sub-command lives in its own module with ``register(subparsers)``; the module's ``run``
+returns the process exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from .. import __version__
+from . import scp_cmd, status_cmd
+from .common import EXIT_USAGE
+
+COMMANDS = (scp_cmd, status_cmd)
+
+EPILOG = """\
+commands:
+  scp      run the Storage Commitment SCP archive
+  status   show transactions and instances (SCP data dir or SCU journal)
+
+Peers are written AET@HOST:PORT. Run 'stgcmt COMMAND --help' for examples.
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors exit with 3, the status stgcmt documents for usage and connection errors
+    (argparse's own 2 means "pending" for ``stgcmt send``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="stgcmt",
+        description="DICOM Storage Commitment (Push Model) archive and tools.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"stgcmt {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

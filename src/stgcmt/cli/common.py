@@ -1,0 +1,43 @@
+"""Argument helpers shared by the sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import ConfigError, RemoteAE, validate_aet
+
+EXIT_USAGE = 3
+
+
+def remote_ae(text: str) -> RemoteAE:
+    try:
+        return RemoteAE.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def ae_title(text: str) -> str:
+    try:
+        return validate_aet(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_logging_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more detail (-vv: DIMSE/ACSE too)"
+    )
+    parser.add_argument("--log-file", type=Path, help="also write the log to this file")
+
+
+def subcommand(
+    subparsers: argparse._SubParsersAction, name: str, summary: str, examples: str
+) -> argparse.ArgumentParser:
+    return subparsers.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog="examples:\n" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )

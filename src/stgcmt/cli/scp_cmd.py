@@ -1,0 +1,95 @@
+"""``stgcmt scp``: run the archive."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from ..config import REPORT_ASSOC_CHOICES, VERIFY_CHOICES, ConfigError, load_scp_config
+from ..logs import setup_logging
+from ..scp import StorageCommitmentSCP
+from .common import EXIT_USAGE, add_logging_flags, ae_title, remote_ae, subcommand
+
+log = logging.getLogger("stgcmt.cli")
+
+EXAMPLES = """\
+  stgcmt scp                                   # AE STGCMT_SCP, port 11112, ./stgcmt-data
+  stgcmt scp --remote MODALITY@10.0.0.5:104    # who may store/commit, where reports go
+  stgcmt scp --config archive.toml -v
+  stgcmt scp --accept-unknown --report-assoc auto --verify size
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subcommand(subparsers, "scp", "run the Storage Commitment SCP archive", EXAMPLES)
+    p.add_argument("--aet", type=ae_title, help="our AE title (default STGCMT_SCP)")
+    p.add_argument("--bind", metavar="HOST", help="listen address (default all interfaces)")
+    p.add_argument("--port", type=int, help="listen port (default 11112)")
+    p.add_argument("--data-dir", type=Path, help="files and index (default ./stgcmt-data)")
+    p.add_argument("--config", type=Path, metavar="FILE.toml", help="TOML configuration")
+    p.add_argument(
+        "--remote",
+        action="append",
+        type=remote_ae,
+        default=[],
+        metavar="AET@HOST:PORT",
+        help="a known peer: may associate, and reports to it go there (repeatable)",
+    )
+    p.add_argument(
+        "--report-assoc",
+        choices=REPORT_ASSOC_CHOICES,
+        help="where reports go: new association (default, IHE), the requesting one, or auto",
+    )
+    p.add_argument(
+        "--verify",
+        choices=VERIFY_CHOICES,
+        help="how an instance is checked before it is committed (default checksum)",
+    )
+    p.add_argument(
+        "--accept-unknown",
+        action="store_true",
+        default=None,
+        help="let unlisted AEs store and commit (their reports go on their own association)",
+    )
+    p.add_argument(
+        "--overwrite-duplicates",
+        action="store_true",
+        default=None,
+        help="a repeated SOP Instance UID replaces the stored copy (default: keep the first)",
+    )
+    p.add_argument("--max-references", type=int, help="largest N-ACTION accepted (0213H above)")
+    add_logging_flags(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.verbose, args.log_file)
+    try:
+        config = load_scp_config(
+            args.config,
+            aet=args.aet,
+            bind=args.bind,
+            port=args.port,
+            data_dir=args.data_dir,
+            remotes=args.remote,
+            report_assoc=args.report_assoc,
+            verify=args.verify,
+            accept_unknown=args.accept_unknown,
+            overwrite_duplicates=args.overwrite_duplicates,
+            max_references=args.max_references,
+        )
+        scp = StorageCommitmentSCP(config)
+        scp.start()
+    except (ConfigError, OSError) as exc:
+        log.error("cannot start the SCP: %s", exc)
+        return EXIT_USAGE
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    log.info("shutting down")
+    scp.stop()
+    return 0
