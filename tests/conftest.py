@@ -131,3 +131,34 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
             return value
         time.sleep(interval)
     return None
+
+
+# -- SCU side (stgcmt send / agent) -----------------------------------------------------------
+
+
+@pytest.fixture
+def scu_journal(tmp_path: Path):
+    """An SCU journal in the test's directory, closed afterwards."""
+    from stgcmt.scu_journal import ScuJournal
+
+    journal = ScuJournal(tmp_path / "scu-journal.sqlite")
+    yield journal
+    journal.close()
+
+
+@pytest.fixture
+def archive_factory():
+    """Start plain pynetdicom archives (tests/pynetdicom_archive.py); stopped after the test."""
+    from pynetdicom_archive import Archive
+
+    started: list[Archive] = []
+
+    def start(**kwargs) -> tuple[Archive, int]:
+        archive = Archive(**kwargs)
+        port = archive.start()
+        started.append(archive)
+        return archive, port
+
+    yield start
+    for archive in started:
+        archive.stop()

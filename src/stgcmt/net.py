@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import logging
 import socket
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,7 @@ class Link:
     def __init__(self, assoc: Any, peer: PeerInfo) -> None:
         self._assoc = assoc
         self.peer = peer
+        self._send_lock = threading.Lock()  # one request in flight per association
 
     @property
     def is_open(self) -> bool:
@@ -146,6 +148,10 @@ class Link:
     def n_event_report(self, event_type_id: int, information: Dataset) -> int | None:
         """Send an N-EVENT-REPORT for the Storage Commitment instance; returns the peer's status
         or None if none came (timeout, abort)."""
+        with self._send_lock:
+            return self._send_n_event_report(event_type_id, information)
+
+    def _send_n_event_report(self, event_type_id: int, information: Dataset) -> int | None:
         if not self.is_open:
             return None
         try:
@@ -168,7 +174,8 @@ def _status_of(rsp: Dataset | None) -> int | None:
     return int(rsp.Status)
 
 
-def _set_nodelay(event: Any) -> None:
+def _on_connection_open(event: Any) -> None:
+    event.assoc._stgcmt_connected = True
     sock = getattr(event.assoc.dul.socket, "socket", None)
     if sock is not None:
         with contextlib.suppress(OSError):  # already closed
@@ -222,7 +229,7 @@ class _Bridge:
     def evt_handlers(self) -> list[tuple[Any, Callable[..., Any]]]:
         h = self.handlers
         pairs: list[tuple[Any, Callable[..., Any]]] = [
-            (evt.EVT_CONN_OPEN, _set_nodelay),
+            (evt.EVT_CONN_OPEN, _on_connection_open),
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
         ]
         if self.acceptor:
@@ -252,6 +259,9 @@ class _Bridge:
             source, diagnostic = _REJECT_DIAGNOSTIC[rejection.reason]
             result = 2 if rejection.transient else 1
         event.assoc.acse.send_reject(result, source, diagnostic)
+        # As pynetdicom's own rejection path does: let the DUL send the A-ASSOCIATE-RJ before
+        # the acceptor thread closes the socket.
+        event.assoc.kill()
 
     def on_c_store(self, event: Any) -> int:
         assert self.handlers.c_store is not None
@@ -518,9 +528,11 @@ def _refusal(assoc: Any, remote: RemoteAE) -> str:
         words = _REJECT_WORDS.get(diagnostic, "see the peer's log") if diagnostic else ""
         transient = " (transient)" if getattr(primitive, "result", 1) == 2 else ""
         return f"{remote} rejected the association{transient}: {words}"
+    if not getattr(assoc, "_stgcmt_connected", False):
+        return f"cannot connect to {remote} (connection refused or timed out)"
     if assoc.is_aborted:
         return f"{remote} aborted the association request"
-    return f"cannot connect to {remote} (connection refused or timed out)"
+    return f"{remote} did not answer the association request"
 
 
 def is_success(status: int | None) -> bool:

@@ -70,6 +70,7 @@ class StorageCommitmentSCP:
         self._requesting_link: dict[int, net.Link] = {}
         self._links_by_aet: dict[str, list[net.Link]] = defaultdict(list)
         self._in_flight: set[int] = set()
+        self._reassociated: set[str] = set()  # AEs with a fresh association to report on
         self._stored: dict[int, Counter[str]] = defaultdict(Counter)
         self._delivery = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="stgcmt-report")
         self._worker = threading.Thread(target=self._run, name="stgcmt-commitment", daemon=True)
@@ -283,6 +284,7 @@ class StorageCommitmentSCP:
             links = self._links_by_aet[link.peer.calling_aet]
             if link not in links:
                 links.append(link)
+            self._reassociated.add(link.peer.calling_aet)
             self._wake.notify_all()
 
     # -- the worker: verify, then deliver --------------------------------------------------------
@@ -306,6 +308,7 @@ class StorageCommitmentSCP:
         """One pass; returns how long to sleep before the next pass is due."""
         with self._lock:
             unanswered = {tx for txs in self._awaiting_answer.values() for tx in txs}
+            reassociated, self._reassociated = self._reassociated, set()
         for tx in self.journal.in_state(RECEIVED, VERIFYING):
             if tx.id not in unanswered:
                 self._verify(tx)
@@ -315,7 +318,7 @@ class StorageCommitmentSCP:
             if tx.id in unanswered:
                 continue
             due = tx.next_attempt_at or now
-            if due <= now:
+            if due <= now or tx.calling_aet in reassociated:
                 self._submit_delivery(tx)
             else:
                 next_due = min(next_due, due)
@@ -438,7 +441,7 @@ class StorageCommitmentSCP:
         delay = self.config.retry.delay(attempts)
         self.journal.record_failed_attempt(tx.id, error, time.time() + delay)
         log.warning(
-            "%s: delivery attempt %d failed: %s; next attempt in %.0f s",
+            "%s: delivery attempt %d failed: %s; next attempt in %.1f s",
             tx.label,
             attempts,
             error,

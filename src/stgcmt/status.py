@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .db import open_readonly
+from .protocol import describe_status
 
 STATE_WORDS = {
     "received": "received",
@@ -79,3 +80,81 @@ def format_scp_status(status: dict[str, Any]) -> str:
 
 def _dash(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+SCU_TX_STATES = ("storing", "pending", "committed", "failed", "aborted")
+
+
+def scu_status(journal_path: Path, limit: int = 50) -> dict[str, Any]:
+    """The SCU journal: counts by state, and the most recent transactions (pending first) with
+    every file's state, Failure Reason and what was done with it."""
+    conn = open_readonly(Path(journal_path))
+    try:
+        counts = dict(conn.execute("SELECT state, count(*) FROM transactions GROUP BY state"))
+        file_counts = dict(conn.execute("SELECT state, count(*) FROM files GROUP BY state"))
+        rows = conn.execute(
+            "SELECT id, transaction_uid, local_aet, archive, state, on_commit, move_dir, n_files,"
+            " n_committed, n_failed, created_at, requested_at, reported_at, report_via,"
+            " last_error FROM transactions ORDER BY state != 'pending', id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        transactions = [
+            dict(row)
+            | {
+                "files": [
+                    dict(f)
+                    for f in conn.execute(
+                        "SELECT path, sop_instance_uid, state, store_status, store_error,"
+                        " failure_reason, action, action_note FROM files WHERE tx_id = ?"
+                        " ORDER BY seq",
+                        (row["id"],),
+                    )
+                ]
+            }
+            for row in rows
+        ]
+    finally:
+        conn.close()
+    return {
+        "journal": str(journal_path),
+        "transactions_by_state": {state: counts.get(state, 0) for state in SCU_TX_STATES},
+        "files_by_state": file_counts,
+        "transactions": transactions,
+    }
+
+
+def format_scu_status(status: dict[str, Any], files_shown: int = 20) -> str:
+    """Transactions, then under each the files that are not (yet) committed."""
+    counts = status["transactions_by_state"]
+    lines = [
+        f"journal  {status['journal']}",
+        "transactions  " + ", ".join(f"{s}: {n}" for s, n in counts.items()),
+        "files         " + ", ".join(f"{s}: {n}" for s, n in status["files_by_state"].items()),
+    ]
+    for tx in status["transactions"]:
+        lines.append("")
+        lines.append(
+            f"#{tx['id']} {tx['state']:<9} {tx['transaction_uid']} to {tx['archive']} as"
+            f" {tx['local_aet']}: {tx['n_files']} files, {_dash(tx['n_committed'])} committed,"
+            f" {_dash(tx['n_failed'])} failed; on commit {tx['on_commit']};"
+            f" requested {_when(tx['requested_at'])}, reported {_when(tx['reported_at'])}"
+        )
+        if tx["last_error"]:
+            lines.append(f"    last error: {tx['last_error']}")
+        lines.extend(_scu_file_lines(tx["files"], files_shown))
+    return "\n".join(lines)
+
+
+def _scu_file_lines(files: list[dict[str, Any]], shown: int) -> list[str]:
+    open_files = [f for f in files if f["state"] != "committed" or f["action"] == "due"]
+    lines = []
+    for f in open_files[:shown]:
+        if f["failure_reason"] is not None:
+            why = describe_status(f["failure_reason"])
+        else:
+            why = f["store_error"] or f["action_note"] or ""
+        action = " (delete/move due)" if f["action"] == "due" else ""
+        lines.append(f"    {f['state']:<12} {f['path']}  {why}{action}".rstrip())
+    if len(open_files) > shown:
+        lines.append(f"    ... {len(open_files) - shown} more (see --json)")
+    return lines

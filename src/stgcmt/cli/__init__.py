@@ -12,14 +12,16 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from .. import __version__
-from . import scp_cmd, status_cmd
+from . import agent_cmd, scp_cmd, send_cmd, status_cmd
 from .common import EXIT_USAGE
 
-COMMANDS = (scp_cmd, status_cmd)
+COMMANDS = (scp_cmd, send_cmd, agent_cmd, status_cmd)
 
 EPILOG = """\
 commands:
   scp      run the Storage Commitment SCP archive
+  send     send files, request commitment, delete/move them once committed
+  agent    receive late commitment reports for send and act on them
   status   show transactions and instances (SCP data dir or SCU journal)
 
 Peers are written AET@HOST:PORT. Run 'stgcmt COMMAND --help' for examples.

@@ -7,31 +7,37 @@ import json
 import sys
 from pathlib import Path
 
-from ..status import format_scp_status, scp_status
+from ..status import format_scp_status, format_scu_status, scp_status, scu_status
 from .common import EXIT_USAGE, subcommand
 
 EXAMPLES = """\
   stgcmt status --data-dir ./stgcmt-data          # the SCP's transactions and instances
   stgcmt status --data-dir ./stgcmt-data --json   # for scripts
+  stgcmt status --journal ~/.local/state/stgcmt/scu-journal.sqlite   # what send/agent await
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subcommand(subparsers, "status", "show commitment transactions and their state", EXAMPLES)
     p.add_argument("--data-dir", type=Path, help="an SCP data directory")
+    p.add_argument("--journal", type=Path, metavar="FILE", help="an SCU journal (stgcmt send)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--limit", type=int, default=50, help="transactions listed (default 50)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.data_dir is None:
-        print("stgcmt status: give --data-dir", file=sys.stderr)
+    if (args.data_dir is None) == (args.journal is None):
+        print("stgcmt status: give --data-dir or --journal", file=sys.stderr)
         return EXIT_USAGE
+    if args.journal is not None:
+        read, render, where = scu_status, format_scu_status, args.journal
+    else:
+        read, render, where = scp_status, format_scp_status, args.data_dir
     try:
-        status = scp_status(args.data_dir, args.limit)
+        status = read(where, args.limit)
     except FileNotFoundError as exc:
         print(f"stgcmt status: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(json.dumps(status, indent=2) if args.json else format_scp_status(status))
+    print(json.dumps(status, indent=2) if args.json else render(status))
     return 0

@@ -1,0 +1,68 @@
+"""The SCU-side agent: a long-running listener for late Storage Commitment reports.
+
+Archives may answer hours or days after ``stgcmt send`` has given up waiting. The agent listens
+as the sender's AE title, matches every report against the shared journal, and performs the
+delete/move requested at send time. All of its memory is the journal, so a restart loses
+nothing: on start it finishes the file actions a crash left due and waits for every pending
+transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .config import Timeouts
+from .scu import DEFAULT_AET, DEFAULT_LISTEN_BIND, ReportHandler, finish_due_actions, report_server
+from .scu_journal import PENDING, ScuJournal
+
+log = logging.getLogger("stgcmt.agent")
+
+DEFAULT_PORT = 11113
+
+
+class Agent:
+    """Run with :meth:`start` / :meth:`stop` (or as a context manager)."""
+
+    def __init__(
+        self,
+        journal_path: Path,
+        aet: str = DEFAULT_AET,
+        bind: str = DEFAULT_LISTEN_BIND,
+        port: int = DEFAULT_PORT,
+        timeouts: Timeouts | None = None,
+    ) -> None:
+        self.aet = aet
+        self.bind = bind
+        self.journal = ScuJournal(journal_path)
+        self.handler = ReportHandler(self.journal, aet)
+        self._server = report_server(self.handler, bind, port, timeouts)
+
+    def start(self) -> Agent:
+        finish_due_actions(self.journal)
+        pending = self.journal.in_state(PENDING)
+        self._server.start()
+        log.info(
+            "agent %s listening on %s:%d for reports (%d transactions pending, journal %s)",
+            self.aet,
+            self.bind,
+            self.port,
+            len(pending),
+            self.journal.path,
+        )
+        return self
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    def stop(self) -> None:
+        self._server.stop()
+        self.journal.close()
+        log.info("agent %s stopped", self.aet)
+
+    def __enter__(self) -> Agent:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

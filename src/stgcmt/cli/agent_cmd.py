@@ -1,0 +1,54 @@
+"""``stgcmt agent``: receive late Storage Commitment reports for ``stgcmt send``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from ..agent import DEFAULT_PORT, Agent
+from ..logs import setup_logging
+from ..scu import DEFAULT_AET, DEFAULT_LISTEN_BIND
+from ..scu_journal import default_journal_path
+from .common import EXIT_USAGE, add_logging_flags, ae_title, subcommand
+from .send_cmd import add_journal_flag
+
+log = logging.getLogger("stgcmt.cli")
+
+EXAMPLES = f"""\
+  stgcmt agent --aet CT1 --port 11113          # the AE and port the archive reports to
+  stgcmt agent --aet CT1 --bind 10.0.0.5 --port 104 --journal /var/lib/ct1/scu.sqlite
+
+It shares the journal with 'stgcmt send' (default {default_journal_path()}); run send
+without --listen (or on another port) while the agent holds the port.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subcommand(subparsers, "agent", "receive late commitment reports and act on them", EXAMPLES)
+    p.add_argument(
+        "--aet", type=ae_title, default=DEFAULT_AET, help=f"our AE title ({DEFAULT_AET})"
+    )
+    p.add_argument("--bind", default=DEFAULT_LISTEN_BIND, metavar="HOST", help="listen address")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
+    add_journal_flag(p)
+    add_logging_flags(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.verbose, args.log_file)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        agent = Agent(args.journal or default_journal_path(), args.aet, args.bind, args.port)
+        agent.start()
+    except OSError as exc:
+        log.error("cannot start the agent: %s", exc)
+        return EXIT_USAGE
+    stop.wait()
+    log.info("shutting down")
+    agent.stop()
+    return 0

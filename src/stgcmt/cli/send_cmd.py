@@ -1,0 +1,173 @@
+"""``stgcmt send``: store files, request commitment, release local copies once committed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..logs import setup_logging
+from ..net import AssociationError
+from ..scu import (
+    DEFAULT_AET,
+    DEFAULT_LISTEN_BIND,
+    REPORT_ASSOC_CHOICES,
+    ProgressCallback,
+    SendOptions,
+    SendResult,
+    UsageError,
+    send,
+)
+from ..scu_journal import COMMITTED, ScuJournal, default_journal_path
+from .common import EXIT_USAGE, add_logging_flags, ae_title, remote_ae, subcommand
+
+log = logging.getLogger("stgcmt.cli")
+
+EXAMPLES = """\
+  stgcmt send ARCHIVE@pacs:11112 ./outbox --aet CT1 --listen 11113 --delete-committed
+  stgcmt send ARCHIVE@pacs:11112 study1/ study2/ --aet CT1 --report-assoc same --per-study
+  stgcmt send ARCHIVE@pacs:11112 ./outbox --aet CT1 --move-committed ./sent --json
+
+exit status: 0 all committed, 1 some failed (kept), 2 report not received in time
+(pending in the journal; 'stgcmt agent' can receive it later), 3 usage or connection error.
+"""
+
+
+def add_journal_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--journal",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=f"SCU journal (default {default_journal_path()})",
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subcommand(subparsers, "send", "send files and request Storage Commitment (SCU)", EXAMPLES)
+    p.add_argument("archive", type=remote_ae, metavar="ARCHIVE_AET@HOST:PORT")
+    p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="files or folders")
+    p.add_argument(
+        "--aet", type=ae_title, default=DEFAULT_AET, help=f"our AE title ({DEFAULT_AET})"
+    )
+    p.add_argument("--listen", type=int, metavar="PORT", help="listen for reports on a new assoc.")
+    p.add_argument(
+        "--listen-bind",
+        default=DEFAULT_LISTEN_BIND,
+        metavar="HOST",
+        help=f"listener address (default {DEFAULT_LISTEN_BIND}: the archive must reach it)",
+    )
+    p.add_argument(
+        "--report-assoc",
+        choices=REPORT_ASSOC_CHOICES,
+        default="any",
+        help="where a report is accepted: new association, the sending one, or any (default)",
+    )
+    p.add_argument(
+        "--same-assoc-wait",
+        type=float,
+        metavar="S",
+        help="keep the sending association open S s for a report (default: --timeout with"
+        " 'same', 10 with 'any')",
+    )
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="wait for reports")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--delete-committed", action="store_true", help="delete committed files")
+    action.add_argument("--move-committed", type=Path, metavar="DIR", help="move them to DIR")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--per-study", action="store_true", help="one transaction per study")
+    split.add_argument("--per-series", action="store_true", help="one transaction per series")
+    p.add_argument("--max-refs", type=int, metavar="N", help="at most N files per transaction")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    add_journal_flag(p)
+    add_logging_flags(p)
+    p.set_defaults(run=run)
+
+
+def options_from(args: argparse.Namespace) -> SendOptions:
+    return SendOptions(
+        aet=args.aet,
+        report_assoc=args.report_assoc,
+        same_assoc_wait=args.same_assoc_wait,
+        timeout=args.timeout,
+        on_commit="delete" if args.delete_committed else "move" if args.move_committed else "keep",
+        move_dir=args.move_committed,
+        group_by="study" if args.per_study else "series" if args.per_series else None,
+        max_refs=args.max_refs,
+        listen_port=args.listen,
+        listen_bind=args.listen_bind,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.verbose, args.log_file)
+    try:
+        options = options_from(args).checked()
+        journal = ScuJournal(args.journal or default_journal_path())
+    except UsageError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    except OSError as exc:
+        log.error("cannot open the journal: %s", exc)
+        return EXIT_USAGE
+    try:
+        with _progress(enabled=not args.json and sys.stderr.isatty()) as progress:
+            result = send(args.archive, args.paths, journal, options, progress)
+    except UsageError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    except (AssociationError, OSError) as exc:
+        log.error("%s; no local file was deleted", exc)
+        return EXIT_USAGE
+    finally:
+        journal.close()
+    print(json.dumps(result.to_json(), indent=2) if args.json else summary(result, args.verbose))
+    return result.exit_status
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[ProgressCallback | None]:
+    """A C-STORE progress bar on stderr, only for a person watching."""
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("C-STORE"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("send", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+_EXIT_WORDS = {
+    0: "all committed",
+    1: "some files were not committed (kept)",
+    2: "report not received in time (pending in the journal)",
+}
+
+
+def summary(result: SendResult, verbose: int = 0) -> str:
+    """Per transaction, then every file not committed (every file with -v), then totals."""
+    lines = []
+    for tx in result.transactions:
+        error = f" ({tx.error})" if tx.error and tx.state != COMMITTED else ""
+        lines.append(
+            f"transaction {tx.transaction_uid} (#{tx.journal_id}): {tx.state},"
+            f" {len(tx.files)} files{error}"
+        )
+        for f in tx.files:
+            if f.state != COMMITTED or verbose:
+                detail = f.reason or f.action_note or ""
+                lines.append(f"  {f.state:<12} {f.path}  {detail}".rstrip())
+    for skipped in result.skipped:
+        lines.append(f"  {'skipped':<12} {skipped.path}  {skipped.reason}")
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(result.counts().items()))
+    acted = sum(f.action == "done" for tx in result.transactions for f in tx.files)
+    lines.append(f"files: {counts}; {acted} deleted/moved; journal {result.journal}")
+    lines.append(f"result: {_EXIT_WORDS[result.exit_status]} (exit {result.exit_status})")
+    return "\n".join(lines)
