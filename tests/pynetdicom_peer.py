@@ -28,8 +28,9 @@ LOCALHOST = "127.0.0.1"
 class Modality:
     """A pynetdicom SCU that stores, asks for commitment and listens for reports."""
 
-    def __init__(self, aet: str = "MODALITY") -> None:
+    def __init__(self, aet: str = "MODALITY", called: str = "STGCMT_SCP") -> None:
         self.aet = aet
+        self.called = called
         self.reports: list[tuple[int, Dataset, str]] = []
         self._received = threading.Condition()
         self._server = None
@@ -55,7 +56,7 @@ class Modality:
             self._server.shutdown()
             self._server = None
 
-    def associate(self, port: int, sop_classes: list[str] = (), called: str = "STGCMT_SCP"):
+    def associate(self, port: int, sop_classes: list[str] = (), called: str | None = None):
         ae = AE(self.aet)
         ae.dimse_timeout = 30
         for sop_class in dict.fromkeys(sop_classes):
@@ -64,7 +65,7 @@ class Modality:
         return ae.associate(
             LOCALHOST,
             port,
-            ae_title=called,
+            ae_title=called or self.called,
             evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_report)],
         )
 

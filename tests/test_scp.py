@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import CT_IMAGE, SECONDARY_CAPTURE, free_port, remote, wait_for
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-
-from conftest import CT_IMAGE, SECONDARY_CAPTURE, free_port, remote, wait_for
 from pynetdicom_peer import Modality, refs_of, report_content
+
 from stgcmt.config import RetryPolicy
 from stgcmt.protocol import (
     CLASS_INSTANCE_CONFLICT,
@@ -152,7 +152,9 @@ def test_duplicate_active_transaction_uid_fails_with_0131(scp_factory, modality,
     assert modality.commit(scp.port, refs_of(paths), "1.2.3.107") == 0
     modality.listen(listen)
     assert modality.wait_report(REPORT_WAIT, count=2)
-    outcomes = sorted(report_content(info)[1].get(paths[0].stem, 0) for _, info, _ in modality.reports)
+    outcomes = sorted(
+        report_content(info)[1].get(paths[0].stem, 0) for _, info, _ in modality.reports
+    )
     assert outcomes == [0, DUPLICATE_TRANSACTION_UID]
 
 

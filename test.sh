@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs, then run it. Extra arguments go to pytest.
+#   ./test.sh                 # the whole suite
+#   ./test.sh -k orthanc -x   # a part of it
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Real peers from Debian: DCMTK and Orthanc (CI runs as root on a bare machine).
+if ! command -v storescu >/dev/null || [ ! -x /usr/sbin/Orthanc ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk orthanc >/dev/null
+  else
+    echo "test.sh: install Debian's dcmtk and orthanc first (sudo apt-get install dcmtk orthanc)" >&2
+    exit 1
+  fi
+fi
+
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+set +e
+.venv/bin/python -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "test.sh: pytest collected no tests: that is a failure" >&2
+  exit 1
+fi
+exit "$status"

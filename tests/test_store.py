@@ -1,0 +1,86 @@
+"""The instance store: atomic writes, the durability barrier, recovery after a crash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import CT_IMAGE, SECONDARY_CAPTURE, make_dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+
+from stgcmt.net import STORAGE_SOP_CLASSES
+from stgcmt.protocol import Reference
+from stgcmt.store import InstanceStore
+
+
+def _encoded(ds) -> bytes:
+    """The dataset as a C-STORE carries it: explicit VR little endian, no File Meta."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = InstanceStore(tmp_path / "data", supported_classes=STORAGE_SOP_CLASSES)
+    yield s
+    s.close()
+
+
+def _store(store: InstanceStore, ds) -> None:
+    store.store(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1", _encoded(ds), "AE")
+
+
+def test_store_indexes_and_verify_makes_durable(store):
+    ds = make_dataset(patient_id="P42")
+    _store(store, ds)
+    row = store.db.query("SELECT * FROM instances")[0]
+    assert (row["patient_id"], row["durable"]) == ("P42", 0)
+    assert row["study_instance_uid"] == ds.StudyInstanceUID
+    assert store.verify([Reference(SECONDARY_CAPTURE, ds.SOPInstanceUID)], "checksum") == [0]
+    assert store.db.query("SELECT durable FROM instances")[0][0] == 1
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_verify_policies(store):
+    ds = make_dataset()
+    _store(store, ds)
+    path = store.path_for(ds.SOPInstanceUID)
+    content = path.read_bytes()
+    path.write_bytes(content[:-1] + b"X")  # same size, different content
+    ref = [Reference(SECONDARY_CAPTURE, ds.SOPInstanceUID)]
+    assert store.verify(ref, "size") == [0]
+    assert store.verify(ref, "checksum") == [0x0110]
+    path.unlink()
+    assert store.verify(ref, "exists") == [0x0110]
+
+
+def test_recover_drops_rows_whose_files_did_not_survive(store, tmp_path):
+    kept, lost = make_dataset(), make_dataset()
+    _store(store, kept)
+    _store(store, lost)
+    store.path_for(lost.SOPInstanceUID).write_bytes(b"torn write")
+    (store.tmp / "half.dcm.part").write_bytes(b"x")
+    assert store.recover() == 1
+    assert store.count() == 1
+    assert list(store.tmp.iterdir()) == []
+    assert store.verify([Reference(SECONDARY_CAPTURE, lost.SOPInstanceUID)], "exists") == [0x0112]
+
+
+def test_unparseable_dataset_is_refused(store):
+    deflated = "1.2.840.10008.1.2.1.99"
+    with pytest.raises(ValueError):
+        store.store(SECONDARY_CAPTURE, "1.2.3", deflated, b"not deflate data at all", "AE")
+    assert store.count() == 0
+
+
+def test_conflicting_class_keeps_first_copy(store):
+    ds = make_dataset()
+    _store(store, ds)
+    twin = make_dataset(CT_IMAGE)
+    twin.SOPInstanceUID = ds.SOPInstanceUID
+    outcome = store.store(CT_IMAGE, ds.SOPInstanceUID, "1.2.840.10008.1.2.1", _encoded(twin), "AE")
+    assert outcome.action == "conflict"
+    assert store.verify([Reference(CT_IMAGE, ds.SOPInstanceUID)], "exists") == [0x0119]
