@@ -108,6 +108,8 @@ class ScpConfig:
             raise ConfigError(f"port {self.port} is out of range")
         if self.max_references < 1:
             raise ConfigError("max_references must be at least 1")
+        if not 0 < self.retry.start <= self.retry.cap or self.retry.give_up_after <= 0:
+            raise ConfigError("retry: need 0 < start <= cap and give_up_after > 0")
         return self
 
 
@@ -127,10 +129,16 @@ def load_scp_config(path: Path | None, **overrides: Any) -> ScpConfig:
     if path is not None:
         config = _from_toml(path)
     extra_remotes = overrides.pop("remotes", None) or ()
+    retry = {k: v for k, v in (overrides.pop("retry", None) or {}).items() if v is not None}
     given = {k: v for k, v in overrides.items() if v is not None}
     if "data_dir" in given:
         given["data_dir"] = Path(given["data_dir"])
-    config = replace(config, **given, remotes=(*config.remotes, *extra_remotes))
+    config = replace(
+        config,
+        **given,
+        remotes=(*config.remotes, *extra_remotes),
+        retry=replace(config.retry, **retry),
+    )
     return config.checked()
 
 

@@ -61,6 +61,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a repeated SOP Instance UID replaces the stored copy (default: keep the first)",
     )
     p.add_argument("--max-references", type=int, help="largest N-ACTION accepted (0213H above)")
+    p.add_argument("--retry-start", type=float, metavar="S", help="first retry delay (default 5)")
+    p.add_argument("--retry-cap", type=float, metavar="S", help="longest retry delay (default 600)")
+    p.add_argument(
+        "--give-up-after",
+        type=float,
+        metavar="S",
+        help="mark a report given up when this old (default 604800, one week)",
+    )
     add_logging_flags(p)
     p.set_defaults(run=run)
 
@@ -80,6 +88,11 @@ def run(args: argparse.Namespace) -> int:
             accept_unknown=args.accept_unknown,
             overwrite_duplicates=args.overwrite_duplicates,
             max_references=args.max_references,
+            retry={
+                "start": args.retry_start,
+                "cap": args.retry_cap,
+                "give_up_after": args.give_up_after,
+            },
         )
         scp = StorageCommitmentSCP(config)
         scp.start()
