@@ -51,7 +51,9 @@ def make_dataset(
     ds.PatientID = patient_id
     ds.PatientName = "Test^Patient"
     ds.Modality = "OT"
-    ds.Rows, ds.Columns = 1, pixel_bytes
+    columns = min(pixel_bytes, 512)
+    ds.Rows, ds.Columns = max(1, pixel_bytes // columns), columns
+    pixel_bytes = ds.Rows * ds.Columns
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
     ds.PhotometricInterpretation = "MONOCHROME2"

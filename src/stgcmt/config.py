@@ -79,6 +79,32 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """DICOM TLS (PS3.15 B.1). Our certificate and key are presented to peers; ``ca`` is the
+    bundle peers' certificates must chain to. Host names are not checked (peers are often
+    known by address); trust comes from the CA."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    require_client_cert: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None or self.ca is not None
+
+    def checked(self) -> TlsConfig:
+        if self.require_client_cert and self.ca is None:
+            raise ConfigError("tls: require_client_cert needs a CA bundle (--tls-ca)")
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError("tls: give both a certificate and its key")
+        for path in (self.cert, self.key, self.ca):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"tls: no such file {path}")
+        return self
+
+
+@dataclass(frozen=True)
 class ScpConfig:
     aet: str = "STGCMT_SCP"
     bind: str = "0.0.0.0"
@@ -91,8 +117,12 @@ class ScpConfig:
     overwrite_duplicates: bool = False
     max_references: int = 500_000
     max_pdu: int = 0
+    max_associations: int = 32
+    check_host: bool = True
+    max_store_bytes: int = 0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
     def remote(self, aet: str) -> RemoteAE | None:
         return next((r for r in self.remotes if r.aet == aet), None)
@@ -110,6 +140,9 @@ class ScpConfig:
             raise ConfigError("max_references must be at least 1")
         if not 0 < self.retry.start <= self.retry.cap or self.retry.give_up_after <= 0:
             raise ConfigError("retry: need 0 < start <= cap and give_up_after > 0")
+        if self.max_associations < 1:
+            raise ConfigError("max_associations must be at least 1")
+        self.tls.checked()
         return self
 
 
@@ -130,6 +163,7 @@ def load_scp_config(path: Path | None, **overrides: Any) -> ScpConfig:
         config = _from_toml(path)
     extra_remotes = overrides.pop("remotes", None) or ()
     retry = {k: v for k, v in (overrides.pop("retry", None) or {}).items() if v is not None}
+    tls = {k: v for k, v in (overrides.pop("tls", None) or {}).items() if v is not None}
     given = {k: v for k, v in overrides.items() if v is not None}
     if "data_dir" in given:
         given["data_dir"] = Path(given["data_dir"])
@@ -138,6 +172,7 @@ def load_scp_config(path: Path | None, **overrides: Any) -> ScpConfig:
         **given,
         remotes=(*config.remotes, *extra_remotes),
         retry=replace(config.retry, **retry),
+        tls=replace(config.tls, **tls),
     )
     return config.checked()
 
@@ -150,7 +185,7 @@ def _from_toml(path: Path) -> ScpConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path}: {exc}") from exc
     scp = dict(data.get("scp", {}))
-    allowed = {f.name for f in fields(ScpConfig)} - {"remotes", "retry", "timeouts"}
+    allowed = {f.name for f in fields(ScpConfig)} - {"remotes", "retry", "timeouts", "tls"}
     unknown = set(scp) - allowed
     if unknown:
         raise ConfigError(f"{path} [scp]: unknown keys {', '.join(sorted(unknown))}")
@@ -162,6 +197,7 @@ def _from_toml(path: Path) -> ScpConfig:
         remotes=remotes,
         retry=_section(data, "retry", RetryPolicy),
         timeouts=_section(data, "timeouts", Timeouts),
+        tls=_section(data, "tls", TlsConfig),
     )
 
 

@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import _STORAGE_CLASSES
 
-from .config import RemoteAE, Timeouts
+from .config import RemoteAE, Timeouts, TlsConfig
 from .protocol import (
     STORAGE_COMMITMENT_INSTANCE,
     STORAGE_COMMITMENT_PUSH_MODEL,
@@ -48,8 +49,10 @@ STORAGE_SOP_CLASSES: frozenset[str] = frozenset(_STORAGE_CLASSES.values())
 """Every Storage SOP Class the SCP accepts (and the only classes it can commit)."""
 
 TRANSFER_SYNTAXES: tuple[str, ...] = tuple(
-    dict.fromkeys([ImplicitVRLittleEndian, ExplicitVRLittleEndian, *AllTransferSyntaxes])
+    dict.fromkeys([ExplicitVRLittleEndian, *AllTransferSyntaxes, ImplicitVRLittleEndian])
 )
+"""Accepted for storage, in order of preference when one context offers several: Explicit VR
+Little Endian first, then the others (compressed ones stored as received), Implicit last."""
 _NON_STORAGE_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
 MAX_CONTEXTS = 128
 
@@ -334,9 +337,11 @@ class Server:
         timeouts: Timeouts | None = None,
         max_pdu: int = 0,
         max_associations: int = 64,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.aet = aet
         self._address = (bind, port)
+        self._ssl_context = server_ssl_context(tls) if tls and tls.enabled else None
         self._bridge = _Bridge(handlers, acceptor=True)
         self._ae = AE(ae_title=aet)
         _configure_ae(self._ae, timeouts or Timeouts(), max_pdu)
@@ -354,9 +359,17 @@ class Server:
 
     def start(self) -> Server:
         self._server = self._ae.start_server(
-            self._address, block=False, evt_handlers=self._bridge.evt_handlers()
+            self._address,
+            block=False,
+            evt_handlers=self._bridge.evt_handlers(),
+            ssl_context=self._ssl_context,
         )
         return self
+
+    @property
+    def active_associations(self) -> int:
+        """Associations being served now (the one being negotiated included)."""
+        return len(self._server.active_associations) if self._server else 0
 
     @property
     def port(self) -> int:
@@ -481,6 +494,7 @@ def open_association(
     handlers: Handlers | None = None,
     timeouts: Timeouts | None = None,
     max_pdu: int = 0,
+    tls: TlsConfig | None = None,
 ) -> Association:
     """Request an association, raising :class:`AssociationError` with a sentence a user can act
     on if the peer is unreachable or rejects it."""
@@ -508,6 +522,7 @@ def open_association(
         ae_title=remote.aet,
         ext_neg=ext_neg or None,
         evt_handlers=bridge.evt_handlers(),
+        tls_args=(client_ssl_context(tls), None) if tls and tls.enabled else None,
     )
     if not assoc.is_established:
         raise AssociationError(_refusal(assoc, remote))
@@ -530,9 +545,45 @@ def _refusal(assoc: Any, remote: RemoteAE) -> str:
         return f"{remote} rejected the association{transient}: {words}"
     if not getattr(assoc, "_stgcmt_connected", False):
         return f"cannot connect to {remote} (connection refused or timed out)"
+    if assoc.is_aborted and not assoc.accepted_contexts and assoc.rejected_contexts:
+        rejected = {cx.abstract_syntax for cx in assoc.rejected_contexts}
+        if STORAGE_COMMITMENT_PUSH_MODEL in rejected:
+            return (
+                f"{remote} does not support Storage Commitment Push Model "
+                f"({STORAGE_COMMITMENT_PUSH_MODEL}): presentation context rejected"
+            )
+        return f"{remote} accepted none of the proposed presentation contexts"
     if assoc.is_aborted:
         return f"{remote} aborted the association request"
     return f"{remote} did not answer the association request"
+
+
+def server_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
+    """TLS for associations we accept; with ``require_client_cert`` a peer without a
+    certificate from our CA fails the handshake."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.cert is not None:
+        context.load_cert_chain(str(tls.cert), str(tls.key))
+    if tls.ca is not None:
+        context.load_verify_locations(str(tls.ca))
+        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
+    return context
+
+
+def client_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
+    """TLS for associations we open: the peer must present a certificate from our CA (when one
+    is given); our own certificate is offered for peers that require client certificates."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    if tls.ca is not None:
+        context.load_verify_locations(str(tls.ca))
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    if tls.cert is not None:
+        context.load_cert_chain(str(tls.cert), str(tls.key))
+    return context
 
 
 def is_success(status: int | None) -> bool:

@@ -9,6 +9,7 @@ exponential backoff until delivered or given up. A restart resumes every unfinis
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections import Counter, defaultdict
@@ -37,17 +38,27 @@ from .protocol import (
     PROCESSING_FAILURE,
     STORAGE_COMMITMENT_INSTANCE,
     SUCCESS,
+    CommitmentReport,
     CommitmentRequest,
     InvalidRequest,
     build_event_information,
     describe_status,
     parse_action_information,
 )
-from .store import InstanceStore
+from .store import InstanceStore, is_out_of_space
 
 log = logging.getLogger("stgcmt.scp")
 
 DELIVERY_THREADS = 4
+
+
+def _addresses(host: str) -> frozenset[str]:
+    """The IP addresses a configured host name stands for (resolved once, at start)."""
+    try:
+        return frozenset(info[4][0] for info in socket.getaddrinfo(host, None))
+    except OSError:
+        log.warning("cannot resolve %s: associations from it will be rejected", host)
+        return frozenset({host})
 
 
 class StorageCommitmentSCP:
@@ -60,6 +71,7 @@ class StorageCommitmentSCP:
             data_dir,
             supported_classes=net.STORAGE_SOP_CLASSES,
             overwrite_duplicates=config.overwrite_duplicates,
+            max_bytes=config.max_store_bytes,
         )
         self.journal = CommitmentJournal(data_dir / "commitment.sqlite")
         self._lock = threading.Lock()
@@ -89,7 +101,11 @@ class StorageCommitmentSCP:
             commitment=True,
             timeouts=config.timeouts,
             max_pdu=config.max_pdu,
+            # pynetdicom's own limit stays above ours so that ours, which logs, decides.
+            max_associations=config.max_associations + 1,
+            tls=config.tls,
         )
+        self._remote_addresses = {r.aet: _addresses(r.host) for r in config.remotes}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -152,7 +168,28 @@ class StorageCommitmentSCP:
                 self.config.aet,
             )
             return net.Rejection("called-aet")
-        if self.config.remote(peer.calling_aet) is None and not self.config.accept_unknown:
+        if self._server.active_associations > self.config.max_associations:
+            log.warning(
+                "rejected association from %s: %d associations already open (limit %d)",
+                peer,
+                self._server.active_associations - 1,
+                self.config.max_associations,
+            )
+            return net.Rejection("congestion")
+        known = self.config.remote(peer.calling_aet)
+        if known is not None and self.config.check_host:
+            addresses = self._remote_addresses[known.aet]
+            if peer.host not in addresses:
+                log.warning(
+                    "rejected association from %s: AE %r is configured at %s, not %s"
+                    " (set check_host = false to allow any host)",
+                    peer,
+                    peer.calling_aet,
+                    known.host,
+                    peer.host,
+                )
+                return net.Rejection("calling-aet")
+        if known is None and not self.config.accept_unknown:
             log.warning(
                 "rejected association from %s: calling AE %r is not a known peer"
                 " (add --remote %s@HOST:PORT, or --accept-unknown)",
@@ -192,7 +229,7 @@ class StorageCommitmentSCP:
             log.error("C-STORE %s from %s refused: %s", request.sop_instance_uid, request.peer, exc)
             return CANNOT_UNDERSTAND
         except OSError as exc:
-            status = OUT_OF_RESOURCES if exc.errno in (28, 122) else PROCESSING_FAILURE
+            status = OUT_OF_RESOURCES if is_out_of_space(exc) else PROCESSING_FAILURE
             log.error(
                 "C-STORE %s from %s failed (%s): %s",
                 request.sop_instance_uid,
@@ -363,48 +400,64 @@ class StorageCommitmentSCP:
                 self._wake.notify_all()
 
     def _deliver(self, tx: Transaction) -> None:
-        age = time.time() - tx.received_at
-        if age > self.config.retry.give_up_after:
-            error = (
-                f"gave up after {age:.0f} s and {tx.attempts} attempts"
-                f" (last error: {tx.last_error or 'none'})"
-            )
-            self.journal.mark_given_up(tx.id, error)
-            log.error("%s for %s: %s", tx.label, tx.calling_aet, error)
+        if self._give_up_if_too_old(tx):
             return
         report = self.journal.report(tx, self.config.aet)
-        information = build_event_information(report)
-        link = self._link_for(tx)
-        remote = self.config.remote(tx.calling_aet)
-        if link is not None:
-            via = f"the association {link.peer} opened"
-            status = link.n_event_report(report.event_type_id, information)
-        elif tx.report_assoc != "same" and remote is not None:
-            via = f"a new association to {remote}"
-            try:
-                status = self._report_on_new_association(remote, report.event_type_id, information)
-            except (net.AssociationError, OSError) as exc:
-                self._failed_attempt(tx, str(exc))
-                return
-        else:
+        try:
+            outcome = self._send_report(tx, report)
+        except (net.AssociationError, OSError) as exc:
+            self._failed_attempt(tx, str(exc))
+            return
+        if outcome is None:
             reason = f"waiting for {tx.calling_aet} to associate again (no address to report to)"
             if tx.last_error != reason:
                 log.info("%s: %s", tx.label, reason)
             self.journal.postpone(tx.id, reason, time.time() + self.config.retry.cap)
             return
-        if net.is_success(status):
-            self.journal.mark_delivered(tx.id, via)
-            log.info(
-                "%s: report (event type %d: %d committed, %d failed) delivered to %s on %s",
-                tx.label,
-                report.event_type_id,
-                len(report.committed),
-                len(report.failed),
-                tx.calling_aet,
-                via,
-            )
-        else:
+        status, via = outcome
+        if not net.is_success(status):
             self._failed_attempt(tx, f"N-EVENT-REPORT on {via}: {describe_status(status)}")
+            return
+        self.journal.mark_delivered(tx.id, via)
+        log.info(
+            "%s: report (event type %d: %d committed, %d failed) delivered to %s on %s",
+            tx.label,
+            report.event_type_id,
+            len(report.committed),
+            len(report.failed),
+            tx.calling_aet,
+            via,
+        )
+
+    def _give_up_if_too_old(self, tx: Transaction) -> bool:
+        age = time.time() - tx.received_at
+        if age <= self.config.retry.give_up_after:
+            return False
+        error = (
+            f"gave up after {age:.0f} s and {tx.attempts} attempts"
+            f" (last error: {tx.last_error or 'none'})"
+        )
+        self.journal.mark_given_up(tx.id, error)
+        log.error("%s for %s: %s", tx.label, tx.calling_aet, error)
+        return True
+
+    def _send_report(
+        self, tx: Transaction, report: CommitmentReport
+    ) -> tuple[int | None, str] | None:
+        """Send on the association the mode allows; (status, where) or None when there is no
+        way to reach the requester now. Raises AssociationError if a new one fails."""
+        information = build_event_information(report)
+        remote = self.config.remote(tx.calling_aet)
+        link = self._link_for(tx)
+        if link is not None:
+            status = link.n_event_report(report.event_type_id, information)
+            if status is not None or tx.report_assoc != "auto" or remote is None:
+                return status, f"the association {link.peer} opened"
+            log.info("%s: requesting association closed under the report", tx.label)
+        if tx.report_assoc == "same" or remote is None:
+            return None
+        status = self._report_on_new_association(remote, report.event_type_id, information)
+        return status, f"a new association to {remote}"
 
     def _link_for(self, tx: Transaction) -> net.Link | None:
         """The association to report on, if the mode allows one: the requesting association
@@ -433,6 +486,7 @@ class StorageCommitmentSCP:
             net.ContextPlan(commitment="scp"),
             timeouts=self.config.timeouts,
             max_pdu=self.config.max_pdu,
+            tls=self.config.tls,
         ) as association:
             return association.n_event_report(event_type_id, information)
 

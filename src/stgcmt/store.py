@@ -10,9 +10,11 @@ index never claims a file it does not have.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,6 +96,7 @@ class InstanceStore:
         *,
         supported_classes: frozenset[str],
         overwrite_duplicates: bool = False,
+        max_bytes: int = 0,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.root = self.data_dir / "instances"
@@ -103,6 +106,11 @@ class InstanceStore:
         self.supported_classes = supported_classes
         self.overwrite_duplicates = overwrite_duplicates
         self.db = Database(self.data_dir / "index.sqlite", SCHEMA)
+        self.max_bytes = max_bytes
+        # Instances refused for lack of space since start: their commitment fails with 0213H
+        # (resource limitation) rather than 0112H, which tells the sender to try again later.
+        self._refused_for_space: set[str] = set()
+        self._bytes = int(self.db.query("SELECT coalesce(sum(size), 0) FROM instances")[0][0])
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -131,8 +139,48 @@ class InstanceStore:
 
         content = _part10(sop_class_uid, sop_instance_uid, transfer_syntax, dataset)
         attributes = _index_attributes(content)
-        final = self.path_for(sop_instance_uid)
-        self._write_atomically(final, content)
+        try:
+            self._check_quota(len(content))
+            final = self.path_for(sop_instance_uid)
+            self._write_atomically(final, content)
+            self._index(
+                sop_instance_uid,
+                sop_class_uid,
+                attributes,
+                transfer_syntax,
+                final,
+                content,
+                source_aet,
+            )
+        except sqlite3.Error as exc:
+            full = "full" in str(exc)
+            if full:
+                self._refused_for_space.add(sop_instance_uid)
+            raise OSError(errno.ENOSPC if full else errno.EIO, f"index: {exc}") from exc
+        except OSError as exc:
+            if is_out_of_space(exc):
+                self._refused_for_space.add(sop_instance_uid)
+            raise
+        self._refused_for_space.discard(sop_instance_uid)
+        self._bytes += len(content) - (existing.size if existing else 0)
+        return StoreOutcome("replaced" if existing else "stored", final)
+
+    def _check_quota(self, size: int) -> None:
+        if self.max_bytes and self._bytes + size > self.max_bytes:
+            raise OSError(
+                errno.ENOSPC, f"store quota of {self.max_bytes} bytes reached ({self._bytes} used)"
+            )
+
+    def _index(
+        self,
+        sop_instance_uid: str,
+        sop_class_uid: str,
+        attributes: tuple[str | None, ...],
+        transfer_syntax: str,
+        final: Path,
+        content: bytes,
+        source_aet: str,
+    ) -> None:
         with self.db.transaction() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid,"
@@ -151,7 +199,6 @@ class InstanceStore:
                     time.time(),
                 ),
             )
-        return StoreOutcome("replaced" if existing else "stored", final)
 
     def _write_atomically(self, final: Path, content: bytes) -> None:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -214,6 +261,8 @@ class InstanceStore:
         if ref.sop_class_uid not in self.supported_classes:
             return SOP_CLASS_NOT_SUPPORTED
         if row is None:
+            if ref.sop_instance_uid in self._refused_for_space:
+                return RESOURCE_LIMITATION
             return NO_SUCH_OBJECT_INSTANCE
         if row.sop_class_uid != ref.sop_class_uid:
             return CLASS_INSTANCE_CONFLICT
@@ -243,7 +292,7 @@ class InstanceStore:
                     )
         except OSError as exc:
             log.error("cannot make %d instances durable: %s", len(rows), exc)
-            return RESOURCE_LIMITATION if exc.errno in (28, 122) else PROCESSING_FAILURE
+            return RESOURCE_LIMITATION if is_out_of_space(exc) else PROCESSING_FAILURE
         return 0
 
     # -- after a crash -------------------------------------------------------------------------
@@ -274,6 +323,10 @@ class InstanceStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+def is_out_of_space(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def file_problem(row: StoredInstance, policy: str) -> str | None:

@@ -173,6 +173,9 @@ class Orthanc:
         if isinstance(body, bytes):
             data = body
             headers["Content-Type"] = "application/dicom"
+        elif isinstance(body, str):
+            data = body.encode()
+            headers["Content-Type"] = "text/plain"
         elif body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
@@ -197,6 +200,10 @@ class Orthanc:
 
     def put(self, path: str, body: Any) -> Any:
         return self.request("PUT", path, body)
+
+    def lookup(self, uid: str) -> list[str]:
+        """The resource types Orthanc holds under this DICOM UID (POST /tools/lookup)."""
+        return [str(item["Type"]) for item in self.post("/tools/lookup", uid)]
 
     def upload(self, path: Path) -> str:
         """POST /instances with the Part 10 bytes; returns Orthanc's instance ID."""

@@ -41,3 +41,30 @@ def subcommand(
         epilog="examples:\n" + examples,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def add_tls_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("DICOM TLS")
+    group.add_argument("--tls-cert", type=Path, metavar="PEM", help="our certificate (PEM)")
+    group.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key (PEM)")
+    group.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="PEM",
+        help="CA bundle that peers' certificates must chain to",
+    )
+    group.add_argument(
+        "--tls-require-client-cert",
+        action="store_true",
+        default=None,
+        help="refuse peers without a certificate from --tls-ca",
+    )
+
+
+def tls_overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "cert": args.tls_cert,
+        "key": args.tls_key,
+        "ca": args.tls_ca,
+        "require_client_cert": args.tls_require_client_cert,
+    }

@@ -11,7 +11,15 @@ from pathlib import Path
 from ..config import REPORT_ASSOC_CHOICES, VERIFY_CHOICES, ConfigError, load_scp_config
 from ..logs import setup_logging
 from ..scp import StorageCommitmentSCP
-from .common import EXIT_USAGE, add_logging_flags, ae_title, remote_ae, subcommand
+from .common import (
+    EXIT_USAGE,
+    add_logging_flags,
+    add_tls_flags,
+    ae_title,
+    remote_ae,
+    subcommand,
+    tls_overrides,
+)
 
 log = logging.getLogger("stgcmt.cli")
 
@@ -69,6 +77,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="mark a report given up when this old (default 604800, one week)",
     )
+    p.add_argument("--max-associations", type=int, help="simultaneous associations (default 32)")
+    p.add_argument(
+        "--any-host",
+        dest="check_host",
+        action="store_false",
+        default=None,
+        help="accept a known AE from any address (default: only from its configured host)",
+    )
+    p.add_argument(
+        "--max-store-bytes",
+        type=int,
+        metavar="N",
+        help="store quota; C-STORE beyond it gets 0xA700 out of resources (default none)",
+    )
+    add_tls_flags(p)
     add_logging_flags(p)
     p.set_defaults(run=run)
 
@@ -88,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
             accept_unknown=args.accept_unknown,
             overwrite_duplicates=args.overwrite_duplicates,
             max_references=args.max_references,
+            max_associations=args.max_associations,
+            check_host=args.check_host,
+            max_store_bytes=args.max_store_bytes,
+            tls=tls_overrides(args),
             retry={
                 "start": args.retry_start,
                 "cap": args.retry_cap,
