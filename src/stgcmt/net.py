@@ -13,24 +13,39 @@ delayed ACK cost ~40 ms per message on loopback), and a DIMSE timeout is reporte
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import socket
-import ssl
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import build_context
-from pynetdicom.sop_class import _STORAGE_CLASSES
 
 from .config import RemoteAE, Timeouts, TlsConfig
+from .netapi import (
+    MAX_CONTEXTS,
+    NON_STORAGE_SYNTAXES,
+    STORAGE_SOP_CLASSES,
+    TRANSFER_SYNTAXES,
+    ActionRequest,
+    AssociationError,
+    CommitmentRole,
+    ContextPlan,
+    EventReport,
+    Handlers,
+    PeerInfo,
+    Rejection,
+    StoreRequest,
+    client_ssl_context,
+    is_success,
+    next_association_id,
+    plan_storage_associations,
+    server_ssl_context,
+)
 from .protocol import (
     STORAGE_COMMITMENT_INSTANCE,
     STORAGE_COMMITMENT_PUSH_MODEL,
@@ -38,100 +53,33 @@ from .protocol import (
     VERIFICATION,
 )
 
+__all__ = [
+    "MAX_CONTEXTS",
+    "STORAGE_SOP_CLASSES",
+    "TRANSFER_SYNTAXES",
+    "ActionRequest",
+    "Association",
+    "AssociationError",
+    "CommitmentRole",
+    "ContextPlan",
+    "EventReport",
+    "Handlers",
+    "Link",
+    "PeerInfo",
+    "Rejection",
+    "Server",
+    "StoreRequest",
+    "is_success",
+    "open_association",
+    "plan_storage_associations",
+]
+
 log = logging.getLogger(__name__)
 
 # Send C-STORE datasets straight from their files instead of decoding them into memory.
 _config.STORE_SEND_CHUNKED_DATASET = True
 # Our own log lines tell the story; pynetdicom's INFO output would drown them.
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-
-STORAGE_SOP_CLASSES: frozenset[str] = frozenset(_STORAGE_CLASSES.values())
-"""Every Storage SOP Class the SCP accepts (and the only classes it can commit)."""
-
-TRANSFER_SYNTAXES: tuple[str, ...] = tuple(
-    dict.fromkeys([ExplicitVRLittleEndian, *AllTransferSyntaxes, ImplicitVRLittleEndian])
-)
-"""Accepted for storage, in order of preference when one context offers several: Explicit VR
-Little Endian first, then the others (compressed ones stored as received), Implicit last."""
-_NON_STORAGE_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
-MAX_CONTEXTS = 128
-
-CommitmentRole = Literal["scu", "scp"]
-
-
-class AssociationError(ConnectionError):
-    """The peer could not be reached, rejected us, or did not accept what we need."""
-
-
-@dataclass(frozen=True)
-class PeerInfo:
-    """Who is on the other end of an association."""
-
-    calling_aet: str
-    called_aet: str
-    host: str
-    port: int
-    association_id: int
-
-    def __str__(self) -> str:
-        return f"{self.calling_aet}@{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """An A-ASSOCIATE-RJ to send: permanent by default, from the service user."""
-
-    reason: Literal["calling-aet", "called-aet", "no-reason", "congestion"]
-    transient: bool = False
-
-
-@dataclass
-class StoreRequest:
-    """A received C-STORE: the encoded dataset (without File Meta) and its identity."""
-
-    peer: PeerInfo
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax: str
-    dataset: bytes
-
-
-@dataclass
-class ActionRequest:
-    """A received N-ACTION. ``information`` is None if absent; ``decode_error`` says why it
-    could not be decoded, so the service can answer with the right status."""
-
-    peer: PeerInfo
-    requested_sop_class_uid: str
-    requested_sop_instance_uid: str
-    action_type_id: int | None
-    information: Dataset | None
-    decode_error: str | None = None
-
-
-@dataclass
-class EventReport:
-    """A received N-EVENT-REPORT."""
-
-    peer: PeerInfo
-    event_type_id: int | None
-    information: Dataset | None
-    decode_error: str | None = None
-
-
-@dataclass
-class Handlers:
-    """What a service does with what arrives. Unset handlers mean "not offered"."""
-
-    accept: Callable[[PeerInfo], Rejection | None] | None = None
-    c_store: Callable[[StoreRequest], int] | None = None
-    n_action: Callable[[Link, ActionRequest], tuple[int, Dataset | None]] | None = None
-    n_action_answered: Callable[[Link], None] | None = None
-    n_event_report: Callable[[Link, EventReport], int] | None = None
-    closed: Callable[[Link], None] | None = None
-
-
-_ids = itertools.count(1)
 
 
 class Link:
@@ -207,7 +155,7 @@ def _peer_from_assoc(assoc: Any, *, acceptor: bool) -> PeerInfo:
         calling = assoc.acceptor.ae_title.strip()
         called = assoc.requestor.ae_title.strip()
         host, port = assoc.acceptor.address, assoc.acceptor.port
-    peer = PeerInfo(calling, called, str(host), int(port or 0), next(_ids))
+    peer = PeerInfo(calling, called, str(host), int(port or 0), next_association_id())
     assoc._stgcmt_peer = peer
     return peer
 
@@ -244,6 +192,8 @@ class _Bridge:
             pairs.append((evt.EVT_DIMSE_SENT, self.on_dimse_sent))
         if h.n_event_report:
             pairs.append((evt.EVT_N_EVENT_REPORT, self.on_n_event_report))
+        if h.n_event_report_answered:
+            pairs.append((evt.EVT_PDU_SENT, self.on_pdu_sent))
         if h.closed:
             for event_type in (evt.EVT_RELEASED, evt.EVT_ABORTED, evt.EVT_CONN_CLOSE):
                 pairs.append((event_type, self.on_closed))
@@ -310,7 +260,16 @@ class _Bridge:
             except Exception as exc:
                 error = str(exc) or type(exc).__name__
         report = EventReport(self.link(event).peer, event.request.EventTypeID, information, error)
-        return self.handlers.n_event_report(self.link(event), report), None
+        status = self.handlers.n_event_report(self.link(event), report)
+        event.assoc._stgcmt_answering = True  # the next P-DATA we send is the response
+        return status, None
+
+    def on_pdu_sent(self, event: Any) -> None:
+        assert self.handlers.n_event_report_answered is not None
+        answering = getattr(event.assoc, "_stgcmt_answering", False)
+        if answering and type(event.pdu).__name__ == "P_DATA_TF":
+            event.assoc._stgcmt_answering = False
+            self.handlers.n_event_report_answered(self.link(event))
 
     def on_closed(self, event: Any) -> None:
         assert self.handlers.closed is not None
@@ -347,10 +306,10 @@ class Server:
         _configure_ae(self._ae, timeouts or Timeouts(), max_pdu)
         self._ae.maximum_associations = max_associations
         self._ae.require_called_aet = False  # checked by the service's accept handler
-        self._ae.add_supported_context(VERIFICATION, _NON_STORAGE_SYNTAXES)
+        self._ae.add_supported_context(VERIFICATION, NON_STORAGE_SYNTAXES)
         if commitment:
             self._ae.add_supported_context(
-                STORAGE_COMMITMENT_PUSH_MODEL, _NON_STORAGE_SYNTAXES, scu_role=True, scp_role=True
+                STORAGE_COMMITMENT_PUSH_MODEL, NON_STORAGE_SYNTAXES, scu_role=True, scp_role=True
             )
         if storage:
             for uid in sorted(STORAGE_SOP_CLASSES):
@@ -385,29 +344,6 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@dataclass
-class ContextPlan:
-    """What an association we open asks for."""
-
-    storage: Sequence[tuple[str, str]] = ()
-    """(SOP Class UID, transfer syntax) pairs for C-STORE."""
-    commitment: CommitmentRole | None = None
-    """'scu' to send N-ACTION (receive reports on it), 'scp' to deliver reports (asks for the
-    SCP role with an SCP/SCU Role Selection item: SCU role 0, SCP role 1)."""
-    echo: bool = False
-    extra: list[Any] = field(default_factory=list)
-
-
-def plan_storage_associations(
-    pairs: Iterable[tuple[str, str]], *, reserve: int = 1
-) -> list[list[tuple[str, str]]]:
-    """Split (SOP Class, transfer syntax) pairs so no association proposes more than 128
-    presentation contexts; ``reserve`` leaves room for commitment and verification."""
-    unique = list(dict.fromkeys(pairs))
-    size = MAX_CONTEXTS - reserve
-    return [unique[i : i + size] for i in range(0, len(unique), size)] or [[]]
 
 
 class Association:
@@ -503,7 +439,7 @@ def open_association(
     contexts = [build_context(uid, [ts]) for uid, ts in plan.storage]
     ext_neg: list[Any] = []
     if plan.commitment:
-        contexts.append(build_context(STORAGE_COMMITMENT_PUSH_MODEL, list(_NON_STORAGE_SYNTAXES)))
+        contexts.append(build_context(STORAGE_COMMITMENT_PUSH_MODEL, list(NON_STORAGE_SYNTAXES)))
         if plan.commitment == "scp":
             role = SCP_SCU_RoleSelectionNegotiation()
             role.sop_class_uid = STORAGE_COMMITMENT_PUSH_MODEL
@@ -511,7 +447,7 @@ def open_association(
             role.scp_role = True
             ext_neg.append(role)
     if plan.echo or not contexts:
-        contexts.append(build_context(VERIFICATION, list(_NON_STORAGE_SYNTAXES)))
+        contexts.append(build_context(VERIFICATION, list(NON_STORAGE_SYNTAXES)))
     if len(contexts) > MAX_CONTEXTS:
         raise ValueError(f"{len(contexts)} presentation contexts exceed {MAX_CONTEXTS}")
     bridge = _Bridge(handlers or Handlers(), acceptor=False)
@@ -556,35 +492,3 @@ def _refusal(assoc: Any, remote: RemoteAE) -> str:
     if assoc.is_aborted:
         return f"{remote} aborted the association request"
     return f"{remote} did not answer the association request"
-
-
-def server_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
-    """TLS for associations we accept; with ``require_client_cert`` a peer without a
-    certificate from our CA fails the handshake."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.cert is not None:
-        context.load_cert_chain(str(tls.cert), str(tls.key))
-    if tls.ca is not None:
-        context.load_verify_locations(str(tls.ca))
-        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
-    return context
-
-
-def client_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
-    """TLS for associations we open: the peer must present a certificate from our CA (when one
-    is given); our own certificate is offered for peers that require client certificates."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = False
-    if tls.ca is not None:
-        context.load_verify_locations(str(tls.ca))
-    else:
-        context.verify_mode = ssl.CERT_NONE
-    if tls.cert is not None:
-        context.load_cert_chain(str(tls.cert), str(tls.key))
-    return context
-
-
-def is_success(status: int | None) -> bool:
-    return status is not None and (status == SUCCESS or (status & 0xF000) == 0xB000)

@@ -1,0 +1,176 @@
+"""The seam's vocabulary: what the services and the networking engines share.
+
+Services build :class:`Handlers` and :class:`ContextPlan` and receive :class:`StoreRequest`,
+:class:`ActionRequest` and :class:`EventReport`; an engine (``stgcmt.net`` on pynetdicom, or our
+own asyncio upper layer) turns DICOM traffic into these and back. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import itertools
+import ssl
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydicom.dataset import Dataset
+from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.sop_class import _STORAGE_CLASSES
+
+from .config import TlsConfig
+from .protocol import SUCCESS
+
+if TYPE_CHECKING:
+    from .net import Link
+
+STORAGE_SOP_CLASSES: frozenset[str] = frozenset(_STORAGE_CLASSES.values())
+"""Every Storage SOP Class the SCP accepts (and the only classes it can commit)."""
+
+TRANSFER_SYNTAXES: tuple[str, ...] = tuple(
+    dict.fromkeys([ExplicitVRLittleEndian, *AllTransferSyntaxes, ImplicitVRLittleEndian])
+)
+"""Accepted for storage, in order of preference when one context offers several: Explicit VR
+Little Endian first, then the others (compressed ones stored as received), Implicit last."""
+NON_STORAGE_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
+MAX_CONTEXTS = 128
+
+_ids = itertools.count(1)
+
+
+def next_association_id() -> int:
+    """Process-wide unique id for :attr:`PeerInfo.association_id`."""
+    return next(_ids)
+
+
+CommitmentRole = Literal["scu", "scp"]
+
+
+class AssociationError(ConnectionError):
+    """The peer could not be reached, rejected us, or did not accept what we need."""
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """Who is on the other end of an association."""
+
+    calling_aet: str
+    called_aet: str
+    host: str
+    port: int
+    association_id: int
+
+    def __str__(self) -> str:
+        return f"{self.calling_aet}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An A-ASSOCIATE-RJ to send: permanent by default, from the service user."""
+
+    reason: Literal["calling-aet", "called-aet", "no-reason", "congestion"]
+    transient: bool = False
+
+
+@dataclass
+class StoreRequest:
+    """A received C-STORE: the encoded dataset (without File Meta) and its identity."""
+
+    peer: PeerInfo
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    dataset: bytes
+
+
+@dataclass
+class ActionRequest:
+    """A received N-ACTION. ``information`` is None if absent; ``decode_error`` says why it
+    could not be decoded, so the service can answer with the right status."""
+
+    peer: PeerInfo
+    requested_sop_class_uid: str
+    requested_sop_instance_uid: str
+    action_type_id: int | None
+    information: Dataset | None
+    decode_error: str | None = None
+
+
+@dataclass
+class EventReport:
+    """A received N-EVENT-REPORT."""
+
+    peer: PeerInfo
+    event_type_id: int | None
+    information: Dataset | None
+    decode_error: str | None = None
+
+
+@dataclass
+class Handlers:
+    """What a service does with what arrives. Unset handlers mean "not offered"."""
+
+    accept: Callable[[PeerInfo], Rejection | None] | None = None
+    c_store: Callable[[StoreRequest], int] | None = None
+    n_action: Callable[[Link, ActionRequest], tuple[int, Dataset | None]] | None = None
+    n_action_answered: Callable[[Link], None] | None = None
+    n_event_report: Callable[[Link, EventReport], int] | None = None
+    n_event_report_answered: Callable[[Link], None] | None = None
+    """Called once the response to a received N-EVENT-REPORT has left: only then may its
+    receiver release the association (pynetdicom would otherwise queue the A-RELEASE-RQ ahead
+    of the response and break the association)."""
+    closed: Callable[[Link], None] | None = None
+
+
+@dataclass
+class ContextPlan:
+    """What an association we open asks for."""
+
+    storage: Sequence[tuple[str, str]] = ()
+    """(SOP Class UID, transfer syntax) pairs for C-STORE."""
+    commitment: CommitmentRole | None = None
+    """'scu' to send N-ACTION (receive reports on it), 'scp' to deliver reports (asks for the
+    SCP role with an SCP/SCU Role Selection item: SCU role 0, SCP role 1)."""
+    echo: bool = False
+    extra: list[Any] = field(default_factory=list)
+
+
+def plan_storage_associations(
+    pairs: Iterable[tuple[str, str]], *, reserve: int = 1
+) -> list[list[tuple[str, str]]]:
+    """Split (SOP Class, transfer syntax) pairs so no association proposes more than 128
+    presentation contexts; ``reserve`` leaves room for commitment and verification."""
+    unique = list(dict.fromkeys(pairs))
+    size = MAX_CONTEXTS - reserve
+    return [unique[i : i + size] for i in range(0, len(unique), size)] or [[]]
+
+
+def server_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
+    """TLS for associations we accept; with ``require_client_cert`` a peer without a
+    certificate from our CA fails the handshake."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.cert is not None:
+        context.load_cert_chain(str(tls.cert), str(tls.key))
+    if tls.ca is not None:
+        context.load_verify_locations(str(tls.ca))
+        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
+    return context
+
+
+def client_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
+    """TLS for associations we open: the peer must present a certificate from our CA (when one
+    is given); our own certificate is offered for peers that require client certificates."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    if tls.ca is not None:
+        context.load_verify_locations(str(tls.ca))
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    if tls.cert is not None:
+        context.load_cert_chain(str(tls.cert), str(tls.key))
+    return context
+
+
+def is_success(status: int | None) -> bool:
+    return status is not None and (status == SUCCESS or (status & 0xF000) == 0xB000)
