@@ -113,12 +113,12 @@ class Archive:
         if self.report == "same":
             status = self._deliver(requesting, report)
         else:
-            status = self._deliver_on_new_association(report)
+            status = self.deliver_on_new_association(report)
         with self._answered:
             self.answers.append(status)
             self._answered.notify_all()
 
-    def _deliver_on_new_association(self, report: CommitmentReport) -> int | None:
+    def deliver_on_new_association(self, report: CommitmentReport) -> int | None:
         assert self.report_to is not None
         ae = AE(self.aet)
         ae.add_requested_context(StorageCommitmentPushModel)

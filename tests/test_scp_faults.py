@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 import time
 
+from conftest import LOCALHOST, remote
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel
-
-from conftest import LOCALHOST, remote
 from pynetdicom_peer import Modality, refs_of
+
 from stgcmt.config import Timeouts
 
 

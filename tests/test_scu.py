@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import LOCALHOST, free_port, make_dataset, remote, wait_for, write_instances
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
-from conftest import LOCALHOST, free_port, make_dataset, remote, wait_for, write_instances
 from stgcmt import net
 from stgcmt.config import Timeouts
 from stgcmt.protocol import NO_SUCH_OBJECT_INSTANCE, PROCESSING_FAILURE, describe_status
@@ -97,7 +97,9 @@ def test_split_by_max_refs_and_series(scp_factory, instances, tmp_path, scu_jour
     assert result.exit_status == EXIT_COMMITTED
     assert sorted(len(tx.files) for tx in result.transactions) == [1, 2, 2]
     assert len({tx.transaction_uid for tx in result.transactions}) == 3
-    moved = sorted(p.relative_to(tmp_path / "done").as_posix() for p in (tmp_path / "done").rglob("*"))
+    moved = sorted(
+        p.relative_to(tmp_path / "done").as_posix() for p in (tmp_path / "done").rglob("*")
+    )
     expected = sorted(f"{p.parent.name}/{p.name}" for p in series_a + series_b)
     assert [m for m in moved if m.endswith(".dcm")] == expected
 
@@ -112,14 +114,12 @@ def test_more_than_128_contexts_use_several_associations(scp_factory, tmp_path, 
 
     result = send(remote("STGCMT_SCP", scp.port), [folder], scu_journal, options())
 
-    assert len(net.plan_storage_associations(((c, ExplicitVRLittleEndian) for c in classes))) == 2
+    assert len(net.plan_storage_associations((c, ExplicitVRLittleEndian) for c in classes)) == 2
     assert result.exit_status == EXIT_COMMITTED
     assert result.counts() == {"committed": 130}
 
 
-def test_non_dicom_files_are_skipped_with_a_warning(
-    scp_factory, instances, scu_journal, caplog
-):
+def test_non_dicom_files_are_skipped_with_a_warning(scp_factory, instances, scu_journal, caplog):
     scp = scp_reporting_to(scp_factory, None)
     paths = instances(2)
     junk = paths[0].parent / "notes.txt"
@@ -192,7 +192,7 @@ def test_unknown_transaction_uid_gets_a_failure_and_nothing_happens(
 ):
     paths = instances(2)
     archive, port = archive_factory(report="same", transaction_uid="1.2.3.4.5")
-    opts = options(on_commit="delete", timeout=2, same_assoc_wait=2)
+    opts = options(on_commit="delete", timeout=1, same_assoc_wait=1)
 
     result = send(remote("ARCHIVE", port), paths, scu_journal, opts)
 

@@ -18,6 +18,7 @@ import os
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import count
@@ -52,6 +53,7 @@ from .scu_journal import (
     ScuJournal,
     Transaction,
 )
+from .store import _fsync_path
 
 log = logging.getLogger("stgcmt.scu")
 
@@ -60,6 +62,8 @@ REPORT_ASSOC_CHOICES: tuple[str, ...] = ("new", "same", "any")
 DEFAULT_AET = "STGCMT_SCU"
 DEFAULT_LISTEN_BIND = "0.0.0.0"
 ANY_SAME_ASSOC_WAIT = 10.0
+MAX_WAITING_ASSOCIATIONS = 8
+ANSWER_WAIT = 5.0
 
 EXIT_COMMITTED = 0
 EXIT_FAILED = 1
@@ -106,7 +110,7 @@ def move_without_overwrite(src: Path, target_dir: Path, relpath: str) -> Path:
         except FileExistsError:
             continue
         break
-    _fsync_dir(candidate.parent)
+    _fsync_path(candidate.parent)
     src.unlink()
     return candidate
 
@@ -131,14 +135,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
             os.link(temp, dst)
         finally:
             temp.unlink()
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def perform_actions(journal: ScuJournal, rows: Iterable[tuple[Transaction, FileRow]]) -> int:
@@ -183,6 +179,7 @@ class ReportHandler:
         self.journal = journal
         self.aet = aet
         self._changed = threading.Condition()
+        self._answering: set[int] = set()
 
     def accept(self, peer: net.PeerInfo) -> net.Rejection | None:
         """Only associations addressed to our AE title: anything else is misdirected."""
@@ -201,10 +198,13 @@ class ReportHandler:
         return net.Handlers(
             accept=self.accept,
             n_event_report=lambda link, event: self.on_report(event, f"{via} association"),
+            n_event_report_answered=self._answered,
         )
 
     def on_report(self, event: net.EventReport, via: str) -> int:
         peer = event.peer
+        with self._changed:
+            self._answering.add(peer.association_id)
         try:
             status = self._handle(event, via)
         except Exception:  # never leave the archive without an answer
@@ -213,6 +213,19 @@ class ReportHandler:
         with self._changed:
             self._changed.notify_all()
         return status
+
+    def _answered(self, link: net.Link) -> None:
+        with self._changed:
+            self._answering.discard(link.peer.association_id)
+            self._changed.notify_all()
+
+    def wait_answered(self, assoc: net.Association) -> None:
+        """Before releasing an association, let the answer to a report on it leave."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: assoc.peer.association_id not in self._answering or not assoc.is_open,
+                ANSWER_WAIT,
+            )
 
     def _handle(self, event: net.EventReport, via: str) -> int:
         peer = event.peer
@@ -424,6 +437,10 @@ def send(
     return _Sender(archive, journal, options, progress).run(groups, found.skipped)
 
 
+_Work = tuple[Transaction, int, LocalFile]
+"""A file to send: its transaction, its number in it, the file."""
+
+
 class _Sender:
     """One ``send`` run: its transactions, the association in use, and its listener."""
 
@@ -440,6 +457,9 @@ class _Sender:
         self.progress = progress
         self.handler = ReportHandler(journal, options.aet)
         self.txs: list[tuple[Transaction, list[LocalFile]]] = []
+        self._opened: list[net.Association] = []
+        self._deadline = 0.0
+        """When waiting for reports ends: ``timeout`` after the first N-ACTION."""
 
     def run(self, groups: list[list[LocalFile]], skipped: list[Skipped]) -> SendResult:
         with contextlib.ExitStack() as stack:
@@ -462,8 +482,7 @@ class _Sender:
                 self._store_and_request()
             finally:
                 self._abort_unrequested()
-            deadline = time.monotonic() + self.options.timeout
-            self.handler.wait_settled(self._ids(), deadline, lambda: False)
+            self.handler.wait_settled(self._ids(), self._deadline, lambda: False)
         return self._result(skipped)
 
     def _ids(self) -> list[int]:
@@ -491,53 +510,53 @@ class _Sender:
     def _open(self, contexts: Sequence[tuple[str, str]]) -> net.Association:
         via = "new" if self.options.report_assoc == "new" else "same"
         handlers = self.handler.handlers(via) if via == "same" else None
-        return net.open_association(
+        assoc = net.open_association(
             self.options.aet,
             self.archive,
             net.ContextPlan(storage=contexts, commitment="scu"),
             handlers=handlers,
             timeouts=self.options.timeouts,
         )
+        self._opened.append(assoc)
+        return assoc
 
     def _store_and_request(self) -> None:
+        """Store everything, then request commitment. The last storage association carries
+        the first N-ACTION; each further transaction gets its own association (see
+        :meth:`_request_all`)."""
+        try:
+            self._request_all(self._store_all())
+        finally:
+            for assoc in self._opened:
+                if assoc.is_open:
+                    assoc.abort()
+
+    def _store_all(self) -> net.Association:
         work = [(tx, seq, f) for tx, files in self.txs for seq, f in enumerate(files)]
         plans = net.plan_storage_associations((f.context for _, _, f in work), reserve=1)
-        assoc: net.Association | None = None
         done = 0
-        try:
-            for contexts in plans:
-                if assoc is not None:
-                    assoc.release()
-                assoc = self._open(contexts)
-                wanted = set(contexts)
-                for tx, seq, f in work:
-                    if f.context in wanted:
-                        assoc = self._store(assoc, contexts, tx, seq, f)
-                        done += 1
-                        if self.progress:
-                            self.progress(done, len(work))
-            assert assoc is not None
-            assoc = self._request_all(assoc)
-            self._wait_on_association(assoc)
-        except BaseException:
-            if assoc is not None and assoc.is_open:
-                assoc.abort()
-            raise
-        assoc.release()
+        for n, contexts in enumerate(plans):
+            assoc = self._open(contexts)
+            wanted = set(contexts)
+            for item in work:
+                if item[2].context in wanted:
+                    assoc = self._store(assoc, contexts, item)
+                    done += 1
+                    if self.progress:
+                        self.progress(done, len(work))
+            if n < len(plans) - 1:
+                assoc.release()
+        return assoc
 
     def _store(
-        self,
-        assoc: net.Association,
-        contexts: Sequence[tuple[str, str]],
-        tx: Transaction,
-        seq: int,
-        f: LocalFile,
+        self, assoc: net.Association, contexts: Sequence[tuple[str, str]], item: _Work
     ) -> net.Association:
         """C-STORE one file; without a response (outcome unknown) re-send it once on a new
         association. Returns the association to continue on."""
+        tx, seq, f = item
         if not assoc.accepts(*f.context):
             error = f"the archive rejected the presentation context {f.context[0]} / {f.context[1]}"
-            return self._store_failed(assoc, contexts, tx, seq, f, None, error)
+            return self._store_failed(assoc, contexts, item, None, error)
         status, error = _c_store(assoc, f.path)
         if status is None and error is None:
             log.warning("no response to C-STORE of %s: re-sending on a new association", f.path)
@@ -545,7 +564,7 @@ class _Sender:
             status, error = _c_store(assoc, f.path)
         if status is None or not net.is_success(status):
             error = error or describe_status(status)
-            return self._store_failed(assoc, contexts, tx, seq, f, status, error)
+            return self._store_failed(assoc, contexts, item, status, error)
         self.journal.record_store(tx.id, seq, status, True)
         log.debug("C-STORE %s: %s", f.path, describe_status(status))
         return assoc
@@ -554,12 +573,11 @@ class _Sender:
         self,
         assoc: net.Association,
         contexts: Sequence[tuple[str, str]],
-        tx: Transaction,
-        seq: int,
-        f: LocalFile,
+        item: _Work,
         status: int | None,
         error: str,
     ) -> net.Association:
+        tx, seq, f = item
         self.journal.record_store(tx.id, seq, status, False, error)
         log.warning("C-STORE of %s failed: %s; the file is kept", f.path, error)
         return assoc if assoc.is_open else self._reopen(assoc, contexts)
@@ -571,20 +589,40 @@ class _Sender:
             assoc.abort()
         return self._open(contexts)
 
-    def _request_all(self, assoc: net.Association) -> net.Association:
-        """Send one N-ACTION per transaction (journaled as pending first)."""
+    def _request_all(self, first: net.Association) -> None:
+        """One N-ACTION per association: pynetdicom, waiting for an N-ACTION response, takes a
+        report arriving first for an earlier transaction as an invalid response and aborts.
+        Each association stays open for its same-association wait, at most
+        ``MAX_WAITING_ASSOCIATIONS`` at a time (archives limit concurrent associations)."""
+        waiting: deque[tuple[net.Association, int, float]] = deque()
+        reuse: net.Association | None = first
+        self._deadline = time.monotonic() + self.options.timeout
         for tx, _ in self.txs:
             references = self.journal.mark_requested(tx.id)
             if not references:
                 self.journal.close_unrequested(tx.id, FAILED, "no file could be stored", None)
                 log.error("%s: nothing stored, no commitment requested", tx.label)
                 continue
-            if not assoc.is_open:
-                assoc = self._open([])
+            assoc = reuse if reuse is not None and reuse.is_open else self._open([])
+            reuse = None
             request = CommitmentRequest(tx.transaction_uid, references)
             status = assoc.n_action(build_action_information(request))
             self._after_n_action(tx, len(references), status)
-        return assoc
+            same_deadline = min(time.monotonic() + self.options.same_wait, self._deadline)
+            waiting.append((assoc, tx.id, same_deadline))
+            while len(waiting) >= MAX_WAITING_ASSOCIATIONS:
+                self._release_after_wait(*waiting.popleft())
+        if reuse is not None:
+            reuse.release()
+        while waiting:
+            self._release_after_wait(*waiting.popleft())
+
+    def _release_after_wait(self, assoc: net.Association, tx_id: int, deadline: float) -> None:
+        """Keep an association open for a report on it until its transaction is settled or
+        the same-association wait is over."""
+        self.handler.wait_settled([tx_id], deadline, lambda: not assoc.is_open)
+        self.handler.wait_answered(assoc)
+        assoc.release()
 
     def _after_n_action(self, tx: Transaction, n_refs: int, status: int | None) -> None:
         if status is None:
@@ -599,13 +637,6 @@ class _Sender:
             log.info(
                 "%s: commitment of %d instances requested from %s", tx.label, n_refs, self.archive
             )
-
-    def _wait_on_association(self, assoc: net.Association) -> None:
-        """Keep the association open (for a report on it) for the same-association wait."""
-        wait = self.options.same_wait
-        if wait > 0:
-            deadline = time.monotonic() + wait
-            self.handler.wait_settled(self._ids(), deadline, lambda: not assoc.is_open)
 
     def _abort_unrequested(self) -> None:
         """Transactions never requested (the connection was lost) end as aborted: no report
