@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .config import Timeouts
+from .config import Timeouts, TlsConfig
 from .scu import DEFAULT_AET, DEFAULT_LISTEN_BIND, ReportHandler, finish_due_actions, report_server
 from .scu_journal import PENDING, ScuJournal
 
@@ -31,12 +31,13 @@ class Agent:
         bind: str = DEFAULT_LISTEN_BIND,
         port: int = DEFAULT_PORT,
         timeouts: Timeouts | None = None,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.aet = aet
         self.bind = bind
         self.journal = ScuJournal(journal_path)
         self.handler = ReportHandler(self.journal, aet)
-        self._server = report_server(self.handler, bind, port, timeouts)
+        self._server = report_server(self.handler, bind, port, timeouts, tls)
 
     def start(self) -> Agent:
         finish_due_actions(self.journal)

@@ -5,6 +5,10 @@ Services (SCP, SCU, agent) see plain Python objects: :class:`Handlers` for what 
 is pynetdicom today; replacing it must not touch the services, so nothing pynetdicom-specific
 escapes this module.
 
+Two engines implement it: pynetdicom (the classes below) and our own asyncio upper layer
+(``stgcmt.engine``), chosen by the environment variable ``STGCMT_ENGINE`` (``pynetdicom`` or
+``asyncio``), read at import; the module exports the same names either way.
+
 Two pynetdicom habits are corrected here: every socket gets TCP_NODELAY (otherwise Nagle and
 delayed ACK cost ~40 ms per message on loopback), and a DIMSE timeout is reported as ``None``
 ("outcome unknown") so the caller can re-send on a new association.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -463,7 +468,7 @@ def open_association(
     if not assoc.is_established:
         raise AssociationError(_refusal(assoc, remote))
     association = Association(assoc, _peer_from_assoc(assoc, acceptor=False))
-    if plan.commitment and not association.accepts_commitment:
+    if plan.commitment and plan.require_commitment and not association.accepts_commitment:
         association.release()
         raise AssociationError(
             f"{remote} does not support Storage Commitment Push Model "
@@ -492,3 +497,17 @@ def _refusal(assoc: Any, remote: RemoteAE) -> str:
     if assoc.is_aborted:
         return f"{remote} aborted the association request"
     return f"{remote} did not answer the association request"
+
+
+ENGINE = os.environ.get("STGCMT_ENGINE", "pynetdicom")
+"""The engine behind the seam in this process."""
+
+if ENGINE == "asyncio":
+    from .engine import api as _asyncio_engine
+
+    Server = _asyncio_engine.Server
+    Association = _asyncio_engine.Association
+    Link = _asyncio_engine.Link
+    open_association = _asyncio_engine.open_association
+elif ENGINE != "pynetdicom":
+    raise ImportError(f"STGCMT_ENGINE={ENGINE!r}: choose 'pynetdicom' or 'asyncio'")

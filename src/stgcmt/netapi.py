@@ -131,6 +131,9 @@ class ContextPlan:
     """'scu' to send N-ACTION (receive reports on it), 'scp' to deliver reports (asks for the
     SCP role with an SCP/SCU Role Selection item: SCU role 0, SCP role 1)."""
     echo: bool = False
+    require_commitment: bool = True
+    """Fail the association request if the peer rejects Storage Commitment; False lets a
+    sender store first and report the missing commitment afterwards."""
     extra: list[Any] = field(default_factory=list)
 
 

@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 
 from . import net
 from .config import RemoteAE, ScpConfig
+from .faults import crash_point
 from .journal import (
     DELIVERED,
     RECEIVED,
@@ -275,6 +276,7 @@ class StorageCommitmentSCP:
         except Exception as exc:  # the journal is the promise: if it fails, do not promise
             log.exception("N-ACTION from %s: cannot journal the request: %s", peer, exc)
             return PROCESSING_FAILURE, None
+        crash_point("scp.n_action.after_journal")
         with self._lock:
             self._awaiting_answer[peer.association_id].append(tx.id)
         duplicate = (
@@ -372,6 +374,7 @@ class StorageCommitmentSCP:
             self.journal.record_results(
                 tx.id, [(seq, reason) for (seq, _), reason in zip(batch, reasons, strict=True)]
             )
+            crash_point("scp.verify.mid")
         tx = self.journal.finish_verification(tx.id, first_attempt_at=time.time())
         log.info(
             "%s: %d committed, %d failed; report pending for %s",
@@ -418,6 +421,7 @@ class StorageCommitmentSCP:
         if not net.is_success(status):
             self._failed_attempt(tx, f"N-EVENT-REPORT on {via}: {describe_status(status)}")
             return
+        crash_point("scp.deliver.after_answer")
         self.journal.mark_delivered(tx.id, via)
         log.info(
             "%s: report (event type %d: %d committed, %d failed) delivered to %s on %s",

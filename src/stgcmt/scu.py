@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import net
-from .config import RemoteAE, Timeouts
+from .config import ConfigError, RemoteAE, Timeouts, TlsConfig
 from .dicomfiles import GroupBy, LocalFile, Skipped, scan, split
+from .faults import crash_point
 from .protocol import (
     EVENT_TYPE_ALL_COMMITTED,
     EVENT_TYPE_FAILURES_EXIST,
     PROCESSING_FAILURE,
+    STORAGE_COMMITMENT_PUSH_MODEL,
     SUCCESS,
     CommitmentRequest,
     InvalidRequest,
@@ -149,6 +151,7 @@ def perform_actions(journal: ScuJournal, rows: Iterable[tuple[Transaction, FileR
             journal.record_action(tx.id, row.seq, "due", f"error: {exc}")
             continue
         journal.record_action(tx.id, row.seq, state, note)
+        crash_point("scu.purge.mid")
         log_level = logging.INFO if state == "done" else logging.WARNING
         log.log(log_level, "%s: %s: %s", tx.label, row.path, note)
         done += state == "done"
@@ -246,6 +249,7 @@ class ReportHandler:
                 "%s: report from %s again (already %s): acknowledged", tx.label, peer, tx.state
             )
             return SUCCESS
+        crash_point("scu.report.after_record")
         self._log_report(tx, peer, via, outcome.ignored)
         perform_actions(self.journal, self.journal.due_actions(tx.id))
         return SUCCESS
@@ -301,7 +305,11 @@ def failure_words(row: FileRow) -> str:
 
 
 def report_server(
-    handler: ReportHandler, bind: str, port: int, timeouts: Timeouts | None = None
+    handler: ReportHandler,
+    bind: str,
+    port: int,
+    timeouts: Timeouts | None = None,
+    tls: TlsConfig | None = None,
 ) -> net.Server:
     """A listener for reports on new associations (requester SCP role, or no role item)."""
     return net.Server(
@@ -312,6 +320,7 @@ def report_server(
         storage=False,
         commitment=True,
         timeouts=timeouts,
+        tls=tls,
     )
 
 
@@ -333,6 +342,8 @@ class SendOptions:
     listen_port: int | None = None
     listen_bind: str = DEFAULT_LISTEN_BIND
     timeouts: Timeouts = field(default_factory=Timeouts)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    """DICOM TLS for the associations we open and for our listener."""
 
     def checked(self) -> SendOptions:
         if self.report_assoc not in REPORT_ASSOC_CHOICES:
@@ -348,6 +359,10 @@ class SendOptions:
             raise UsageError("--max-refs must be at least 1")
         if self.timeout < 0 or (self.same_assoc_wait or 0) < 0:
             raise UsageError("waiting times cannot be negative")
+        try:
+            self.tls.checked()
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
         return self
 
     @property
@@ -469,6 +484,7 @@ class _Sender:
                     self.options.listen_bind,
                     self.options.listen_port,
                     self.options.timeouts,
+                    self.options.tls,
                 )
                 stack.enter_context(server)
                 log.info(
@@ -513,9 +529,12 @@ class _Sender:
         assoc = net.open_association(
             self.options.aet,
             self.archive,
-            net.ContextPlan(storage=contexts, commitment="scu"),
+            # A storage association survives an archive without Storage Commitment: the files
+            # are stored, and the commitment step then fails for them (nothing is deleted).
+            net.ContextPlan(storage=contexts, commitment="scu", require_commitment=not contexts),
             handlers=handlers,
             timeouts=self.options.timeouts,
+            tls=self.options.tls,
         )
         self._opened.append(assoc)
         return assoc
@@ -594,10 +613,14 @@ class _Sender:
         report arriving first for an earlier transaction as an invalid response and aborts.
         Each association stays open for its same-association wait, at most
         ``MAX_WAITING_ASSOCIATIONS`` at a time (archives limit concurrent associations)."""
+        if not first.accepts_commitment:
+            self._commitment_unsupported()
+            return
         waiting: deque[tuple[net.Association, int, float]] = deque()
         reuse: net.Association | None = first
         self._deadline = time.monotonic() + self.options.timeout
         for tx, _ in self.txs:
+            crash_point("scu.send.after_store")
             references = self.journal.mark_requested(tx.id)
             if not references:
                 self.journal.close_unrequested(tx.id, FAILED, "no file could be stored", None)
@@ -605,6 +628,7 @@ class _Sender:
                 continue
             assoc = reuse if reuse is not None and reuse.is_open else self._open([])
             reuse = None
+            crash_point("scu.send.after_pending")
             request = CommitmentRequest(tx.transaction_uid, references)
             status = assoc.n_action(build_action_information(request))
             self._after_n_action(tx, len(references), status)
@@ -616,6 +640,16 @@ class _Sender:
             reuse.release()
         while waiting:
             self._release_after_wait(*waiting.popleft())
+
+    def _commitment_unsupported(self) -> None:
+        error = (
+            f"{self.archive} does not support Storage Commitment Push Model "
+            f"({STORAGE_COMMITMENT_PUSH_MODEL}): presentation context rejected;"
+            " files stored but not committed, none deleted"
+        )
+        for tx, _ in self.txs:
+            self.journal.close_unrequested(tx.id, FAILED, error, None)
+            log.error("%s: %s", tx.label, error)
 
     def _release_after_wait(self, assoc: net.Association, tx_id: int, deadline: float) -> None:
         """Keep an association open for a report on it until its transaction is settled or

@@ -27,6 +27,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from .db import Database
+from .faults import crash_point
 from .protocol import (
     CLASS_INSTANCE_CONFLICT,
     NO_SUCH_OBJECT_INSTANCE,
@@ -143,6 +144,7 @@ class InstanceStore:
             self._check_quota(len(content))
             final = self.path_for(sop_instance_uid)
             self._write_atomically(final, content)
+            crash_point("scp.store.after_rename")
             self._index(
                 sop_instance_uid,
                 sop_class_uid,
@@ -283,6 +285,7 @@ class InstanceStore:
             directories.add(self.root)
             for directory in directories:
                 _fsync_path(directory)
+            crash_point("scp.barrier.after_fsync")
             with self.db.transaction(durable=True) as conn:
                 for batch in chunked([r.sop_instance_uid for r in rows], LOOKUP_BATCH):
                     marks = ",".join("?" * len(batch))

@@ -130,8 +130,10 @@ def test_stgcmt_send_to_storescp_fails_cleanly(storescp: StoreScp, tmp_path: Pat
     )
 
     output = done.stdout + done.stderr
-    # documented: 3 usage or connection error, 1 some failed (kept)
-    assert done.returncode in (1, 3), output
+    # C-STORE works, the commitment step fails: exit 1 (not committed), every file kept
+    assert done.returncode == 1, output
     assert "does not support Storage Commitment" in output
     assert "presentation context rejected" in output
     assert {f: f.read_bytes() for f in files if f.exists()} == before, "a local file was lost"
+    assert all(f.exists() for f in files)
+    assert len(wait_for(lambda: len(storescp.received()) == 3 and storescp.received(), 5)) == 3

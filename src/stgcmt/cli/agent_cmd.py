@@ -8,10 +8,11 @@ import signal
 import threading
 
 from ..agent import DEFAULT_PORT, Agent
+from ..config import ConfigError
 from ..logs import setup_logging
 from ..scu import DEFAULT_AET, DEFAULT_LISTEN_BIND
 from ..scu_journal import default_journal_path
-from .common import EXIT_USAGE, add_logging_flags, ae_title, subcommand
+from .common import EXIT_USAGE, add_logging_flags, add_tls_flags, ae_title, subcommand, tls_config
 from .send_cmd import add_journal_flag
 
 log = logging.getLogger("stgcmt.cli")
@@ -33,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bind", default=DEFAULT_LISTEN_BIND, metavar="HOST", help="listen address")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
     add_journal_flag(p)
+    add_tls_flags(p)
     add_logging_flags(p)
     p.set_defaults(run=run)
 
@@ -43,9 +45,12 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        agent = Agent(args.journal or default_journal_path(), args.aet, args.bind, args.port)
+        tls = tls_config(args).checked()
+        agent = Agent(
+            args.journal or default_journal_path(), args.aet, args.bind, args.port, tls=tls
+        )
         agent.start()
-    except OSError as exc:
+    except (ConfigError, OSError) as exc:
         log.error("cannot start the agent: %s", exc)
         return EXIT_USAGE
     stop.wait()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import ConfigError, RemoteAE, validate_aet
+from ..config import ConfigError, RemoteAE, TlsConfig, validate_aet
 
 EXIT_USAGE = 3
 
@@ -68,3 +68,8 @@ def tls_overrides(args: argparse.Namespace) -> dict[str, object]:
         "ca": args.tls_ca,
         "require_client_cert": args.tls_require_client_cert,
     }
+
+
+def tls_config(args: argparse.Namespace) -> TlsConfig:
+    """The TLS settings given on the command line (for commands without a config file)."""
+    return TlsConfig(**{k: v for k, v in tls_overrides(args).items() if v is not None})

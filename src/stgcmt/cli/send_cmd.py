@@ -26,7 +26,15 @@ from ..scu import (
     send,
 )
 from ..scu_journal import COMMITTED, ScuJournal, default_journal_path
-from .common import EXIT_USAGE, add_logging_flags, ae_title, remote_ae, subcommand
+from .common import (
+    EXIT_USAGE,
+    add_logging_flags,
+    add_tls_flags,
+    ae_title,
+    remote_ae,
+    subcommand,
+    tls_config,
+)
 
 log = logging.getLogger("stgcmt.cli")
 
@@ -87,6 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-refs", type=int, metavar="N", help="at most N files per transaction")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     add_journal_flag(p)
+    add_tls_flags(p)
     add_logging_flags(p)
     p.set_defaults(run=run)
 
@@ -103,6 +112,7 @@ def options_from(args: argparse.Namespace) -> SendOptions:
         max_refs=args.max_refs,
         listen_port=args.listen,
         listen_bind=args.listen_bind,
+        tls=tls_config(args),
     )
 
 

@@ -1,0 +1,21 @@
+"""The bounded crash campaign: 30 kill points (SIGKILL of the SCP, the agent or send, at random
+moments and at armed crash points), then every invariant of tools/crash_campaign.py."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+from crash_campaign import run_campaign  # noqa: E402
+
+KILLS = 30
+
+
+def test_thirty_kill_points_lose_nothing(tmp_path):
+    summary = run_campaign(KILLS, seed=20261122, workdir=tmp_path, max_seconds=600)
+    print(summary.line(), dict(summary.kills))
+    assert sum(summary.kills.values()) >= KILLS
+    assert summary.checks > KILLS  # the invariants were really evaluated
+    assert summary.violations == []
