@@ -1,0 +1,604 @@
+"""The seam's classes on our own upper layer: the same :class:`Server`, :func:`open_association`,
+:class:`Association` and :class:`Link` as ``stgcmt.net``'s pynetdicom engine, so services do
+not change.
+
+The services are synchronous and threaded; the engine is one asyncio loop in a daemon thread.
+Blocking calls here submit coroutines to that loop and wait; handlers run in each association's
+own thread (see :mod:`.association`), never on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import ssl
+import threading
+from collections.abc import Callable, Coroutine, Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydicom.dataset import Dataset
+
+from ..config import RemoteAE, Timeouts, TlsConfig
+from ..netapi import (
+    MAX_CONTEXTS,
+    NON_STORAGE_SYNTAXES,
+    STORAGE_SOP_CLASSES,
+    TRANSFER_SYNTAXES,
+    ActionRequest,
+    AssociationError,
+    ContextPlan,
+    EventReport,
+    Handlers,
+    PeerInfo,
+    Rejection,
+    StoreRequest,
+    client_ssl_context,
+    next_association_id,
+    server_ssl_context,
+)
+from ..protocol import (
+    ACTION_TYPE_REQUEST_COMMITMENT,
+    STORAGE_COMMITMENT_INSTANCE,
+    STORAGE_COMMITMENT_PUSH_MODEL,
+    VERIFICATION,
+)
+from .acse import (
+    PresentationContext,
+    answer_contexts,
+    answer_roles,
+    propose,
+    user_information,
+)
+from .association import Answer, UpperLayer
+from .datasets import decode_data_set, encode_data_set, read_part10_header
+from .dimse import (
+    ACTION_TYPE_ID,
+    AFFECTED_SOP_CLASS_UID,
+    AFFECTED_SOP_INSTANCE_UID,
+    COMMAND_DATA_SET_TYPE,
+    COMMAND_FIELD,
+    DATA_SET_PRESENT,
+    EVENT_TYPE_ID,
+    NO_DATA_SET,
+    PRIORITY,
+    REQUESTED_SOP_CLASS_UID,
+    REQUESTED_SOP_INSTANCE_UID,
+    STATUS,
+    CommandField,
+    CommandSet,
+    Message,
+)
+from .pdu import (
+    A_ABORT,
+    A_ASSOCIATE_AC,
+    A_ASSOCIATE_RJ,
+    A_ASSOCIATE_RQ,
+    APPLICATION_CONTEXT_NAME,
+    RoleSelectionItem,
+)
+
+log = logging.getLogger("stgcmt.engine")
+
+READ_CHUNK = 1 << 20
+"""C-STORE reads a file's data set in pieces of this size (the first one in the caller's
+thread, so a small file costs one hop to the loop)."""
+UNRECOGNIZED_OPERATION = 0x0211
+
+T = TypeVar("T")
+
+# -- the engine loop -----------------------------------------------------------------------------
+
+_loop_lock = threading.Lock()
+_loops: list[asyncio.AbstractEventLoop] = []
+
+
+def engine_loop() -> asyncio.AbstractEventLoop:
+    """The process's engine loop, started on first use in a daemon thread."""
+    with _loop_lock:
+        if not _loops:
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="stgcmt-engine", daemon=True)
+            thread.start()
+            _loops.append(loop)
+        return _loops[0]
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on the engine loop and wait for its result (from any other thread)."""
+    loop = engine_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        coroutine.close()
+        raise RuntimeError("a blocking engine call was made on the engine loop")
+    return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+
+# -- the services' side of an association ---------------------------------------------------------
+
+
+class Link:
+    """An established association, seen from a service (see ``stgcmt.net.Link``)."""
+
+    def __init__(self, association: UpperLayer, peer: PeerInfo) -> None:
+        self._association = association
+        self.peer = peer
+        self._send_lock = threading.Lock()  # one request in flight per association
+
+    @property
+    def is_open(self) -> bool:
+        return self._association.is_established
+
+    def n_event_report(self, event_type_id: int, information: Dataset) -> int | None:
+        """Send an N-EVENT-REPORT for the Storage Commitment instance; the peer's status, or
+        None if none came (timeout, abort)."""
+        command: CommandSet = {
+            AFFECTED_SOP_CLASS_UID: STORAGE_COMMITMENT_PUSH_MODEL,
+            COMMAND_FIELD: CommandField.N_EVENT_REPORT_RQ,
+            COMMAND_DATA_SET_TYPE: DATA_SET_PRESENT,
+            AFFECTED_SOP_INSTANCE_UID: STORAGE_COMMITMENT_INSTANCE,
+            EVENT_TYPE_ID: event_type_id,
+        }
+        return self.request(STORAGE_COMMITMENT_PUSH_MODEL, command, information)
+
+    def context(
+        self, abstract_syntax: str, transfer_syntax: str = ""
+    ) -> PresentationContext | None:
+        """An accepted context for ``abstract_syntax`` (and exactly ``transfer_syntax``)."""
+        return next(
+            (
+                cx
+                for cx in self._association.contexts.values()
+                if cx.abstract_syntax == abstract_syntax
+                and transfer_syntax in ("", cx.transfer_syntax)
+            ),
+            None,
+        )
+
+    def request(
+        self, abstract_syntax: str, command: CommandSet, information: Dataset | None = None
+    ) -> int | None:
+        """Send a request whose data set (if any) pydicom encodes; the response status."""
+        context = self.context(abstract_syntax)
+        if context is None:
+            log.warning("%s: no accepted presentation context for %s", self.peer, abstract_syntax)
+            return None
+        if information is None:
+            return self.exchange(context, command, ())
+        return self.exchange(
+            context, command, (encode_data_set(information, context.transfer_syntax),)
+        )
+
+    def exchange(
+        self, context: PresentationContext, command: CommandSet, data_set: Iterable[bytes]
+    ) -> int | None:
+        with self._send_lock:
+            response = run(self._association.request(context.context_id, command, data_set))
+        if response is None or STATUS not in response.command:
+            return None
+        return int(response.command[STATUS])
+
+
+class _Services:
+    """Turns the requests received on one association into calls on :class:`Handlers`."""
+
+    def __init__(self, handlers: Handlers, association: UpperLayer, link: Link) -> None:
+        self.handlers = handlers
+        self.association = association
+        self.link = link
+        offered: dict[int, tuple[object, Callable[[Message], Answer]]] = {
+            CommandField.C_STORE_RQ: (handlers.c_store, self._c_store),
+            CommandField.N_ACTION_RQ: (handlers.n_action, self._n_action),
+            CommandField.N_EVENT_REPORT_RQ: (handlers.n_event_report, self._n_event_report),
+        }
+        self._by_field = {field: call for field, (h, call) in offered.items() if h is not None}
+
+    def handle(self, message: Message) -> Answer:
+        call = self._by_field.get(message.command_field)
+        return call(message) if call is not None else Answer(UNRECOGNIZED_OPERATION)
+
+    def closed(self) -> None:
+        if self.handlers.closed is not None:
+            self.handlers.closed(self.link)
+
+    def _transfer_syntax(self, message: Message) -> str:
+        return self.association.contexts[message.context_id].transfer_syntax
+
+    def _c_store(self, message: Message) -> Answer:
+        assert self.handlers.c_store is not None
+        command = message.command
+        request = StoreRequest(
+            peer=self.link.peer,
+            sop_class_uid=str(command.get(AFFECTED_SOP_CLASS_UID, "")),
+            sop_instance_uid=str(command.get(AFFECTED_SOP_INSTANCE_UID, "")),
+            transfer_syntax=self._transfer_syntax(message),
+            dataset=message.data_set or b"",
+        )
+        return Answer(self.handlers.c_store(request))
+
+    def _information(self, message: Message) -> tuple[Dataset | None, str | None]:
+        """The decoded data set, or why it could not be decoded."""
+        if not message.data_set:
+            return None, None
+        try:
+            return decode_data_set(message.data_set, self._transfer_syntax(message)), None
+        except Exception as exc:  # whatever the peer sent
+            return None, str(exc) or type(exc).__name__
+
+    def _n_action(self, message: Message) -> Answer:
+        assert self.handlers.n_action is not None
+        command = message.command
+        information, error = self._information(message)
+        action_type = command.get(ACTION_TYPE_ID)
+        request = ActionRequest(
+            peer=self.link.peer,
+            requested_sop_class_uid=str(command.get(REQUESTED_SOP_CLASS_UID, "")),
+            requested_sop_instance_uid=str(command.get(REQUESTED_SOP_INSTANCE_UID, "")),
+            action_type_id=action_type if isinstance(action_type, int) else None,
+            information=information,
+            decode_error=error,
+        )
+        status, reply = self.handlers.n_action(self.link, request)
+        data = None if reply is None else encode_data_set(reply, self._transfer_syntax(message))
+        return Answer(status, data, self._then(self.handlers.n_action_answered))
+
+    def _n_event_report(self, message: Message) -> Answer:
+        assert self.handlers.n_event_report is not None
+        information, error = self._information(message)
+        event_type = message.command.get(EVENT_TYPE_ID)
+        report = EventReport(
+            self.link.peer, event_type if isinstance(event_type, int) else None, information, error
+        )
+        status = self.handlers.n_event_report(self.link, report)
+        return Answer(status, None, self._then(self.handlers.n_event_report_answered))
+
+    def _then(self, answered: Callable[[Link], None] | None) -> Callable[[], None] | None:
+        return None if answered is None else partial(answered, self.link)
+
+
+# -- listening -----------------------------------------------------------------------------------
+
+_REJECTION_CODES = {  # (source, reason/diag), PS3.8 Table 9-21
+    "calling-aet": (1, 3),
+    "called-aet": (1, 7),
+    "no-reason": (1, 1),
+    "congestion": (3, 2),  # service provider (presentation): local limit exceeded
+}
+
+
+def _associate_rj(rejection: Rejection) -> A_ASSOCIATE_RJ:
+    source, reason = _REJECTION_CODES[rejection.reason]
+    transient = rejection.transient or rejection.reason == "congestion"
+    return A_ASSOCIATE_RJ(2 if transient else 1, source, reason)
+
+
+def _supported_syntaxes(storage: bool, commitment: bool) -> dict[str, tuple[str, ...]]:
+    supported = {VERIFICATION: NON_STORAGE_SYNTAXES}
+    if commitment:
+        supported[STORAGE_COMMITMENT_PUSH_MODEL] = NON_STORAGE_SYNTAXES
+    if storage:
+        supported.update(dict.fromkeys(STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES))
+    return supported
+
+
+class Server:
+    """A listening AE (see ``stgcmt.net.Server``)."""
+
+    def __init__(
+        self,
+        aet: str,
+        bind: str,
+        port: int,
+        handlers: Handlers,
+        *,
+        storage: bool = False,
+        commitment: bool = True,
+        timeouts: Timeouts | None = None,
+        max_pdu: int = 0,
+        max_associations: int = 64,
+        tls: TlsConfig | None = None,
+    ) -> None:
+        self.aet = aet
+        self._address = (bind, port)
+        self._handlers = handlers
+        self._timeouts = timeouts or Timeouts()
+        self._max_pdu = max_pdu
+        self._max_associations = max_associations
+        self._ssl_context = server_ssl_context(tls) if tls and tls.enabled else None
+        self._supported = _supported_syntaxes(storage, commitment)
+        self._role_classes = (STORAGE_COMMITMENT_PUSH_MODEL,) if commitment else ()
+        self._associations: set[UpperLayer] = set()
+        self._server: asyncio.Server | None = None
+
+    def start(self) -> Server:
+        self._server = run(self._listen())
+        return self
+
+    async def _listen(self) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(
+            self._new_association,
+            *self._address,
+            ssl=self._ssl_context,
+            ssl_handshake_timeout=self._timeouts.acse if self._ssl_context else None,
+            reuse_address=True,
+        )
+
+    def _new_association(self) -> UpperLayer:
+        return UpperLayer(self._timeouts, negotiator=self._negotiate, registry=self._associations)
+
+    async def _negotiate(
+        self, association: UpperLayer, rq: A_ASSOCIATE_RQ
+    ) -> A_ASSOCIATE_AC | A_ASSOCIATE_RJ:
+        if rq.application_context_name != APPLICATION_CONTEXT_NAME:
+            return A_ASSOCIATE_RJ(1, 1, 2)
+        if not rq.protocol_version & 1:
+            return A_ASSOCIATE_RJ(1, 2, 2)
+        if len(self._associations) > self._max_associations:
+            return _associate_rj(Rejection("congestion"))
+        host, port = association.address
+        peer = PeerInfo(rq.calling_ae_title, rq.called_ae_title, host, port, next_association_id())
+        if self._handlers.accept is not None:
+            rejection = await asyncio.to_thread(self._handlers.accept, peer)
+            if rejection is not None:
+                return _associate_rj(rejection)
+        association.user = _Services(self._handlers, association, Link(association, peer))
+        roles = answer_roles(rq.user_information.role_selection, self._role_classes)
+        return A_ASSOCIATE_AC(
+            rq.called_ae_title,
+            rq.calling_ae_title,
+            answer_contexts(rq.presentation_contexts, self._supported),
+            user_information(self._max_pdu, roles),
+        )
+
+    @property
+    def active_associations(self) -> int:
+        """Associations being served now (the one being negotiated included)."""
+        return len(self._associations)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def stop(self) -> None:
+        """Stop listening and abort what is still open (the services' journals resume it)."""
+        if self._server is not None:
+            run(self._close(self._server))
+            self._server = None
+
+    async def _close(self, server: asyncio.Server) -> None:
+        server.close()
+        finishing = [a.finished for a in self._associations]
+        for association in list(self._associations):
+            association.abort()
+        if finishing:
+            await asyncio.wait(finishing, timeout=self._timeouts.acse)
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# -- requesting ----------------------------------------------------------------------------------
+
+
+class Association:
+    """An association we opened (see ``stgcmt.net.Association``); releases on exit."""
+
+    def __init__(self, association: UpperLayer, link: Link) -> None:
+        self._association = association
+        self.link = link
+
+    @property
+    def peer(self) -> PeerInfo:
+        return self.link.peer
+
+    @property
+    def is_open(self) -> bool:
+        return self.link.is_open
+
+    @property
+    def accepts_commitment(self) -> bool:
+        return self.link.context(STORAGE_COMMITMENT_PUSH_MODEL) is not None
+
+    def accepts(self, sop_class_uid: str, transfer_syntax: str) -> bool:
+        return self.link.context(sop_class_uid, transfer_syntax) is not None
+
+    def c_echo(self) -> int | None:
+        command: CommandSet = {
+            AFFECTED_SOP_CLASS_UID: VERIFICATION,
+            COMMAND_FIELD: CommandField.C_ECHO_RQ,
+            COMMAND_DATA_SET_TYPE: NO_DATA_SET,
+        }
+        return self.link.request(VERIFICATION, command)
+
+    def c_store(self, path: Path) -> int | None:
+        """Send one Part 10 file's data set as it is on disk. None means no response (outcome
+        unknown) or a file that cannot be sent on this association; OSError if unreadable."""
+        with open(path, "rb") as f:
+            try:
+                header = read_part10_header(f)
+            except (ValueError, OSError) as exc:
+                log.warning("C-STORE of %s: cannot be sent: %s", path, exc)
+                return None
+            context = self.link.context(header.sop_class_uid, header.transfer_syntax)
+            if context is None:
+                log.warning(
+                    "C-STORE of %s: no accepted presentation context for %s in %s",
+                    path,
+                    header.sop_class_uid,
+                    header.transfer_syntax,
+                )
+                return None
+            first = f.read(READ_CHUNK)
+            if not first:
+                log.warning("C-STORE of %s: the file holds no data set", path)
+                return None
+            command: CommandSet = {
+                AFFECTED_SOP_CLASS_UID: header.sop_class_uid,
+                COMMAND_FIELD: CommandField.C_STORE_RQ,
+                PRIORITY: 0,
+                COMMAND_DATA_SET_TYPE: DATA_SET_PRESENT,
+                AFFECTED_SOP_INSTANCE_UID: header.sop_instance_uid,
+            }
+            rest = iter(partial(f.read, READ_CHUNK), b"")
+            return self.link.exchange(context, command, itertools.chain((first,), rest))
+
+    def n_action(self, information: Dataset) -> int | None:
+        command: CommandSet = {
+            REQUESTED_SOP_CLASS_UID: STORAGE_COMMITMENT_PUSH_MODEL,
+            COMMAND_FIELD: CommandField.N_ACTION_RQ,
+            COMMAND_DATA_SET_TYPE: DATA_SET_PRESENT,
+            REQUESTED_SOP_INSTANCE_UID: STORAGE_COMMITMENT_INSTANCE,
+            ACTION_TYPE_ID: ACTION_TYPE_REQUEST_COMMITMENT,
+        }
+        return self.link.request(STORAGE_COMMITMENT_PUSH_MODEL, command, information)
+
+    def n_event_report(self, event_type_id: int, information: Dataset) -> int | None:
+        return self.link.n_event_report(event_type_id, information)
+
+    def release(self) -> None:
+        run(self._association.release())
+
+    def abort(self) -> None:
+        run(_abort(self._association))
+
+    def __enter__(self) -> Association:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.release()
+        else:
+            self.abort()
+
+
+async def _abort(association: UpperLayer) -> None:
+    association.abort()
+
+
+_REJECTION_WORDS = {
+    (1, 1): "no reason given",
+    (1, 2): "application context name not supported",
+    (1, 3): "calling AE title not recognised",
+    (1, 7): "called AE title not recognised",
+    (2, 1): "no reason given",
+    (2, 2): "protocol version not supported",
+    (3, 1): "temporary congestion",
+    (3, 2): "local limit exceeded",
+}
+
+
+def _requested_contexts(plan: ContextPlan) -> list[tuple[str, tuple[str, ...]]]:
+    contexts = [(uid, (ts,)) for uid, ts in plan.storage]
+    if plan.commitment:
+        contexts.append((STORAGE_COMMITMENT_PUSH_MODEL, NON_STORAGE_SYNTAXES))
+    if plan.echo or not contexts:
+        contexts.append((VERIFICATION, NON_STORAGE_SYNTAXES))
+    if len(contexts) > MAX_CONTEXTS:
+        raise ValueError(f"{len(contexts)} presentation contexts exceed {MAX_CONTEXTS}")
+    return contexts
+
+
+def _no_commitment(remote: RemoteAE) -> str:
+    return (
+        f"{remote} does not support Storage Commitment Push Model "
+        f"({STORAGE_COMMITMENT_PUSH_MODEL}): presentation context rejected"
+    )
+
+
+def open_association(
+    local_aet: str,
+    remote: RemoteAE,
+    plan: ContextPlan,
+    *,
+    handlers: Handlers | None = None,
+    timeouts: Timeouts | None = None,
+    max_pdu: int = 0,
+    tls: TlsConfig | None = None,
+) -> Association:
+    """Request an association, raising :class:`AssociationError` with a sentence a user can act
+    on if the peer is unreachable or rejects it."""
+    roles = [RoleSelectionItem(STORAGE_COMMITMENT_PUSH_MODEL, False, True)]
+    rq = A_ASSOCIATE_RQ(
+        remote.aet,
+        local_aet,
+        propose(_requested_contexts(plan)),
+        user_information(max_pdu, roles if plan.commitment == "scp" else ()),
+    )
+    peer = PeerInfo(remote.aet, local_aet, remote.host, remote.port, next_association_id())
+    ssl_context = client_ssl_context(tls) if tls and tls.enabled else None
+    upper = run(
+        _associate(remote, rq, handlers or Handlers(), peer, timeouts or Timeouts(), ssl_context)
+    )
+    association = Association(upper, upper.user.link)  # type: ignore[union-attr]
+    if plan.commitment and plan.require_commitment and not association.accepts_commitment:
+        association.release()
+        raise AssociationError(_no_commitment(remote))
+    return association
+
+
+async def _associate(
+    remote: RemoteAE,
+    rq: A_ASSOCIATE_RQ,
+    handlers: Handlers,
+    peer: PeerInfo,
+    timeouts: Timeouts,
+    ssl_context: ssl.SSLContext | None,
+) -> UpperLayer:
+    def new_association() -> UpperLayer:
+        upper = UpperLayer(timeouts, request=rq)
+        upper.user = _Services(handlers, upper, Link(upper, peer))
+        return upper
+
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeouts.connect):
+            _, upper = await loop.create_connection(
+                new_association,
+                remote.host,
+                remote.port,
+                ssl=ssl_context,
+                server_hostname=remote.host if ssl_context else None,
+            )
+    except (OSError, TimeoutError) as exc:
+        log.info("cannot connect to %s: %s", remote, exc)
+        raise AssociationError(
+            f"cannot connect to {remote} (connection refused or timed out)"
+        ) from None
+    try:
+        async with asyncio.timeout(timeouts.acse):
+            answer = await upper.associated
+    except TimeoutError:
+        upper.abort()
+        raise AssociationError(f"{remote} did not answer the association request") from None
+    _check_answer(remote, rq, upper, answer)
+    return upper
+
+
+def _check_answer(
+    remote: RemoteAE,
+    rq: A_ASSOCIATE_RQ,
+    upper: UpperLayer,
+    answer: A_ASSOCIATE_AC | A_ASSOCIATE_RJ | A_ABORT | None,
+) -> None:
+    if isinstance(answer, A_ASSOCIATE_RJ):
+        transient = " (transient)" if answer.result == 2 else ""
+        words = _REJECTION_WORDS.get((answer.source, answer.reason), "see the peer's log")
+        raise AssociationError(f"{remote} rejected the association{transient}: {words}")
+    if not isinstance(answer, A_ASSOCIATE_AC):
+        raise AssociationError(f"{remote} aborted the association request")
+    if not upper.contexts:
+        upper.abort()
+        proposed = {cx.abstract_syntax for cx in rq.presentation_contexts}
+        if STORAGE_COMMITMENT_PUSH_MODEL in proposed:
+            raise AssociationError(_no_commitment(remote))
+        raise AssociationError(f"{remote} accepted none of the proposed presentation contexts")
