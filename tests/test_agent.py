@@ -6,13 +6,14 @@ import signal
 import subprocess
 import sys
 
-from conftest import LOCALHOST, free_port, remote, wait_for
-from pynetdicom_archive import Archive
 from test_scu_journal import pending_transaction, refs
 
 from stgcmt.agent import Agent
 from stgcmt.protocol import PROCESSING_FAILURE, CommitmentReport
 from stgcmt.scu import EXIT_PENDING, SendOptions, send
+
+from conftest import LOCALHOST, free_port, remote, wait_for
+from pynetdicom_archive import Archive
 
 SCU = "CT1"
 

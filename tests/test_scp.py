@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import CT_IMAGE, SECONDARY_CAPTURE, free_port, remote, wait_for
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom_peer import Modality, refs_of, report_content
 
 from stgcmt.config import RetryPolicy
 from stgcmt.protocol import (
@@ -19,6 +17,9 @@ from stgcmt.protocol import (
     SOP_CLASS_NOT_SUPPORTED,
     Reference,
 )
+
+from conftest import CT_IMAGE, SECONDARY_CAPTURE, free_port, remote, wait_for
+from pynetdicom_peer import Modality, refs_of, report_content
 
 REPORT_WAIT = 15
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 import time
 
-from conftest import LOCALHOST, remote
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel
-from pynetdicom_peer import Modality, refs_of
 
 from stgcmt.config import Timeouts
+
+from conftest import LOCALHOST, remote
+from pynetdicom_peer import Modality, refs_of
 
 
 class FlakyListener:

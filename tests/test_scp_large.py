@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import resource
 
-from conftest import SECONDARY_CAPTURE, remote
 from pydicom.uid import generate_uid
-from pynetdicom_peer import Modality, refs_of, report_content
 
 from stgcmt.protocol import NO_SUCH_OBJECT_INSTANCE, Reference
+
+from conftest import SECONDARY_CAPTURE, remote
+from pynetdicom_peer import Modality, refs_of, report_content
 
 REFERENCES = 100_000
 

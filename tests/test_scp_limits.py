@@ -8,11 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import LOCALHOST, SECONDARY_CAPTURE, free_port, remote, write_instances
 from pydicom import dcmread
 from pynetdicom import AE, evt
-from pynetdicom_peer import Modality, refs_of, report_content
-from tls_certs import CertificateAuthority
 
 from stgcmt.config import RemoteAE, TlsConfig
 from stgcmt.protocol import (
@@ -23,6 +20,10 @@ from stgcmt.protocol import (
     CommitmentRequest,
     build_action_information,
 )
+
+from conftest import LOCALHOST, SECONDARY_CAPTURE, free_port, remote, write_instances
+from pynetdicom_peer import Modality, refs_of, report_content
+from tls_certs import CertificateAuthority
 
 REPORT_WAIT = 15
 

@@ -10,8 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import LOCALHOST, PYTHON, free_port, wait_for
 from pynetdicom import AE
+
+from conftest import LOCALHOST, PYTHON, free_port, wait_for
 from pynetdicom_peer import Modality, refs_of
 
 START_TIMEOUT = 20

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import LOCALHOST, free_port, make_dataset, remote, wait_for, write_instances
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -13,6 +12,8 @@ from stgcmt import net
 from stgcmt.config import Timeouts
 from stgcmt.protocol import NO_SUCH_OBJECT_INSTANCE, PROCESSING_FAILURE, describe_status
 from stgcmt.scu import EXIT_COMMITTED, EXIT_FAILED, EXIT_PENDING, SendOptions, UsageError, send
+
+from conftest import LOCALHOST, free_port, make_dataset, remote, wait_for, write_instances
 
 SCU = "CT1"
 

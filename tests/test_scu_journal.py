@@ -5,8 +5,6 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from conftest import write_instances
-
 from stgcmt.dicomfiles import scan
 from stgcmt.protocol import (
     NO_SUCH_OBJECT_INSTANCE,
@@ -16,6 +14,8 @@ from stgcmt.protocol import (
 )
 from stgcmt.scu import finish_due_actions, move_without_overwrite
 from stgcmt.scu_journal import ScuJournal, default_journal_path
+
+from conftest import write_instances
 
 
 def pending_transaction(journal: ScuJournal, folder: Path, count: int, **create) -> list:

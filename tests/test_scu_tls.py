@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from conftest import LOCALHOST, free_port, remote
-from tls_certs import CertificateAuthority
 
 from stgcmt.agent import Agent
 from stgcmt.config import TlsConfig
 from stgcmt.scu import EXIT_COMMITTED, EXIT_PENDING, SendOptions, send
+
+from conftest import LOCALHOST, free_port, remote
+from tls_certs import CertificateAuthority
 
 SCU = "CT1"
 

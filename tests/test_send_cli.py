@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import LOCALHOST, free_port, remote
 from test_scu import uids
 
 from stgcmt.protocol import describe_status
+
+from conftest import LOCALHOST, free_port, remote
 
 SCU = "CT1"
 

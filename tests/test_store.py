@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import CT_IMAGE, SECONDARY_CAPTURE, make_dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from stgcmt.net import STORAGE_SOP_CLASSES
 from stgcmt.protocol import Reference
 from stgcmt.store import InstanceStore
+
+from conftest import CT_IMAGE, SECONDARY_CAPTURE, make_dataset
 
 
 def _encoded(ds) -> bytes:
@@ -41,7 +42,7 @@ def test_store_indexes_and_verify_makes_durable(store):
     assert row["study_instance_uid"] == ds.StudyInstanceUID
     assert store.verify([Reference(SECONDARY_CAPTURE, ds.SOPInstanceUID)], "checksum") == [0]
     assert store.db.query("SELECT durable FROM instances")[0][0] == 1
-    assert list(store.tmp.iterdir()) == []
+    assert list(store.root.glob("*/.*.part")) == []
 
 
 def test_verify_policies(store):
@@ -62,10 +63,11 @@ def test_recover_drops_rows_whose_files_did_not_survive(store, tmp_path):
     _store(store, kept)
     _store(store, lost)
     store.path_for(lost.SOPInstanceUID).write_bytes(b"torn write")
-    (store.tmp / "half.dcm.part").write_bytes(b"x")
+    leftover = store.path_for(kept.SOPInstanceUID).parent / ".half.dcm.1.2.part"
+    leftover.write_bytes(b"x")
     assert store.recover() == 1
     assert store.count() == 1
-    assert list(store.tmp.iterdir()) == []
+    assert list(store.root.glob("*/.*.part")) == []
     assert store.verify([Reference(SECONDARY_CAPTURE, lost.SOPInstanceUID)], "exists") == [0x0112]
 
 

@@ -45,10 +45,16 @@ from .netapi import (
     PeerInfo,
     Rejection,
     StoreRequest,
+    aborted_request,
+    cannot_connect,
     client_ssl_context,
     is_success,
     next_association_id,
+    no_accepted_context,
+    no_answer,
+    no_commitment,
     plan_storage_associations,
+    rejected,
     server_ssl_context,
 )
 from .protocol import (
@@ -419,14 +425,6 @@ class Association:
             self.abort()
 
 
-_REJECT_WORDS = {
-    0x01: "no reason given",
-    0x02: "application context name not supported",
-    0x03: "calling AE title not recognised",
-    0x07: "called AE title not recognised",
-}
-
-
 def open_association(
     local_aet: str,
     remote: RemoteAE,
@@ -470,33 +468,21 @@ def open_association(
     association = Association(assoc, _peer_from_assoc(assoc, acceptor=False))
     if plan.commitment and plan.require_commitment and not association.accepts_commitment:
         association.release()
-        raise AssociationError(
-            f"{remote} does not support Storage Commitment Push Model "
-            f"({STORAGE_COMMITMENT_PUSH_MODEL}): presentation context rejected"
-        )
+        raise AssociationError(no_commitment(remote))
     return association
 
 
 def _refusal(assoc: Any, remote: RemoteAE) -> str:
     if assoc.is_rejected:
         primitive = assoc.acceptor.primitive
-        diagnostic = getattr(primitive, "diagnostic", None)
-        words = _REJECT_WORDS.get(diagnostic, "see the peer's log") if diagnostic else ""
-        transient = " (transient)" if getattr(primitive, "result", 1) == 2 else ""
-        return f"{remote} rejected the association{transient}: {words}"
+        return rejected(remote, primitive.result, primitive.result_source, primitive.diagnostic)
     if not getattr(assoc, "_stgcmt_connected", False):
-        return f"cannot connect to {remote} (connection refused or timed out)"
+        return cannot_connect(remote)
     if assoc.is_aborted and not assoc.accepted_contexts and assoc.rejected_contexts:
-        rejected = {cx.abstract_syntax for cx in assoc.rejected_contexts}
-        if STORAGE_COMMITMENT_PUSH_MODEL in rejected:
-            return (
-                f"{remote} does not support Storage Commitment Push Model "
-                f"({STORAGE_COMMITMENT_PUSH_MODEL}): presentation context rejected"
-            )
-        return f"{remote} accepted none of the proposed presentation contexts"
+        return no_accepted_context(remote, (cx.abstract_syntax for cx in assoc.rejected_contexts))
     if assoc.is_aborted:
-        return f"{remote} aborted the association request"
-    return f"{remote} did not answer the association request"
+        return aborted_request(remote)
+    return no_answer(remote)
 
 
 ENGINE = os.environ.get("STGCMT_ENGINE", "pynetdicom")

@@ -18,7 +18,7 @@ from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRL
 from pynetdicom.sop_class import _STORAGE_CLASSES
 
 from .config import TlsConfig
-from .protocol import SUCCESS
+from .protocol import STORAGE_COMMITMENT_PUSH_MODEL, SUCCESS
 
 if TYPE_CHECKING:
     from .net import Link
@@ -177,3 +177,49 @@ def client_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
 
 def is_success(status: int | None) -> bool:
     return status is not None and (status == SUCCESS or (status & 0xF000) == 0xB000)
+
+
+# The sentences an AssociationError carries, the same whichever engine runs.
+
+_REJECTION_WORDS = {
+    (1, 1): "no reason given",
+    (1, 2): "application context name not supported",
+    (1, 3): "calling AE title not recognised",
+    (1, 7): "called AE title not recognised",
+    (2, 1): "no reason given",
+    (2, 2): "protocol version not supported",
+    (3, 1): "temporary congestion",
+    (3, 2): "local limit exceeded",
+}
+
+
+def rejected(remote: object, result: int, source: int, reason: int) -> str:
+    """An A-ASSOCIATE-RJ, in words (PS3.8 9.3.4)."""
+    transient = " (transient)" if result == 2 else ""
+    words = _REJECTION_WORDS.get((source, reason), "see the peer's log")
+    return f"{remote} rejected the association{transient}: {words}"
+
+
+def cannot_connect(remote: object) -> str:
+    return f"cannot connect to {remote} (connection refused or timed out)"
+
+
+def no_answer(remote: object) -> str:
+    return f"{remote} did not answer the association request"
+
+
+def aborted_request(remote: object) -> str:
+    return f"{remote} aborted the association request"
+
+
+def no_commitment(remote: object) -> str:
+    return (
+        f"{remote} does not support Storage Commitment Push Model "
+        f"({STORAGE_COMMITMENT_PUSH_MODEL}): presentation context rejected"
+    )
+
+
+def no_accepted_context(remote: object, proposed: Iterable[str]) -> str:
+    if STORAGE_COMMITMENT_PUSH_MODEL in set(proposed):
+        return no_commitment(remote)
+    return f"{remote} accepted none of the proposed presentation contexts"

@@ -15,19 +15,15 @@ import hashlib
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
-
-from pydicom import dcmread
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from .db import Database
 from .faults import crash_point
+from .part10 import file_meta, index_attributes
 from .protocol import (
     CLASS_INSTANCE_CONFLICT,
     NO_SUCH_OBJECT_INSTANCE,
@@ -40,7 +36,6 @@ from .protocol import (
 
 log = logging.getLogger(__name__)
 
-IMPLEMENTATION_VERSION = "STGCMT_010"
 LOOKUP_BATCH = 500
 
 SCHEMA = """
@@ -101,9 +96,8 @@ class InstanceStore:
     ) -> None:
         self.data_dir = Path(data_dir)
         self.root = self.data_dir / "instances"
-        self.tmp = self.data_dir / "tmp"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        self._directories: set[Path] = set()
         self.supported_classes = supported_classes
         self.overwrite_duplicates = overwrite_duplicates
         self.db = Database(self.data_dir / "index.sqlite", SCHEMA)
@@ -116,9 +110,10 @@ class InstanceStore:
     # -- receiving ---------------------------------------------------------------------------
 
     def path_for(self, sop_instance_uid: str) -> Path:
-        """Fan out into 256x256 directories: one huge directory gets slow to create files in."""
+        """Fan out into 256 directories by hash: one huge directory gets slow to create files
+        in, while a deeper tree costs a directory creation (and its fsync) per early file."""
         digest = hashlib.sha1(sop_instance_uid.encode()).hexdigest()
-        return self.root / digest[:2] / digest[2:4] / f"{sop_instance_uid}.dcm"
+        return self.root / digest[:2] / f"{sop_instance_uid}.dcm"
 
     def store(
         self,
@@ -138,8 +133,8 @@ class InstanceStore:
         if existing is not None and not self.overwrite_duplicates:
             return StoreOutcome("duplicate", existing.path)
 
-        content = _part10(sop_class_uid, sop_instance_uid, transfer_syntax, dataset)
-        attributes = _index_attributes(content)
+        attributes = index_attributes(dataset, transfer_syntax)
+        content = file_meta(sop_class_uid, sop_instance_uid, transfer_syntax) + dataset
         try:
             self._check_quota(len(content))
             final = self.path_for(sop_instance_uid)
@@ -203,8 +198,13 @@ class InstanceStore:
             )
 
     def _write_atomically(self, final: Path, content: bytes) -> None:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.tmp / f"{final.name}.{os.getpid()}.{time.monotonic_ns()}.part"
+        """Temp file beside the final one, then rename: never a half-written instance under
+        its real name. (Not one shared temp directory: create/delete cycles in one directory
+        slow file creation down on some file systems.)"""
+        if final.parent not in self._directories:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self._directories.add(final.parent)
+        temp = final.parent / f".{final.name}.{os.getpid()}.{threading.get_ident()}.part"
         try:
             temp.write_bytes(content)
             os.replace(temp, final)
@@ -303,7 +303,7 @@ class InstanceStore:
     def recover(self) -> int:
         """Drop index rows whose file did not survive a crash intact; clear temp files.
         Returns how many rows were dropped."""
-        for leftover in self.tmp.glob("*.part"):
+        for leftover in self.root.glob("*/.*.part"):
             leftover.unlink(missing_ok=True)
         dropped = 0
         rows = self.db.query(
@@ -361,35 +361,3 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _part10(sop_class: str, sop_instance: str, transfer_syntax: str, dataset: bytes) -> bytes:
-    """Preamble, File Meta Information and the dataset exactly as received."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-    buffer = BytesIO()
-    buffer.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buffer, meta, enforce_standard=True)
-    buffer.write(dataset)
-    return buffer.getvalue()
-
-
-_INDEX_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "PatientID"]
-
-
-def _index_attributes(content: bytes) -> tuple[str | None, ...]:
-    """Study/Series UID and Patient ID for the index; raises ValueError if the dataset cannot
-    be parsed at all (the SCP then refuses it rather than keep a file it cannot read)."""
-    try:
-        ds = dcmread(BytesIO(content), stop_before_pixels=True, specific_tags=_INDEX_TAGS)
-        return tuple(_text(ds.get(keyword)) for keyword in _INDEX_TAGS)
-    except Exception as exc:
-        raise ValueError(f"dataset cannot be parsed: {exc}") from exc
-
-
-def _text(value: object) -> str | None:
-    return None if value is None or value == "" else str(value)

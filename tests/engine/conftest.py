@@ -8,14 +8,15 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import LOCALHOST
-from interop.conftest import dcmtk, storescp  # noqa: F401  (fixtures, used by name)
 
 from stgcmt.config import Timeouts
 from stgcmt.engine import api
 from stgcmt.engine.acse import answer_contexts, user_information
 from stgcmt.engine.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ, PDU, PDUReader, decode_pdu
 from stgcmt.netapi import Handlers
+
+from conftest import LOCALHOST
+from interop.conftest import dcmtk, storescp  # noqa: F401  (fixtures, used by name)
 
 FAST = Timeouts(acse=2.0, dimse=2.0, network=10.0, connect=2.0)
 

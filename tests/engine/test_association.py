@@ -8,10 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import LOCALHOST, SECONDARY_CAPTURE, free_port, remote, wait_for, write_instances
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from tls_certs import CertificateAuthority
 
 from engine.conftest import FAST, RawAcceptor, RawPeer
 from stgcmt.config import Timeouts, TlsConfig
@@ -62,6 +60,9 @@ from stgcmt.protocol import (
     Reference,
     build_action_information,
 )
+
+from conftest import LOCALHOST, SECONDARY_CAPTURE, free_port, remote, wait_for, write_instances
+from tls_certs import CertificateAuthority
 
 STORE_PLAN = ContextPlan(storage=[(SECONDARY_CAPTURE, ExplicitVRLittleEndian)], echo=True)
 

@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import LOCALHOST, SECONDARY_CAPTURE, remote, wait_for, write_instances
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_role, evt
@@ -19,6 +18,8 @@ from engine.test_association import data_set_of, information
 from stgcmt.engine import api
 from stgcmt.netapi import ContextPlan, EventReport, Handlers, StoreRequest
 from stgcmt.protocol import STORAGE_COMMITMENT_INSTANCE
+
+from conftest import LOCALHOST, SECONDARY_CAPTURE, remote, wait_for, write_instances
 
 
 @pytest.mark.parametrize("max_pdu", [0, 4096])

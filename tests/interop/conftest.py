@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import LOCALHOST, ensure_debian_package, free_port
 
+from conftest import LOCALHOST, ensure_debian_package, free_port
 from interop.peers import Orthanc, ReportListener
 
 SCP_AET = "STGCMT_SCP"

@@ -12,13 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import LOCALHOST, remote, wait_for, write_instances
 from pydicom.uid import ExplicitVRLittleEndian
 
-from interop.conftest import SCP_AET, SCU_AET, Dcmtk, StoreScp
-from interop.peers import ReportListener, references, request_commitment
 from stgcmt import net
 from stgcmt.protocol import EVENT_TYPE_ALL_COMMITTED, SUCCESS
+
+from conftest import LOCALHOST, remote, wait_for, write_instances
+from interop.conftest import SCP_AET, SCU_AET, Dcmtk, StoreScp
+from interop.peers import ReportListener, references, request_commitment
 
 STORESCU_AET = "STORESCU"
 MANY = 200

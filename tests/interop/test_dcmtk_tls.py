@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import LOCALHOST, remote, write_instances
-from tls_certs import CertificateAuthority
 
-from interop.conftest import SCP_AET, Dcmtk
 from stgcmt.config import TlsConfig
+
+from conftest import LOCALHOST, remote, write_instances
+from interop.conftest import SCP_AET, Dcmtk
+from tls_certs import CertificateAuthority
 
 STORESCU_AET = "STORESCU"
 

@@ -14,13 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CT_IMAGE, LOCALHOST, wait_for, write_instances
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 
-from interop.conftest import SCP_AET, SCU_AET, OrthancPeer
-from interop.peers import ReportListener, references, request_commitment
 from stgcmt import net
 from stgcmt.journal import DELIVERED
 from stgcmt.protocol import (
@@ -33,6 +30,10 @@ from stgcmt.protocol import (
     SUCCESS,
     Reference,
 )
+
+from conftest import CT_IMAGE, LOCALHOST, wait_for, write_instances
+from interop.conftest import SCP_AET, SCU_AET, OrthancPeer
+from interop.peers import ReportListener, references, request_commitment
 
 REPORT_WAIT = 30.0
 NOT_A_STORAGE_CLASS = "1.2.840.10008.5.1.4.1.1.999.1"

@@ -35,8 +35,14 @@ from ..netapi import (
     PeerInfo,
     Rejection,
     StoreRequest,
+    aborted_request,
+    cannot_connect,
     client_ssl_context,
     next_association_id,
+    no_accepted_context,
+    no_answer,
+    no_commitment,
+    rejected,
     server_ssl_context,
 )
 from ..protocol import (
@@ -485,18 +491,6 @@ async def _abort(association: UpperLayer) -> None:
     association.abort()
 
 
-_REJECTION_WORDS = {
-    (1, 1): "no reason given",
-    (1, 2): "application context name not supported",
-    (1, 3): "calling AE title not recognised",
-    (1, 7): "called AE title not recognised",
-    (2, 1): "no reason given",
-    (2, 2): "protocol version not supported",
-    (3, 1): "temporary congestion",
-    (3, 2): "local limit exceeded",
-}
-
-
 def _requested_contexts(plan: ContextPlan) -> list[tuple[str, tuple[str, ...]]]:
     contexts = [(uid, (ts,)) for uid, ts in plan.storage]
     if plan.commitment:
@@ -506,13 +500,6 @@ def _requested_contexts(plan: ContextPlan) -> list[tuple[str, tuple[str, ...]]]:
     if len(contexts) > MAX_CONTEXTS:
         raise ValueError(f"{len(contexts)} presentation contexts exceed {MAX_CONTEXTS}")
     return contexts
-
-
-def _no_commitment(remote: RemoteAE) -> str:
-    return (
-        f"{remote} does not support Storage Commitment Push Model "
-        f"({STORAGE_COMMITMENT_PUSH_MODEL}): presentation context rejected"
-    )
 
 
 def open_association(
@@ -542,7 +529,7 @@ def open_association(
     association = Association(upper, upper.user.link)  # type: ignore[union-attr]
     if plan.commitment and plan.require_commitment and not association.accepts_commitment:
         association.release()
-        raise AssociationError(_no_commitment(remote))
+        raise AssociationError(no_commitment(remote))
     return association
 
 
@@ -571,15 +558,13 @@ async def _associate(
             )
     except (OSError, TimeoutError) as exc:
         log.info("cannot connect to %s: %s", remote, exc)
-        raise AssociationError(
-            f"cannot connect to {remote} (connection refused or timed out)"
-        ) from None
+        raise AssociationError(cannot_connect(remote)) from None
     try:
         async with asyncio.timeout(timeouts.acse):
             answer = await upper.associated
     except TimeoutError:
         upper.abort()
-        raise AssociationError(f"{remote} did not answer the association request") from None
+        raise AssociationError(no_answer(remote)) from None
     _check_answer(remote, rq, upper, answer)
     return upper
 
@@ -591,14 +576,10 @@ def _check_answer(
     answer: A_ASSOCIATE_AC | A_ASSOCIATE_RJ | A_ABORT | None,
 ) -> None:
     if isinstance(answer, A_ASSOCIATE_RJ):
-        transient = " (transient)" if answer.result == 2 else ""
-        words = _REJECTION_WORDS.get((answer.source, answer.reason), "see the peer's log")
-        raise AssociationError(f"{remote} rejected the association{transient}: {words}")
+        raise AssociationError(rejected(remote, answer.result, answer.source, answer.reason))
     if not isinstance(answer, A_ASSOCIATE_AC):
-        raise AssociationError(f"{remote} aborted the association request")
+        raise AssociationError(aborted_request(remote))
     if not upper.contexts:
         upper.abort()
-        proposed = {cx.abstract_syntax for cx in rq.presentation_contexts}
-        if STORAGE_COMMITMENT_PUSH_MODEL in proposed:
-            raise AssociationError(_no_commitment(remote))
-        raise AssociationError(f"{remote} accepted none of the proposed presentation contexts")
+        proposed = (cx.abstract_syntax for cx in rq.presentation_contexts)
+        raise AssociationError(no_accepted_context(remote, proposed))
