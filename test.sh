@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs, then run it. Extra arguments go to pytest.
-#   ./test.sh                 # the whole suite
-#   ./test.sh -k orthanc -x   # a part of it
+#   ./test.sh                 # the whole suite (and the end-to-end part on both engines)
+#   ./test.sh -k orthanc -x   # a part of it, on the default engine
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -19,12 +19,24 @@ fi
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
-set +e
-.venv/bin/python -m pytest "$@"
-status=$?
-set -e
-if [ "$status" -eq 5 ]; then
-  echo "test.sh: pytest collected no tests: that is a failure" >&2
-  exit 1
+run_pytest() {
+  set +e
+  .venv/bin/python -m pytest "$@"
+  local status=$?
+  set -e
+  if [ "$status" -eq 5 ]; then
+    echo "test.sh: pytest collected no tests: that is a failure" >&2
+    exit 1
+  fi
+  [ "$status" -eq 0 ] || exit "$status"
+}
+
+if [ "$#" -gt 0 ]; then
+  run_pytest "$@"
+  exit 0
 fi
-exit "$status"
+# The SCP/SCU end-to-end and interop tests once more on the reference engine (pynetdicom),
+# then the whole suite on the default engine (our asyncio one).
+STGCMT_ENGINE=pynetdicom run_pytest -q tests/test_scp.py tests/test_scu.py \
+  tests/test_scp_limits.py tests/interop
+run_pytest

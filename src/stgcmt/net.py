@@ -1,13 +1,13 @@
 """The networking seam: the only module that talks DICOM upper layer and DIMSE.
 
 Services (SCP, SCU, agent) see plain Python objects: :class:`Handlers` for what arrives,
-:class:`Association` for what they send, :class:`Server` for listening. The engine behind them
-is pynetdicom today; replacing it must not touch the services, so nothing pynetdicom-specific
+:class:`Association` for what they send, :class:`Server` for listening; nothing engine-specific
 escapes this module.
 
-Two engines implement it: pynetdicom (the classes below) and our own asyncio upper layer
-(``stgcmt.engine``), chosen by the environment variable ``STGCMT_ENGINE`` (``pynetdicom`` or
-``asyncio``), read at import; the module exports the same names either way.
+Two engines implement it: our own asyncio upper layer (``stgcmt.engine``, the default) and
+pynetdicom (the classes below, kept as the reference implementation), chosen by the
+environment variable ``STGCMT_ENGINE`` (``asyncio`` or ``pynetdicom``), read at import; the
+module exports the same names either way.
 
 Two pynetdicom habits are corrected here: every socket gets TCP_NODELAY (otherwise Nagle and
 delayed ACK cost ~40 ms per message on loopback), and a DIMSE timeout is reported as ``None``
@@ -485,7 +485,7 @@ def _refusal(assoc: Any, remote: RemoteAE) -> str:
     return no_answer(remote)
 
 
-ENGINE = os.environ.get("STGCMT_ENGINE", "pynetdicom")
+ENGINE = os.environ.get("STGCMT_ENGINE", "asyncio")
 """The engine behind the seam in this process."""
 
 if ENGINE == "asyncio":

@@ -292,6 +292,10 @@ def _supported_syntaxes(storage: bool, commitment: bool) -> dict[str, tuple[str,
     return supported
 
 
+STOP_GRACE = 2.0
+"""Seconds a stopping server waits for open associations to end before aborting them."""
+
+
 class Server:
     """A listening AE (see ``stgcmt.net.Server``)."""
 
@@ -372,19 +376,23 @@ class Server:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
-    def stop(self) -> None:
-        """Stop listening and abort what is still open (the services' journals resume it)."""
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop listening, give open associations ``grace`` seconds to end by themselves (a
+        response being sent is not cut off), then abort the rest (the services' journals
+        resume what they were doing)."""
         if self._server is not None:
-            run(self._close(self._server))
+            run(self._close(self._server, grace))
             self._server = None
 
-    async def _close(self, server: asyncio.Server) -> None:
+    async def _close(self, server: asyncio.Server, grace: float) -> None:
         server.close()
         finishing = [a.finished for a in self._associations]
+        if not finishing:
+            return
+        await asyncio.wait(finishing, timeout=grace)
         for association in list(self._associations):
             association.abort()
-        if finishing:
-            await asyncio.wait(finishing, timeout=self._timeouts.acse)
+        await asyncio.wait(finishing, timeout=self._timeouts.acse)
 
     def __enter__(self) -> Server:
         return self.start()
