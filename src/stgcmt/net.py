@@ -30,6 +30,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import build_context
 
+from . import codec
 from .config import RemoteAE, Timeouts, TlsConfig
 from .netapi import (
     MAX_CONTEXTS,
@@ -42,6 +43,7 @@ from .netapi import (
     ContextPlan,
     EventReport,
     Handlers,
+    Information,
     PeerInfo,
     Rejection,
     StoreRequest,
@@ -107,18 +109,18 @@ class Link:
     def is_open(self) -> bool:
         return bool(self._assoc.is_established)
 
-    def n_event_report(self, event_type_id: int, information: Dataset) -> int | None:
+    def n_event_report(self, event_type_id: int, information: Information) -> int | None:
         """Send an N-EVENT-REPORT for the Storage Commitment instance; returns the peer's status
         or None if none came (timeout, abort)."""
         with self._send_lock:
             return self._send_n_event_report(event_type_id, information)
 
-    def _send_n_event_report(self, event_type_id: int, information: Dataset) -> int | None:
+    def _send_n_event_report(self, event_type_id: int, information: Information) -> int | None:
         if not self.is_open:
             return None
         try:
             rsp = self._assoc.send_n_event_report(
-                information,
+                _as_dataset(information),
                 event_type_id,
                 STORAGE_COMMITMENT_PUSH_MODEL,
                 STORAGE_COMMITMENT_INSTANCE,
@@ -128,6 +130,18 @@ class Link:
             return None
         status, _ = rsp if isinstance(rsp, tuple) else (rsp, None)
         return _status_of(status)
+
+
+def _encoded(data: Any, context: Any) -> tuple[bytes | None, bool, bool]:
+    """A received data set as bytes, with its context's encoding (the service decodes)."""
+    syntax = context.transfer_syntax[0]
+    raw = data.getvalue() if data is not None else None
+    return raw or None, syntax.is_implicit_VR, syntax.is_little_endian
+
+
+def _as_dataset(information: Information) -> Dataset:
+    """pynetdicom encodes Datasets itself."""
+    return information if isinstance(information, Dataset) else codec.as_dataset(information)
 
 
 def _status_of(rsp: Dataset | None) -> int | None:
@@ -242,19 +256,12 @@ class _Bridge:
     def on_n_action(self, event: Any) -> tuple[int, Dataset | None]:
         assert self.handlers.n_action is not None
         req = event.request
-        information, error = None, None
-        if req.ActionInformation is not None:
-            try:
-                information = event.action_information
-            except Exception as exc:  # malformed bytes from the peer
-                error = str(exc) or type(exc).__name__
         request = ActionRequest(
-            peer=self.link(event).peer,
-            requested_sop_class_uid=str(req.RequestedSOPClassUID or ""),
-            requested_sop_instance_uid=str(req.RequestedSOPInstanceUID or ""),
-            action_type_id=req.ActionTypeID,
-            information=information,
-            decode_error=error,
+            self.link(event).peer,
+            str(req.RequestedSOPClassUID or ""),
+            str(req.RequestedSOPInstanceUID or ""),
+            req.ActionTypeID,
+            *_encoded(req.ActionInformation, event.context),
         )
         return self.handlers.n_action(self.link(event), request)
 
@@ -264,13 +271,11 @@ class _Bridge:
 
     def on_n_event_report(self, event: Any) -> tuple[int, None]:
         assert self.handlers.n_event_report is not None
-        information, error = None, None
-        if event.request.EventInformation is not None:
-            try:
-                information = event.event_information
-            except Exception as exc:
-                error = str(exc) or type(exc).__name__
-        report = EventReport(self.link(event).peer, event.request.EventTypeID, information, error)
+        report = EventReport(
+            self.link(event).peer,
+            event.request.EventTypeID,
+            *_encoded(event.request.EventInformation, event.context),
+        )
         status = self.handlers.n_event_report(self.link(event), report)
         event.assoc._stgcmt_answering = True  # the next P-DATA we send is the response
         return status, None
@@ -398,14 +403,14 @@ class Association:
             log.warning("C-STORE of %s failed locally: %s", path, exc)
             return None
 
-    def n_action(self, information: Dataset) -> int | None:
+    def n_action(self, information: Information) -> int | None:
         rsp = self._assoc.send_n_action(
-            information, 1, STORAGE_COMMITMENT_PUSH_MODEL, STORAGE_COMMITMENT_INSTANCE
+            _as_dataset(information), 1, STORAGE_COMMITMENT_PUSH_MODEL, STORAGE_COMMITMENT_INSTANCE
         )
         status, _ = rsp
         return _status_of(status)
 
-    def n_event_report(self, event_type_id: int, information: Dataset) -> int | None:
+    def n_event_report(self, event_type_id: int, information: Information) -> int | None:
         return self.link.n_event_report(event_type_id, information)
 
     def release(self) -> None:

@@ -17,8 +17,14 @@ from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.sop_class import _STORAGE_CLASSES
 
+from . import codec
 from .config import TlsConfig
-from .protocol import STORAGE_COMMITMENT_PUSH_MODEL, SUCCESS
+from .protocol import (
+    STORAGE_COMMITMENT_PUSH_MODEL,
+    SUCCESS,
+    CommitmentReport,
+    CommitmentRequest,
+)
 
 if TYPE_CHECKING:
     from .net import Link
@@ -84,25 +90,40 @@ class StoreRequest:
 
 @dataclass
 class ActionRequest:
-    """A received N-ACTION. ``information`` is None if absent; ``decode_error`` says why it
-    could not be decoded, so the service can answer with the right status."""
+    """A received N-ACTION, its Action Information still encoded as received (``data``, None
+    if absent): decoding is the service's call, with :meth:`commitment`."""
 
     peer: PeerInfo
     requested_sop_class_uid: str
     requested_sop_instance_uid: str
     action_type_id: int | None
-    information: Dataset | None
-    decode_error: str | None = None
+    data: bytes | None
+    implicit_vr: bool = True
+    little_endian: bool = True
+
+    def commitment(self, max_references: int) -> CommitmentRequest:
+        """Decode and validate; raises InvalidRequest with the status to answer."""
+        return codec.decode_request(self.data, self.implicit_vr, self.little_endian, max_references)
 
 
 @dataclass
 class EventReport:
-    """A received N-EVENT-REPORT."""
+    """A received N-EVENT-REPORT, its Event Information still encoded (``data``)."""
 
     peer: PeerInfo
     event_type_id: int | None
-    information: Dataset | None
-    decode_error: str | None = None
+    data: bytes | None
+    implicit_vr: bool = True
+    little_endian: bool = True
+
+    def report(self) -> CommitmentReport:
+        """Decode; raises InvalidRequest if the report cannot be used."""
+        return codec.decode_report(self.data, self.implicit_vr, self.little_endian)
+
+
+Information = Dataset | CommitmentRequest | CommitmentReport
+"""What a service sends as N-ACTION / N-EVENT-REPORT information: the protocol objects (the
+engine encodes them, fast), or a pydicom Dataset (for tests that need odd content)."""
 
 
 @dataclass

@@ -76,7 +76,7 @@ def _scan(data: memoryview, implicit: bool) -> dict[int, str]:
     found: dict[int, str] = {}
     offset, end = 0, len(data)
     while offset < end:
-        tag, vr, length, offset = _header(data, offset, implicit)
+        tag, vr, length, offset = read_header(data, offset, implicit)
         if tag > _LAST_INDEX_TAG:
             break
         if length == _UNDEFINED:
@@ -91,7 +91,7 @@ def _scan(data: memoryview, implicit: bool) -> dict[int, str]:
     return found
 
 
-def _header(data: memoryview, offset: int, implicit: bool) -> tuple[int, bytes, int, int]:
+def read_header(data: memoryview, offset: int, implicit: bool) -> tuple[int, bytes, int, int]:
     """(tag, VR or b'', value length, offset of the value)."""
     if offset + 8 > len(data):
         raise MalformedDataset("element header is truncated")
@@ -113,7 +113,7 @@ def _header(data: memoryview, offset: int, implicit: bool) -> tuple[int, bytes, 
 def _skip_undefined(data: memoryview, offset: int, implicit: bool) -> int:
     """Skip an undefined-length sequence (or item): nested items may be undefined too."""
     while True:
-        tag, _, length, offset = _header(data, offset, implicit)
+        tag, _, length, offset = read_header(data, offset, implicit)
         if tag in (_SEQUENCE_END, _ITEM_END):
             return offset
         if length == _UNDEFINED:

@@ -189,43 +189,67 @@ def parse_action_information(ds: Dataset | None, max_references: int) -> Commitm
 
 
 def _parse_action_information(ds: Dataset, max_references: int) -> CommitmentRequest:
-    transaction_uid = ds.get("TransactionUID")
+    uid = ds.get("TransactionUID")
+    items = ds.get("ReferencedSOPSequence")
+    refs = None
+    if items is not None:
+        refs = [
+            (
+                _optional_text(i.get("ReferencedSOPClassUID")),
+                _optional_text(i.get("ReferencedSOPInstanceUID")),
+            )
+            for i in items
+        ]
+    return validate_request(_optional_text(uid), refs, max_references)
+
+
+def _optional_text(value: object) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+RawReference = tuple[str | None, str | None]
+
+
+def validate_request(
+    transaction_uid: str | None, references: Sequence[RawReference] | None, max_references: int
+) -> CommitmentRequest:
+    """The checks an N-ACTION's Action Information must pass, on plain values: the pydicom
+    reader and the fast reader (``stgcmt.codec``) both end here, so both answer alike."""
     if not transaction_uid:
         raise InvalidRequest(INVALID_ARGUMENT_VALUE, "Transaction UID (0008,1195) is missing")
-    transaction_uid = str(transaction_uid)
     if not is_valid_uid(transaction_uid):
         raise InvalidRequest(
             INVALID_ARGUMENT_VALUE, f"Transaction UID (0008,1195) {transaction_uid!r} is not a UID"
         )
-    if "ReferencedSOPSequence" not in ds:
+    if references is None:
         raise InvalidRequest(
             INVALID_ARGUMENT_VALUE, "Referenced SOP Sequence (0008,1199) is missing"
         )
-    items = ds.ReferencedSOPSequence
-    if len(items) == 0:
+    if len(references) == 0:
         raise InvalidRequest(INVALID_ARGUMENT_VALUE, "Referenced SOP Sequence (0008,1199) is empty")
-    if len(items) > max_references:
+    if len(references) > max_references:
         raise InvalidRequest(
             RESOURCE_LIMITATION,
-            f"{len(items)} references exceed the limit of {max_references} per request",
+            f"{len(references)} references exceed the limit of {max_references} per request",
         )
-    return CommitmentRequest(transaction_uid, [_parse_reference(i, n) for n, i in enumerate(items)])
+    return CommitmentRequest(
+        transaction_uid, [_checked_reference(ref, n) for n, ref in enumerate(references)]
+    )
 
 
-def _parse_reference(item: Dataset, index: int) -> Reference:
-    sop_class = item.get("ReferencedSOPClassUID")
-    sop_instance = item.get("ReferencedSOPInstanceUID")
+def _checked_reference(ref: RawReference, index: int) -> Reference:
+    sop_class, sop_instance = ref
     for keyword, value in (
         ("Referenced SOP Class UID (0008,1150)", sop_class),
         ("Referenced SOP Instance UID (0008,1155)", sop_instance),
     ):
         if not value:
             raise InvalidRequest(INVALID_ARGUMENT_VALUE, f"item {index + 1} lacks {keyword}")
-        if not is_valid_uid(str(value)):
+        if not is_valid_uid(value):
             raise InvalidRequest(
-                INVALID_ARGUMENT_VALUE, f"item {index + 1}: {keyword} {str(value)!r} is not a UID"
+                INVALID_ARGUMENT_VALUE, f"item {index + 1}: {keyword} {value!r} is not a UID"
             )
-    return Reference(str(sop_class), str(sop_instance))
+    return Reference(sop_class, sop_instance)  # type: ignore[arg-type]
 
 
 def parse_event_information(ds: Dataset | None) -> CommitmentReport:

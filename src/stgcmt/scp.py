@@ -15,8 +15,6 @@ import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
-from pydicom.dataset import Dataset
-
 from . import net
 from .config import RemoteAE, ScpConfig
 from .faults import crash_point
@@ -33,7 +31,6 @@ from .protocol import (
     CANNOT_UNDERSTAND,
     DUPLICATE_TRANSACTION_UID,
     INVALID_OBJECT_INSTANCE,
-    MISTYPED_ARGUMENT,
     NO_SUCH_ACTION_TYPE,
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
@@ -42,9 +39,7 @@ from .protocol import (
     CommitmentReport,
     CommitmentRequest,
     InvalidRequest,
-    build_event_information,
     describe_status,
-    parse_action_information,
 )
 from .store import InstanceStore, is_out_of_space
 
@@ -307,11 +302,7 @@ class StorageCommitmentSCP:
                 NO_SUCH_ACTION_TYPE,
                 f"Action Type ID {request.action_type_id} (only 1, request commitment, exists)",
             )
-        if request.decode_error:
-            raise InvalidRequest(
-                MISTYPED_ARGUMENT, f"Action Information cannot be decoded: {request.decode_error}"
-            )
-        return parse_action_information(request.information, self.config.max_references)
+        return request.commitment(self.config.max_references)
 
     def _on_n_action_answered(self, link: net.Link) -> None:
         """The N-ACTION response is on its way: only now may a report follow on this
@@ -450,17 +441,16 @@ class StorageCommitmentSCP:
     ) -> tuple[int | None, str] | None:
         """Send on the association the mode allows; (status, where) or None when there is no
         way to reach the requester now. Raises AssociationError if a new one fails."""
-        information = build_event_information(report)
         remote = self.config.remote(tx.calling_aet)
         link = self._link_for(tx)
         if link is not None:
-            status = link.n_event_report(report.event_type_id, information)
+            status = link.n_event_report(report.event_type_id, report)
             if status is not None or tx.report_assoc != "auto" or remote is None:
                 return status, f"the association {link.peer} opened"
             log.info("%s: requesting association closed under the report", tx.label)
         if tx.report_assoc == "same" or remote is None:
             return None
-        status = self._report_on_new_association(remote, report.event_type_id, information)
+        status = self._report_on_new_association(remote, report)
         return status, f"a new association to {remote}"
 
     def _link_for(self, tx: Transaction) -> net.Link | None:
@@ -480,9 +470,7 @@ class StorageCommitmentSCP:
                         return other
         return None
 
-    def _report_on_new_association(
-        self, remote: RemoteAE, event_type_id: int, information: Dataset
-    ) -> int | None:
+    def _report_on_new_association(self, remote: RemoteAE, report: CommitmentReport) -> int | None:
         """Open an association asking for the SCP role (IHE RAD-10) and send the report."""
         with net.open_association(
             self.config.aet,
@@ -492,7 +480,7 @@ class StorageCommitmentSCP:
             max_pdu=self.config.max_pdu,
             tls=self.config.tls,
         ) as association:
-            return association.n_event_report(event_type_id, information)
+            return association.n_event_report(report.event_type_id, report)
 
     def _failed_attempt(self, tx: Transaction, error: str) -> None:
         attempts = tx.attempts + 1

@@ -37,10 +37,8 @@ from .protocol import (
     SUCCESS,
     CommitmentRequest,
     InvalidRequest,
-    build_action_information,
     describe_status,
     new_transaction_uid,
-    parse_event_information,
 )
 from .scu_journal import (
     ABORTED,
@@ -233,11 +231,9 @@ class ReportHandler:
     def _handle(self, event: net.EventReport, via: str) -> int:
         peer = event.peer
         try:
-            if event.decode_error:
-                raise InvalidRequest(PROCESSING_FAILURE, event.decode_error)
             if event.event_type_id not in (EVENT_TYPE_ALL_COMMITTED, EVENT_TYPE_FAILURES_EXIST):
                 raise InvalidRequest(PROCESSING_FAILURE, f"Event Type ID {event.event_type_id}")
-            report = parse_event_information(event.information)
+            report = event.report()
         except InvalidRequest as exc:
             return _refuse(peer, f"unusable report: {exc}")
         outcome = self.journal.record_report(report, f"{via} from {peer}")
@@ -630,7 +626,7 @@ class _Sender:
             reuse = None
             crash_point("scu.send.after_pending")
             request = CommitmentRequest(tx.transaction_uid, references)
-            status = assoc.n_action(build_action_information(request))
+            status = assoc.n_action(request)
             self._after_n_action(tx, len(references), status)
             same_deadline = min(time.monotonic() + self.options.same_wait, self._deadline)
             waiting.append((assoc, tx.id, same_deadline))

@@ -150,17 +150,17 @@ def test_store_commit_and_reports_both_ways(engine_server, tmp_path: Path) -> No
 
     assert [r.dataset for r in stored] == [data_set_of(p) for p in paths]
     assert {r.transfer_syntax for r in stored} == {ExplicitVRLittleEndian}
-    assert actions[0].information.TransactionUID == "1.2.3.77"
-    assert actions[0].action_type_id == 1 and actions[0].decode_error is None
+    assert actions[0].commitment(10).transaction_uid == "1.2.3.77"
+    assert actions[0].action_type_id == 1
     assert requester_reports[0].event_type_id == 1
-    assert requester_reports[0].information.TransactionUID == "1.2.3.77"
+    assert requester_reports[0].report().transaction_uid == "1.2.3.77"
 
     # and a report from an association we open as SCP of the Push Model
     with api.open_association(
         "SCU", remote("ENGINE", server.port), ContextPlan(commitment="scp")
     ) as a:
         assert a.n_event_report(2, information("1.2.3.78")) == 0
-    assert reports[0].event_type_id == 2 and reports[0].information.TransactionUID == "1.2.3.78"
+    assert reports[0].event_type_id == 2 and reports[0].report().transaction_uid == "1.2.3.78"
 
 
 def test_small_max_pdu_both_ways(engine_server, tmp_path: Path) -> None:

@@ -86,7 +86,7 @@ def test_pynetdicom_requester_takes_the_scp_role_and_reports(engine_server) -> N
         assoc.release()
     assert answered == [(False, True)]
     assert status.Status == 0
-    assert reports[0].information.TransactionUID == "1.2.3.11"
+    assert reports[0].report().transaction_uid == "1.2.3.11"
     assert reports[0].peer.calling_aet == "ARCHIVE"
 
 
@@ -108,7 +108,7 @@ def test_report_on_our_requesting_association_from_pynetdicom(archive_factory) -
         assert a.n_action(information("1.2.3.12")) == 0
         assert received.wait(10)
     assert reports[0].event_type_id == 2  # the referenced instance was never stored
-    assert reports[0].information.TransactionUID == "1.2.3.12"
+    assert reports[0].report().transaction_uid == "1.2.3.12"
     assert archive.wait_answers(1) == [0]
 
 
@@ -122,7 +122,7 @@ def test_pynetdicom_reports_on_a_new_association(archive_factory, engine_server,
     with api.open_association("SCU", remote("ARCHIVE", port), ContextPlan(commitment="scu")) as a:
         assert a.n_action(information("1.2.3.13")) == 0
     assert archive.wait_answers(1) == [0]
-    assert reports[0].information.TransactionUID == "1.2.3.13"
+    assert reports[0].report().transaction_uid == "1.2.3.13"
 
 
 def test_report_when_the_acceptor_answers_no_role_item() -> None:

@@ -32,7 +32,6 @@ from stgcmt.protocol import (
     Reference,
     build_action_information,
     new_transaction_uid,
-    parse_event_information,
 )
 
 LOCALHOST = "127.0.0.1"
@@ -262,7 +261,7 @@ class ReportListener:
         )
 
     def _on_report(self, link: net.Link, event: net.EventReport) -> int:
-        report = parse_event_information(event.information)
+        report = event.report()
         with self._received:
             self.reports.append(ReceivedReport(link.peer, event.event_type_id, report))
             self._received.notify_all()

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from io import BytesIO
 from typing import BinaryIO
 
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 
@@ -23,16 +21,6 @@ def encode_data_set(ds: Dataset, transfer_syntax: str) -> bytes:
     fp.is_little_endian = uid.is_little_endian
     write_dataset(fp, ds)
     return fp.getvalue()
-
-
-def decode_data_set(data: bytes, transfer_syntax: str) -> Dataset:
-    """Decode every element now (pydicom defers it), so malformed bytes from a peer fail here,
-    where the caller can answer them, and not later in a service."""
-    uid = UID(transfer_syntax)
-    ds = read_dataset(BytesIO(data), uid.is_implicit_VR, uid.is_little_endian)
-    for _ in ds.iterall():
-        pass
-    return ds
 
 
 @dataclass(frozen=True)
