@@ -51,28 +51,52 @@ class _Unexpected(Exception):
 # -- encoding ------------------------------------------------------------------------------------
 
 
+_SHORT, _LONG = struct.Struct("<H").pack, struct.Struct("<I").pack
+_ITEM_TAG = struct.pack("<HH", 0xFFFE, 0xE000)
+
+
+def _header(tag: int, vr: bytes, implicit: bool) -> bytes:
+    """An element's tag (and VR) before its length."""
+    group, element = tag >> 16, tag & 0xFFFF
+    if implicit:
+        return struct.pack("<HH", group, element)
+    if vr == b"SQ":
+        return struct.pack("<HH2s2x", group, element, vr)
+    return struct.pack("<HH2s", group, element, vr)
+
+
+def _length(vr: bytes, implicit: bool):  # -> the packer of the element's length field
+    return _LONG if implicit or vr == b"SQ" else _SHORT
+
+
 def _element(tag: int, vr: bytes, value: bytes, implicit: bool) -> bytes:
     if len(value) % 2:
         value += b"\x00" if vr == b"UI" else b" "
-    if implicit:
-        return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
-    if vr == b"SQ":
-        return struct.pack("<HH2s2xI", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
-    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+    return _header(tag, vr, implicit) + _length(vr, implicit)(len(value)) + value
+
+
+def _uid(value: str) -> bytes:
+    encoded = value.encode()
+    return encoded + b"\x00" if len(encoded) % 2 else encoded
 
 
 def _sequence(tag: int, refs: Iterable[Reference | FailedReference], implicit: bool) -> bytes:
+    """One item per reference; headers are built once, the loop only joins bytes (100,000
+    items take a fraction of a second)."""
+    length = _length(b"UI", implicit)
+    sop_class = _header(REFERENCED_SOP_CLASS_UID, b"UI", implicit)
+    sop_instance = _header(REFERENCED_SOP_INSTANCE_UID, b"UI", implicit)
+    failure_reason = _header(FAILURE_REASON, b"US", implicit) + length(2)
     items = []
     for ref in refs:
-        content = _element(REFERENCED_SOP_CLASS_UID, b"UI", ref.sop_class_uid.encode(), implicit)
-        content += _element(
-            REFERENCED_SOP_INSTANCE_UID, b"UI", ref.sop_instance_uid.encode(), implicit
-        )
+        class_uid, instance_uid = _uid(ref.sop_class_uid), _uid(ref.sop_instance_uid)
+        content = (
+            sop_class + length(len(class_uid)) + class_uid
+            + sop_instance + length(len(instance_uid)) + instance_uid
+        )  # fmt: skip
         if isinstance(ref, FailedReference):
-            content += _element(
-                FAILURE_REASON, b"US", struct.pack("<H", ref.failure_reason), implicit
-            )
-        items.append(struct.pack("<HHI", 0xFFFE, 0xE000, len(content)) + content)
+            content += failure_reason + _SHORT(ref.failure_reason)
+        items.append(_ITEM_TAG + _LONG(len(content)) + content)
     return _element(tag, b"SQ", b"".join(items), implicit)
 
 
@@ -151,14 +175,67 @@ def _undefined_end(data: memoryview, offset: int, implicit: bool) -> int:
         offset = start + length
 
 
-def _items(value: memoryview, implicit: bool) -> Iterable[dict[int, memoryview]]:
-    offset = 0
-    while offset < len(value):
-        tag, _, length, start = read_header(value, offset, True)
-        if tag != _ITEM or length == _UNDEFINED or start + length > len(value):
+_TAG = struct.Struct("<I").unpack_from
+_ITEM_KEY, _CLASS_KEY, _INSTANCE_KEY, _REASON_KEY = (
+    struct.unpack("<I", struct.pack("<HH", tag >> 16, tag & 0xFFFF))[0]
+    for tag in (_ITEM, REFERENCED_SOP_CLASS_UID, REFERENCED_SOP_INSTANCE_UID, FAILURE_REASON)
+)
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+                       b"UR", b"UT", b"UV"})  # fmt: skip
+RawItem = tuple[str | None, str | None, int | None]
+
+
+def _items(value: memoryview, implicit: bool) -> list[RawItem]:
+    """(class UID, instance UID, Failure Reason) of each defined-length item: a tight loop, as
+    a request can hold 100,000 of them."""
+    data = bytes(value)
+    items: list[RawItem] = []
+    offset, end = 0, len(data)
+    while offset < end:
+        if offset + 8 > end or _TAG(data, offset)[0] != _ITEM_KEY:
             raise _Unexpected
-        yield dict(_elements(value[start : start + length], implicit))
-        offset = start + length
+        length = _TAG(data, offset + 4)[0]
+        if length == _UNDEFINED or offset + 8 + length > end:
+            raise _Unexpected
+        items.append(_item(data, offset + 8, offset + 8 + length, implicit))
+        offset += 8 + length
+    return items
+
+
+def _item(data: bytes, offset: int, end: int, implicit: bool) -> RawItem:
+    found = {}
+    while offset < end:
+        if offset + 8 > end:
+            raise MalformedDataset("item element header is truncated")
+        key = _TAG(data, offset)[0]
+        if implicit:
+            length, offset = _TAG(data, offset + 4)[0], offset + 8
+        elif data[offset + 4 : offset + 6] in _LONG_VRS:
+            length, offset = _TAG(data, offset + 8)[0], offset + 12
+        else:
+            length, offset = _SHORT_AT(data, offset + 6)[0], offset + 8
+        if length == _UNDEFINED or offset + length > end:
+            raise _Unexpected
+        found[key] = data[offset : offset + length]
+        offset += length
+    reason = found.get(_REASON_KEY)
+    return (
+        _ascii(found.get(_CLASS_KEY)),
+        _ascii(found.get(_INSTANCE_KEY)),
+        _SHORT_AT(reason, 0)[0] if reason is not None and len(reason) == 2 else None,
+    )
+
+
+def _ascii(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return value.decode("ascii").strip("\x00 ") or None
+    except UnicodeDecodeError:
+        raise _Unexpected from None
+
+
+_SHORT_AT = struct.Struct("<H").unpack_from
 
 
 def _fast_request(data: bytes, implicit: bool) -> tuple[str | None, list[RawReference] | None]:
@@ -167,14 +244,10 @@ def _fast_request(data: bytes, implicit: bool) -> tuple[str | None, list[RawRefe
     if REFERENCED_SOP_SEQUENCE not in found:
         return uid, None
     refs: list[RawReference] = [
-        (_optional(item, REFERENCED_SOP_CLASS_UID), _optional(item, REFERENCED_SOP_INSTANCE_UID))
-        for item in _items(found[REFERENCED_SOP_SEQUENCE], implicit)
+        (sop_class, sop_instance)
+        for sop_class, sop_instance, _ in _items(found[REFERENCED_SOP_SEQUENCE], implicit)
     ]
     return uid, refs
-
-
-def _optional(item: dict[int, memoryview], tag: int) -> str | None:
-    return _text(item[tag]) or None if tag in item else None
 
 
 def decode_request(
@@ -213,24 +286,26 @@ def _fast_report(data: bytes, implicit: bool) -> CommitmentReport:
         raise _Unexpected
     if RETRIEVE_AE_TITLE in found:
         report.retrieve_ae_title = _text(found[RETRIEVE_AE_TITLE]) or None
-    for item in _items(found.get(REFERENCED_SOP_SEQUENCE, memoryview(b"")), implicit):
-        report.committed.append(
-            Reference(
-                _text(item[REFERENCED_SOP_CLASS_UID]), _text(item[REFERENCED_SOP_INSTANCE_UID])
-            )
-        )
-    for item in _items(found.get(FAILED_SOP_SEQUENCE, memoryview(b"")), implicit):
-        reason = item.get(FAILURE_REASON)
+    for sop_class, sop_instance, _ in _items(found.get(REFERENCED_SOP_SEQUENCE, _EMPTY), implicit):
+        report.committed.append(Reference(_required(sop_class), _required(sop_instance)))
+    for sop_class, sop_instance, reason in _items(found.get(FAILED_SOP_SEQUENCE, _EMPTY), implicit):
         report.failed.append(
             FailedReference(
-                _text(item[REFERENCED_SOP_CLASS_UID]),
-                _text(item[REFERENCED_SOP_INSTANCE_UID]),
-                struct.unpack("<H", reason)[0]
-                if reason is not None and len(reason) == 2
-                else PROCESSING_FAILURE,
+                _required(sop_class),
+                _required(sop_instance),
+                PROCESSING_FAILURE if reason is None else reason,
             )
         )
     return report
+
+
+_EMPTY = memoryview(b"")
+
+
+def _required(value: str | None) -> str:
+    if value is None:
+        raise _Unexpected  # let pydicom's reader report what is missing
+    return value
 
 
 def _pydicom(data: bytes, implicit: bool, little_endian: bool):  # -> Dataset

@@ -91,7 +91,9 @@ _COLUMNS = ", ".join(Transaction.__dataclass_fields__)
 
 class CommitmentJournal:
     def __init__(self, path: Path) -> None:
-        self.db = Database(path, SCHEMA, synchronous="FULL")
+        # Commits that make a promise (the request, the verdict, the delivery) are durable;
+        # progress in between (states, per-batch results) need not be.
+        self.db = Database(path, SCHEMA)
 
     def record_request(
         self,
