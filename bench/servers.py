@@ -1,0 +1,196 @@
+"""The servers under test, each a plain child process on 127.0.0.1: our SCP
+(``python -m stgcmt scp``, engine chosen by STGCMT_ENGINE in its environment), DCMTK's
+``storescp`` and Orthanc with a generated configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .procs import (
+    LOCALHOST,
+    BenchError,
+    Children,
+    dcmtk_env,
+    free_port,
+    free_port_everywhere,
+    peak_rss_mb,
+    wait_listening,
+)
+
+SCU_AET = "BENCHSCU"
+"""Calling AE of storescu and stgcmt send."""
+PEER_AET = "BENCHPEER"
+"""Calling AE of the reference peer: requests commitment, receives reports."""
+START_TIMEOUT = 60.0
+
+
+@dataclass
+class Server:
+    """A running server: what a client needs to reach it, and its process."""
+
+    name: str
+    aet: str
+    port: int
+    process: subprocess.Popen[bytes]
+    workdir: Path
+
+    def peak_rss_mb(self) -> float | None:
+        return peak_rss_mb(self.process.pid)
+
+
+def stgcmt_env(engine: str) -> dict[str, str]:
+    """Environment for a stgcmt process: the engine is chosen per process."""
+    return {**os.environ, "STGCMT_ENGINE": engine}
+
+
+def _scp_toml(data_dir: Path, port: int, peer_port: int) -> str:
+    """Defaults as shipped (checksum verification, reports on a new association), except that
+    only the bench's own AEs on 127.0.0.1 are known."""
+    return f"""\
+[scp]
+aet = "STGCMT_SCP"
+bind = "{LOCALHOST}"
+port = {port}
+data_dir = "{data_dir}"
+
+[[remote]]
+aet = "{SCU_AET}"
+host = "{LOCALHOST}"
+port = {free_port()}
+
+[[remote]]
+aet = "{PEER_AET}"
+host = "{LOCALHOST}"
+port = {peer_port}
+"""
+
+
+def start_our_scp(children: Children, engine: str, workdir: Path, peer_port: int) -> Server:
+    """``python -m stgcmt scp --config ...`` in a new process with its own data directory."""
+    workdir.mkdir(parents=True)
+    port = free_port()
+    config = workdir / "scp.toml"
+    config.write_text(_scp_toml(workdir / "data", port, peer_port))
+    argv = [sys.executable, "-m", "stgcmt", "scp", "--config", str(config)]
+    process = children.start(argv, log=workdir / "scp.log", env=stgcmt_env(engine))
+    try:
+        wait_listening(port, process, START_TIMEOUT, f"stgcmt scp ({engine})")
+    except BenchError:
+        children.stop(process)
+        raise BenchError(
+            _tail(workdir / "scp.log", f"stgcmt scp ({engine}) did not start")
+        ) from None
+    return Server(f"stgcmt[{engine}]", "STGCMT_SCP", port, process, workdir)
+
+
+def start_storescp(children: Children, binary: str, workdir: Path) -> Server:
+    """DCMTK ``storescp`` writing Part 10 files into a folder (its default: one association at
+    a time, no --fork)."""
+    out = workdir / "out"
+    out.mkdir(parents=True)
+    port = free_port()
+    argv = [binary, "--aetitle", "STORESCP", "-od", str(out), str(port)]
+    process = children.start(argv, log=workdir / "storescp.log", env=dcmtk_env())
+    wait_listening(port, process, START_TIMEOUT, "storescp")
+    return Server("storescp", "STORESCP", port, process, workdir)
+
+
+def clear_folder(folder: Path) -> int:
+    """Delete what storescp wrote (untimed) so the next measurement starts from the same state;
+    returns how many files there were."""
+    files = [p for p in folder.iterdir() if p.is_file()]
+    for path in files:
+        path.unlink()
+    return len(files)
+
+
+@dataclass
+class Orthanc(Server):
+    http_port: int = 0
+
+    def get(self, path: str, timeout: float = 30.0) -> Any:
+        url = f"http://{LOCALHOST}:{self.http_port}{path}"
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def instance_count(self) -> int:
+        return int(self.get("/statistics")["CountInstances"])
+
+
+def _orthanc_config(workdir: Path, dicom_port: int, http_port: int, peer_port: int) -> dict:
+    """Orthanc's defaults except what a private, loopback-only instance needs."""
+    storage = workdir / "storage"
+    storage.mkdir(parents=True)
+    return {
+        "Name": "stgcmt-bench",
+        "StorageDirectory": str(storage),
+        "IndexDirectory": str(storage),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False,
+        "DicomCheckModalityHost": False,
+        "Plugins": [],
+        "LuaScripts": [],
+        "DicomModalitiesInDatabase": False,
+        "DicomModalities": {
+            "bench-peer": {
+                "AET": PEER_AET,
+                "Host": LOCALHOST,
+                "Port": peer_port,
+                "AllowStorageCommitment": True,
+            }
+        },
+    }
+
+
+def start_orthanc(children: Children, binary: str, workdir: Path, peer_port: int) -> Orthanc:
+    """Orthanc as a plain process (not the system service), ready when GET /system answers."""
+    workdir.mkdir(parents=True)
+    dicom_port = free_port_everywhere()
+    http_port = free_port_everywhere()
+    while http_port == dicom_port:
+        http_port = free_port_everywhere()
+    config = workdir / "orthanc.json"
+    config.write_text(json.dumps(_orthanc_config(workdir, dicom_port, http_port, peer_port)))
+    log = workdir / "orthanc.log"
+    process = children.start([binary, str(config)], log=log, env=dcmtk_env(), cwd=workdir)
+    server = Orthanc("orthanc", "ORTHANC", dicom_port, process, workdir, http_port)
+    try:
+        _wait_orthanc(server)
+    except BenchError:
+        children.stop(process)
+        raise BenchError(_tail(log, "Orthanc did not start")) from None
+    return server
+
+
+def _wait_orthanc(server: Orthanc) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise BenchError(f"Orthanc exited with status {server.process.returncode}")
+        try:
+            if server.get("/system", timeout=2).get("DicomPort") == server.port:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise BenchError("Orthanc did not answer GET /system")
+
+
+def _tail(log: Path, headline: str, lines: int = 30) -> str:
+    try:
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        text = ["(no log)"]
+    return headline + ":\n" + "\n".join(text)
