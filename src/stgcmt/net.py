@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import build_context
@@ -134,7 +135,7 @@ class Link:
 
 def _encoded(data: Any, context: Any) -> tuple[bytes | None, bool, bool]:
     """A received data set as bytes, with its context's encoding (the service decodes)."""
-    syntax = context.transfer_syntax[0]
+    syntax = UID(context.transfer_syntax)
     raw = data.getvalue() if data is not None else None
     return raw or None, syntax.is_implicit_VR, syntax.is_little_endian
 
