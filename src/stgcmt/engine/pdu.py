@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, ClassVar, Self
 
 APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
 """The DICOM Application Context Name (PS3.7 Annex A.2.1)."""
@@ -297,10 +298,17 @@ class _AssociateFields:
 
 
 @dataclass(frozen=True)
-class A_ASSOCIATE_RQ:  # noqa: N801 - named after the standard
+class _AssociatePDU:
+    """What A-ASSOCIATE-RQ and -AC share (PS3.8 9.3.2, 9.3.3): they differ only in the PDU
+    type and the kind of presentation context item."""
+
+    PDU_TYPE: ClassVar[int]
+    CONTEXT_ITEM_TYPE: ClassVar[int]
+    CONTEXT_ITEM: ClassVar[Any]
+
     called_ae_title: str
     calling_ae_title: str
-    presentation_contexts: tuple[PresentationContextItemRQ, ...]
+    presentation_contexts: tuple[Any, ...]
     user_information: UserInformationItem
     application_context_name: str = APPLICATION_CONTEXT_NAME
     protocol_version: int = PROTOCOL_VERSION
@@ -310,15 +318,15 @@ class A_ASSOCIATE_RQ:  # noqa: N801 - named after the standard
         body = _associate_body(
             self.called_ae_title, self.calling_ae_title, contexts, self.user_information
         )
-        return _pdu(A_ASSOCIATE_RQ_TYPE, body)
+        return _pdu(self.PDU_TYPE, body)
 
     @classmethod
-    def decode(cls, body: bytes) -> A_ASSOCIATE_RQ:
-        fields = _AssociateFields.decode(body, PRESENTATION_CONTEXT_ITEM_RQ)
+    def decode(cls, body: bytes) -> Self:
+        fields = _AssociateFields.decode(body, cls.CONTEXT_ITEM_TYPE)
         return cls(
             fields.called_ae_title,
             fields.calling_ae_title,
-            tuple(PresentationContextItemRQ.decode(v) for v in fields.contexts),
+            tuple(cls.CONTEXT_ITEM.decode(v) for v in fields.contexts),
             fields.user_information,
             fields.application_context_name,
             fields.protocol_version,
@@ -326,34 +334,23 @@ class A_ASSOCIATE_RQ:  # noqa: N801 - named after the standard
 
 
 @dataclass(frozen=True)
-class A_ASSOCIATE_AC:  # noqa: N801
+class A_ASSOCIATE_RQ(_AssociatePDU):  # noqa: N801 - named after the standard
+    PDU_TYPE = A_ASSOCIATE_RQ_TYPE
+    CONTEXT_ITEM_TYPE = PRESENTATION_CONTEXT_ITEM_RQ
+    CONTEXT_ITEM = PresentationContextItemRQ
+
+    presentation_contexts: tuple[PresentationContextItemRQ, ...]
+
+
+@dataclass(frozen=True)
+class A_ASSOCIATE_AC(_AssociatePDU):  # noqa: N801
     """The AE title fields are reserved in an AC but carry the RQ's values (PS3.8 9.3.3)."""
 
-    called_ae_title: str
-    calling_ae_title: str
+    PDU_TYPE = A_ASSOCIATE_AC_TYPE
+    CONTEXT_ITEM_TYPE = PRESENTATION_CONTEXT_ITEM_AC
+    CONTEXT_ITEM = PresentationContextItemAC
+
     presentation_contexts: tuple[PresentationContextItemAC, ...]
-    user_information: UserInformationItem
-    application_context_name: str = APPLICATION_CONTEXT_NAME
-    protocol_version: int = PROTOCOL_VERSION
-
-    def encode(self) -> bytes:
-        contexts = b"".join(cx.encode() for cx in self.presentation_contexts)
-        body = _associate_body(
-            self.called_ae_title, self.calling_ae_title, contexts, self.user_information
-        )
-        return _pdu(A_ASSOCIATE_AC_TYPE, body)
-
-    @classmethod
-    def decode(cls, body: bytes) -> A_ASSOCIATE_AC:
-        fields = _AssociateFields.decode(body, PRESENTATION_CONTEXT_ITEM_AC)
-        return cls(
-            fields.called_ae_title,
-            fields.calling_ae_title,
-            tuple(PresentationContextItemAC.decode(v) for v in fields.contexts),
-            fields.user_information,
-            fields.application_context_name,
-            fields.protocol_version,
-        )
 
 
 def _four_byte_body(body: bytes, name: str) -> tuple[int, int, int]:
