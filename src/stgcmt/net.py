@@ -39,6 +39,7 @@ from .netapi import (
     STORAGE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
     ActionRequest,
+    AssociationBase,
     AssociationError,
     CommitmentRole,
     ContextPlan,
@@ -47,6 +48,7 @@ from .netapi import (
     Information,
     PeerInfo,
     Rejection,
+    ServerBase,
     StoreRequest,
     aborted_request,
     cannot_connect,
@@ -55,9 +57,9 @@ from .netapi import (
     next_association_id,
     no_accepted_context,
     no_answer,
-    no_commitment,
     plan_storage_associations,
     rejected,
+    requested_contexts,
     server_ssl_context,
 )
 from .protocol import (
@@ -296,7 +298,7 @@ class _Bridge:
             self.handlers.closed(link)
 
 
-class Server:
+class Server(ServerBase):
     """A listening AE. ``storage`` accepts every Storage SOP Class and transfer syntax;
     ``commitment`` accepts the Storage Commitment Push Model, including associations whose
     requester asks for the SCP role (reports delivered on a new association)."""
@@ -356,28 +358,14 @@ class Server:
             self._server.shutdown()
             self._server = None
 
-    def __enter__(self) -> Server:
-        return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class Association:
+class Association(AssociationBase):
     """An association we opened. Use as a context manager: it releases on exit."""
 
     def __init__(self, assoc: Any, peer: PeerInfo) -> None:
         self._assoc = assoc
         self.link = Link(assoc, peer)
         assoc._stgcmt_link = self.link
-
-    @property
-    def peer(self) -> PeerInfo:
-        return self.link.peer
-
-    @property
-    def is_open(self) -> bool:
-        return self.link.is_open
 
     @property
     def accepts_commitment(self) -> bool:
@@ -411,24 +399,12 @@ class Association:
         status, _ = rsp
         return _status_of(status)
 
-    def n_event_report(self, event_type_id: int, information: Information) -> int | None:
-        return self.link.n_event_report(event_type_id, information)
-
     def release(self) -> None:
         if self._assoc.is_established:
             self._assoc.release()
 
     def abort(self) -> None:
         self._assoc.abort()
-
-    def __enter__(self) -> Association:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            self.release()
-        else:
-            self.abort()
 
 
 def open_association(
@@ -445,20 +421,14 @@ def open_association(
     on if the peer is unreachable or rejects it."""
     ae = AE(ae_title=local_aet)
     _configure_ae(ae, timeouts or Timeouts(), max_pdu)
-    contexts = [build_context(uid, [ts]) for uid, ts in plan.storage]
+    contexts = [build_context(uid, list(ts)) for uid, ts in requested_contexts(plan)]
     ext_neg: list[Any] = []
-    if plan.commitment:
-        contexts.append(build_context(STORAGE_COMMITMENT_PUSH_MODEL, list(NON_STORAGE_SYNTAXES)))
-        if plan.commitment == "scp":
-            role = SCP_SCU_RoleSelectionNegotiation()
-            role.sop_class_uid = STORAGE_COMMITMENT_PUSH_MODEL
-            role.scu_role = False
-            role.scp_role = True
-            ext_neg.append(role)
-    if plan.echo or not contexts:
-        contexts.append(build_context(VERIFICATION, list(NON_STORAGE_SYNTAXES)))
-    if len(contexts) > MAX_CONTEXTS:
-        raise ValueError(f"{len(contexts)} presentation contexts exceed {MAX_CONTEXTS}")
+    if plan.commitment == "scp":
+        role = SCP_SCU_RoleSelectionNegotiation()
+        role.sop_class_uid = STORAGE_COMMITMENT_PUSH_MODEL
+        role.scu_role = False
+        role.scp_role = True
+        ext_neg.append(role)
     bridge = _Bridge(handlers or Handlers(), acceptor=False)
     assoc = ae.associate(
         remote.host,
@@ -471,11 +441,7 @@ def open_association(
     )
     if not assoc.is_established:
         raise AssociationError(_refusal(assoc, remote))
-    association = Association(assoc, _peer_from_assoc(assoc, acceptor=False))
-    if plan.commitment and plan.require_commitment and not association.accepts_commitment:
-        association.release()
-        raise AssociationError(no_commitment(remote))
-    return association
+    return Association(assoc, _peer_from_assoc(assoc, acceptor=False)).checked(plan, remote)
 
 
 def _refusal(assoc: Any, remote: RemoteAE) -> str:

@@ -11,7 +11,7 @@ import itertools
 import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -22,6 +22,7 @@ from .config import TlsConfig
 from .protocol import (
     STORAGE_COMMITMENT_PUSH_MODEL,
     SUCCESS,
+    VERIFICATION,
     CommitmentReport,
     CommitmentRequest,
 )
@@ -198,6 +199,79 @@ def client_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
 
 def is_success(status: int | None) -> bool:
     return status is not None and (status == SUCCESS or (status & 0xF000) == 0xB000)
+
+
+def requested_contexts(plan: ContextPlan) -> list[tuple[str, tuple[str, ...]]]:
+    """(abstract syntax, transfer syntaxes) to propose: one context per storage pair, then
+    Storage Commitment, then Verification when asked for (or when nothing else is)."""
+    contexts = [(uid, (ts,)) for uid, ts in plan.storage]
+    if plan.commitment:
+        contexts.append((STORAGE_COMMITMENT_PUSH_MODEL, NON_STORAGE_SYNTAXES))
+    if plan.echo or not contexts:
+        contexts.append((VERIFICATION, NON_STORAGE_SYNTAXES))
+    if len(contexts) > MAX_CONTEXTS:
+        raise ValueError(f"{len(contexts)} presentation contexts exceed {MAX_CONTEXTS}")
+    return contexts
+
+
+class ServerBase:
+    """What both engines' servers share: the context manager."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class AssociationBase:
+    """What both engines' associations share: identity, the report sender, the commitment
+    check after negotiation, and release (or abort, on an exception) as a context manager."""
+
+    link: Any
+
+    @property
+    def peer(self) -> PeerInfo:
+        return self.link.peer
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self.link.is_open)
+
+    @property
+    def accepts_commitment(self) -> bool:
+        raise NotImplementedError
+
+    def n_event_report(self, event_type_id: int, information: Information) -> int | None:
+        return self.link.n_event_report(event_type_id, information)
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def checked(self, plan: ContextPlan, remote: object) -> Self:
+        """Release and raise if the plan needs Storage Commitment and the peer rejected it."""
+        if plan.commitment and plan.require_commitment and not self.accepts_commitment:
+            self.release()
+            raise AssociationError(no_commitment(remote))
+        return self
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.release()
+        else:
+            self.abort()
 
 
 # The sentences an AssociationError carries, the same whichever engine runs.

@@ -25,11 +25,11 @@ from pydicom.uid import UID
 from .. import codec
 from ..config import RemoteAE, Timeouts, TlsConfig
 from ..netapi import (
-    MAX_CONTEXTS,
     NON_STORAGE_SYNTAXES,
     STORAGE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
     ActionRequest,
+    AssociationBase,
     AssociationError,
     ContextPlan,
     EventReport,
@@ -37,6 +37,7 @@ from ..netapi import (
     Information,
     PeerInfo,
     Rejection,
+    ServerBase,
     StoreRequest,
     aborted_request,
     cannot_connect,
@@ -44,8 +45,8 @@ from ..netapi import (
     next_association_id,
     no_accepted_context,
     no_answer,
-    no_commitment,
     rejected,
+    requested_contexts,
     server_ssl_context,
 )
 from ..protocol import (
@@ -304,7 +305,7 @@ STOP_GRACE = 2.0
 """Seconds a stopping server waits for open associations to end before aborting them."""
 
 
-class Server:
+class Server(ServerBase):
     """A listening AE (see ``stgcmt.net.Server``)."""
 
     def __init__(
@@ -402,30 +403,16 @@ class Server:
             association.abort()
         await asyncio.wait(finishing, timeout=self._timeouts.acse)
 
-    def __enter__(self) -> Server:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 # -- requesting ----------------------------------------------------------------------------------
 
 
-class Association:
+class Association(AssociationBase):
     """An association we opened (see ``stgcmt.net.Association``); releases on exit."""
 
     def __init__(self, association: UpperLayer, link: Link) -> None:
         self._association = association
         self.link = link
-
-    @property
-    def peer(self) -> PeerInfo:
-        return self.link.peer
-
-    @property
-    def is_open(self) -> bool:
-        return self.link.is_open
 
     @property
     def accepts_commitment(self) -> bool:
@@ -484,38 +471,15 @@ class Association:
         }
         return self.link.request(STORAGE_COMMITMENT_PUSH_MODEL, command, information)
 
-    def n_event_report(self, event_type_id: int, information: Information) -> int | None:
-        return self.link.n_event_report(event_type_id, information)
-
     def release(self) -> None:
         run(self._association.release())
 
     def abort(self) -> None:
         run(_abort(self._association))
 
-    def __enter__(self) -> Association:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            self.release()
-        else:
-            self.abort()
-
 
 async def _abort(association: UpperLayer) -> None:
     association.abort()
-
-
-def _requested_contexts(plan: ContextPlan) -> list[tuple[str, tuple[str, ...]]]:
-    contexts = [(uid, (ts,)) for uid, ts in plan.storage]
-    if plan.commitment:
-        contexts.append((STORAGE_COMMITMENT_PUSH_MODEL, NON_STORAGE_SYNTAXES))
-    if plan.echo or not contexts:
-        contexts.append((VERIFICATION, NON_STORAGE_SYNTAXES))
-    if len(contexts) > MAX_CONTEXTS:
-        raise ValueError(f"{len(contexts)} presentation contexts exceed {MAX_CONTEXTS}")
-    return contexts
 
 
 def open_association(
@@ -534,7 +498,7 @@ def open_association(
     rq = A_ASSOCIATE_RQ(
         remote.aet,
         local_aet,
-        propose(_requested_contexts(plan)),
+        propose(requested_contexts(plan)),
         user_information(max_pdu, roles if plan.commitment == "scp" else ()),
     )
     peer = PeerInfo(remote.aet, local_aet, remote.host, remote.port, next_association_id())
@@ -543,10 +507,7 @@ def open_association(
         _associate(remote, rq, handlers or Handlers(), peer, timeouts or Timeouts(), ssl_context)
     )
     association = Association(upper, upper.user.link)  # type: ignore[union-attr]
-    if plan.commitment and plan.require_commitment and not association.accepts_commitment:
-        association.release()
-        raise AssociationError(no_commitment(remote))
-    return association
+    return association.checked(plan, remote)
 
 
 async def _associate(
