@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import ssl
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydicom.dataset import Dataset
@@ -156,7 +156,6 @@ class ContextPlan:
     require_commitment: bool = True
     """Fail the association request if the peer rejects Storage Commitment; False lets a
     sender store first and report the missing commitment afterwards."""
-    extra: list[Any] = field(default_factory=list)
 
 
 def plan_storage_associations(
