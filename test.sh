@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs, then run it. Extra arguments go to pytest.
-#   ./test.sh                 # the whole suite (and the end-to-end part on both engines)
-#   ./test.sh -k orthanc -x   # a part of it, on the default engine
+#   ./test.sh                 # the whole suite
+#   ./test.sh -k orthanc -x   # a part of it
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -35,8 +35,4 @@ if [ "$#" -gt 0 ]; then
   run_pytest "$@"
   exit 0
 fi
-# The SCP/SCU end-to-end and interop tests once more on the reference engine (pynetdicom),
-# then the whole suite on the default engine (our asyncio one).
-STGCMT_ENGINE=pynetdicom run_pytest -q tests/test_scp.py tests/test_scu.py \
-  tests/test_scp_limits.py tests/interop
 run_pytest

@@ -28,7 +28,7 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from .net import Link
+    from .engine.api import Link
 
 STORAGE_SOP_CLASSES: frozenset[str] = frozenset(_STORAGE_CLASSES.values())
 """Every Storage SOP Class the SCP accepts (and the only classes it can commit)."""
@@ -87,6 +87,8 @@ class StoreRequest:
     sop_instance_uid: str
     transfer_syntax: str
     dataset: bytes
+    abstract_syntax: str = ""
+    """The abstract syntax of the presentation context it arrived on."""
 
 
 @dataclass

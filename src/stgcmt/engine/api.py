@@ -238,6 +238,7 @@ class _Services:
             sop_instance_uid=str(command.get(AFFECTED_SOP_INSTANCE_UID, "")),
             transfer_syntax=self._transfer_syntax(message),
             dataset=message.data_set or b"",
+            abstract_syntax=self.association.contexts[message.context_id].abstract_syntax,
         )
         return Answer(self.handlers.c_store(request))
 
