@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom.sop_class import _STORAGE_CLASSES
 
 from . import codec
 from .config import TlsConfig
+from .dicom.storage_classes import STORAGE_SOP_CLASSES as STORAGE_SOP_CLASSES
 from .protocol import (
     STORAGE_COMMITMENT_PUSH_MODEL,
     SUCCESS,
@@ -30,8 +30,6 @@ from .protocol import (
 if TYPE_CHECKING:
     from .engine.api import Link
 
-STORAGE_SOP_CLASSES: frozenset[str] = frozenset(_STORAGE_CLASSES.values())
-"""Every Storage SOP Class the SCP accepts (and the only classes it can commit)."""
 
 TRANSFER_SYNTAXES: tuple[str, ...] = tuple(
     dict.fromkeys([ExplicitVRLittleEndian, *AllTransferSyntaxes, ImplicitVRLittleEndian])

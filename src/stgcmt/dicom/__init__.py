@@ -1,0 +1,1 @@
+"""Pure DICOM: UIDs, statuses, data set encoding. No I/O, no networking."""
