@@ -6,10 +6,15 @@ port 11112, data in ``./stgcmt-data``, reports on a new association as IHE recom
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+import types
+from collections.abc import Callable
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type_hints
 
 ReportAssoc = Literal["new", "same", "auto"]
 VerifyPolicy = Literal["exists", "size", "checksum"]
@@ -28,6 +33,13 @@ def validate_aet(aet: str) -> str:
     if not stripped or len(stripped) > 16 or "\\" in stripped or not stripped.isprintable():
         raise ConfigError(f"invalid AE title {aet!r}: 1 to 16 printable characters, no backslash")
     return stripped
+
+
+def _non_empty(value: str) -> str:
+    """Host names: an empty one would only fail at the first report."""
+    if not value.strip():
+        raise ConfigError("must not be empty")
+    return value
 
 
 @dataclass(frozen=True)
@@ -93,14 +105,17 @@ class TlsConfig:
     def enabled(self) -> bool:
         return self.cert is not None or self.ca is not None
 
-    def checked(self) -> TlsConfig:
+    def checked(self, where: str = "[tls]") -> TlsConfig:
+        """Refuse combinations that could only fail later, at the first handshake."""
         if self.require_client_cert and self.ca is None:
-            raise ConfigError("tls: require_client_cert needs a CA bundle (--tls-ca)")
+            raise ConfigError(f"{where} require_client_cert: needs a CA bundle (ca, --tls-ca)")
         if (self.cert is None) != (self.key is None):
-            raise ConfigError("tls: give both a certificate and its key")
-        for path in (self.cert, self.key, self.ca):
+            missing = "key" if self.key is None else "cert"
+            raise ConfigError(f"{where} {missing}: give both a certificate and its key")
+        for name in ("cert", "key", "ca"):
+            path = getattr(self, name)
             if path is not None and not Path(path).is_file():
-                raise ConfigError(f"tls: no such file {path}")
+                raise ConfigError(f"{where} {name}: no such file {path}")
         return self
 
 
@@ -127,37 +142,254 @@ class ScpConfig:
     def remote(self, aet: str) -> RemoteAE | None:
         return next((r for r in self.remotes if r.aet == aet), None)
 
-    def checked(self) -> ScpConfig:
-        """Return self after validating values a user may have mistyped."""
-        validate_aet(self.aet)
-        if self.report_assoc not in REPORT_ASSOC_CHOICES:
-            raise ConfigError(f"report_assoc must be one of {', '.join(REPORT_ASSOC_CHOICES)}")
-        if self.verify not in VERIFY_CHOICES:
-            raise ConfigError(f"verify must be one of {', '.join(VERIFY_CHOICES)}")
-        if not 0 <= self.port < 65536:
-            raise ConfigError(f"port {self.port} is out of range")
-        if self.max_references < 1:
-            raise ConfigError("max_references must be at least 1")
-        if not 0 < self.retry.start <= self.retry.cap or self.retry.give_up_after <= 0:
-            raise ConfigError("retry: need 0 < start <= cap and give_up_after > 0")
-        if self.max_associations < 1:
-            raise ConfigError("max_associations must be at least 1")
-        self.tls.checked()
-        return self
+    def checked(self, *, free_port: bool = True) -> ScpConfig:
+        """Return a normalised copy after checking every field's type and range.
+
+        The Python API may ask for port 0 ("pick a free port", for tests and embedding);
+        configuration files and the command line may not (``free_port=False``).
+        """
+        checked = _checked_instance(self, "", free_port=free_port)
+        _cross_checks(checked, "")
+        return checked
 
 
-def _section(data: dict[str, Any], name: str, cls: type) -> Any:
-    values = data.get(name, {})
-    known = {f.name for f in fields(cls)}
-    unknown = set(values) - known
+# -- validation --------------------------------------------------------------------------------
+#
+# Driven by the dataclasses themselves: each field's annotation says which TOML type it takes,
+# ``RANGES`` (or a field's ``metadata={"range": Range(...)}``) says which numbers are allowed.
+# A field added to a dataclass is therefore checked, and accepted in the file, with no new code.
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed numbers: ``low``..``high`` inclusive, or strictly above ``low`` when ``above``.
+    ``free_port_low`` is the lower bound the Python API may use instead (port 0)."""
+
+    low: float | None = 0
+    high: float | None = None
+    above: bool = False
+    free_port_low: float | None = None
+
+    def admits(self, value: float, *, free_port: bool) -> bool:
+        """Whether ``value`` lies in the range (NaN and infinities never do)."""
+        low = self.free_port_low if free_port and self.free_port_low is not None else self.low
+        if not math.isfinite(value):
+            return False
+        if low is not None and (value <= low if self.above else value < low):
+            return False
+        return self.high is None or value <= self.high
+
+    def describe(self, *, free_port: bool) -> str:
+        """The bounds in words, for the message."""
+        low = self.free_port_low if free_port and self.free_port_low is not None else self.low
+        if low is not None and self.high is not None:
+            return f"from {_number(low)} to {_number(self.high)}"
+        if low is not None:
+            return f"greater than {_number(low)}" if self.above else f"of at least {_number(low)}"
+        return f"of at most {_number(self.high)}" if self.high is not None else ""
+
+
+PORT_RANGE = Range(1, 65535, free_port_low=0)
+POSITIVE = Range(0, above=True)
+AT_LEAST_ONE = Range(1)
+NOT_NEGATIVE = Range(0)
+
+# (class name, field name) -> range; (class name, "*") is the class's default; NOT_NEGATIVE else.
+RANGES: dict[tuple[str, str], Range] = {
+    ("ScpConfig", "port"): PORT_RANGE,
+    ("RemoteAE", "port"): Range(1, 65535),
+    ("ScpConfig", "max_references"): AT_LEAST_ONE,
+    ("ScpConfig", "max_associations"): AT_LEAST_ONE,
+    ("ScpConfig", "max_pending_associations"): AT_LEAST_ONE,
+    ("Timeouts", "*"): POSITIVE,
+    ("RetryPolicy", "*"): POSITIVE,
+}
+
+# Fields whose strings have a grammar of their own, by field name.
+STRING_CHECKS: dict[str, Callable[[str], str]] = {"aet": validate_aet, "host": _non_empty}
+
+# ScpConfig tuple fields written in the file as an array of tables under another name.
+ARRAY_TABLES: dict[str, str] = {"remotes": "remote"}
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _found(value: Any) -> str:
+    """What the user wrote, in TOML words: 'the string "no"', 'the integer 1', 'a table'."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"the integer {value}"
+    if isinstance(value, float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {json.dumps(value)}"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if value is None:
+        return "nothing (None)"
+    return f"a {type(value).__name__} ({value})"
+
+
+def _fail(where: str, key: str, expected: str, value: Any) -> NoReturn:
+    """Raise the one message shape users see: where, key, what was expected, what was found."""
+    location = " ".join(part for part in (where, key) if part)
+    raise ConfigError(f"{location}: expected {expected}, got {_found(value)}")
+
+
+def _range_of(cls: type, f: Field) -> Range:
+    """A field's range: its own metadata, then ``RANGES``, then "not negative"."""
+    if "range" in f.metadata:
+        return f.metadata["range"]
+    name = cls.__name__
+    return RANGES.get((name, f.name)) or RANGES.get((name, "*")) or NOT_NEGATIVE
+
+
+def _check_value(
+    value: Any, hint: Any, where: str, key: str, rng: Range, *, api: bool, free_port: bool
+) -> Any:
+    """Check one value against its annotation; return it converted (str -> Path, int -> float).
+
+    ``api`` relaxes what only Python can pass: ``None`` for optional fields, ``os.PathLike``
+    for paths. TOML values never get that latitude."""
+    args = get_args(hint)
+    if get_origin(hint) in (Union, types.UnionType) and type(None) in args:
+        if value is None and api:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        args = get_args(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            _fail(where, key, "true or false", value)
+        return value
+    if hint is int or hint is float:
+        numeric = (int, float) if hint is float else (int,)
+        word = "a number" if hint is float else "an integer"
+        if isinstance(value, bool) or not isinstance(value, numeric):
+            _fail(where, key, f"{word} {rng.describe(free_port=free_port)}".strip(), value)
+        if not rng.admits(value, free_port=free_port):
+            _fail(where, key, f"{word} {rng.describe(free_port=free_port)}".strip(), value)
+        return float(value) if hint is float else value
+    if hint is str:
+        if not isinstance(value, str):
+            _fail(where, key, "a string", value)
+        return _string_check(value, where, key)
+    if hint is Path:
+        if not (isinstance(value, str) or (api and isinstance(value, os.PathLike))):
+            _fail(where, key, "a path (a string)", value)
+        if not str(value):
+            _fail(where, key, "a non-empty path", value)
+        return Path(value)
+    if get_origin(hint) is Literal:
+        if value not in args:
+            _fail(where, key, "one of " + ", ".join(json.dumps(a) for a in args), value)
+        return value
+    if get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(value, list | tuple):
+            _fail(where, key, "an array", value)
+        item = args[0]
+        return tuple(
+            _check_value(v, item, where, f"{key}[{i}]", rng, api=api, free_port=free_port)
+            for i, v in enumerate(value)
+        )
+    raise ConfigError(f"{where} {key}: cannot be set here".lstrip())
+
+
+def _string_check(value: str, where: str, key: str) -> str:
+    check = STRING_CHECKS.get(key)
+    if check is None:
+        return value
+    try:
+        return check(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{where} {key}: {exc}".lstrip()) from None
+
+
+def _is_structure(hint: Any) -> bool:
+    """Nested dataclasses and tuples of dataclasses are tables of their own in the file."""
+    if is_dataclass(hint):
+        return True
+    args = get_args(hint)
+    return get_origin(hint) is tuple and bool(args) and is_dataclass(args[0])
+
+
+def _check_table(
+    cls: type, raw: dict[str, Any], where: str, *, api: bool, free_port: bool
+) -> dict[str, Any]:
+    """Check a table of plain values for ``cls``: no unknown keys, no missing required ones,
+    each value of its field's type and range. Returns the converted values."""
+    hints = get_type_hints(cls)
+    plain = {f.name: f for f in fields(cls) if not _is_structure(hints[f.name])}
+    unknown = sorted(set(raw) - set(plain))
     if unknown:
-        raise ConfigError(f"[{name}]: unknown keys {', '.join(sorted(unknown))}")
-    return cls(**values)
+        known = ", ".join(sorted(plain))
+        raise ConfigError(f"{where} {unknown[0]}: unknown key (known keys: {known})".lstrip())
+    for name, f in plain.items():
+        if name not in raw and f.default is MISSING and f.default_factory is MISSING:
+            raise ConfigError(f"{where} {name}: missing (required)".lstrip())
+    return {
+        name: _check_value(
+            value,
+            hints[name],
+            where,
+            name,
+            _range_of(cls, plain[name]),
+            api=api,
+            free_port=free_port,
+        )
+        for name, value in raw.items()
+    }
+
+
+def _checked_instance(obj: Any, where: str, *, free_port: bool) -> Any:
+    """Check a dataclass built in Python, field by field, recursing into nested ones; return a
+    normalised copy. ``where`` is the table name used in messages (``[scp]`` at the top)."""
+    cls = type(obj)
+    hints = get_type_hints(cls)
+    table = where or "[scp]"
+    plain = {}
+    nested = {}
+    for f in fields(cls):
+        value = getattr(obj, f.name)
+        hint = hints[f.name]
+        if is_dataclass(hint):
+            if not isinstance(value, hint):
+                _fail(table, f.name, f"a {hint.__name__}", value)
+            nested[f.name] = _checked_instance(value, f"[{f.name}]", free_port=False)
+        elif _is_structure(hint):
+            item = get_args(hint)[0]
+            if not isinstance(value, tuple | list) or not all(isinstance(v, item) for v in value):
+                _fail(table, f.name, f"a tuple of {item.__name__}", value)
+            label = ARRAY_TABLES.get(f.name, f.name)
+            nested[f.name] = tuple(
+                _checked_instance(v, f"[[{label}]] #{i}", free_port=False)
+                for i, v in enumerate(value, 1)
+            )
+        else:
+            plain[f.name] = value
+    converted = _check_table(cls, plain, table, api=True, free_port=free_port)
+    return replace(obj, **converted, **nested)
+
+
+def _cross_checks(config: ScpConfig, prefix: str) -> None:
+    """Rules between fields that one field's range cannot express."""
+    retry = config.retry
+    if retry.cap < retry.start:
+        raise ConfigError(
+            f"{prefix}[retry] cap: expected a number of at least start"
+            f" ({_number(retry.start)}), got the number {_number(retry.cap)}"
+        )
+    config.tls.checked(f"{prefix}[tls]")
 
 
 def load_scp_config(path: Path | None, **overrides: Any) -> ScpConfig:
     """Build the SCP configuration: defaults, then the TOML file, then command-line overrides
-    (only those not ``None``). ``remotes`` from the command line are added to the file's."""
+    (only those not ``None``). ``remotes`` from the command line are added to the file's.
+    The result follows the file's rules (no port 0): this is the user-facing loader."""
     config = ScpConfig()
     if path is not None:
         config = _from_toml(path)
@@ -174,37 +406,68 @@ def load_scp_config(path: Path | None, **overrides: Any) -> ScpConfig:
         retry=replace(config.retry, **retry),
         tls=replace(config.tls, **tls),
     )
-    return config.checked()
+    return config.checked(free_port=False)
 
 
 def _from_toml(path: Path) -> ScpConfig:
+    """Read and check a configuration file; every error names the file, table and key."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {path}: {exc}") from exc
-    scp = dict(data.get("scp", {}))
-    allowed = {f.name for f in fields(ScpConfig)} - {"remotes", "retry", "timeouts", "tls"}
-    unknown = set(scp) - allowed
-    if unknown:
-        raise ConfigError(f"{path} [scp]: unknown keys {', '.join(sorted(unknown))}")
-    if "data_dir" in scp:
-        scp["data_dir"] = Path(scp["data_dir"])
-    remotes = tuple(_remote_from_toml(r) for r in data.get("remote", []))
-    return ScpConfig(
-        **scp,
-        remotes=remotes,
-        retry=_section(data, "retry", RetryPolicy),
-        timeouts=_section(data, "timeouts", Timeouts),
-        tls=_section(data, "tls", TlsConfig),
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    hints = get_type_hints(ScpConfig)
+    tables = {f.name: hints[f.name] for f in fields(ScpConfig) if is_dataclass(hints[f.name])}
+    arrays = {
+        ARRAY_TABLES.get(f.name, f.name): f.name
+        for f in fields(ScpConfig)
+        if _is_structure(hints[f.name]) and not is_dataclass(hints[f.name])
+    }
+    known = ["scp", *tables, *arrays]
+    listed = ", ".join([*(f"[{t}]" for t in ["scp", *tables]), *(f"[[{a}]]" for a in arrays)])
+    for name, value in data.items():
+        if name not in known:
+            what = f"[{name}]: unknown table" if isinstance(value, dict) else f"{name}: unknown key"
+            raise ConfigError(f"{path} {what} (known tables: {listed})")
+    values = _check_table(
+        ScpConfig, _table(data, "scp", path), f"{path} [scp]", api=False, free_port=False
     )
+    for name, cls in tables.items():
+        values[name] = cls(
+            **_check_table(
+                cls, _table(data, name, path), f"{path} [{name}]", api=False, free_port=False
+            )
+        )
+    for label, name in arrays.items():
+        values[name] = _array_of_tables(data, label, get_args(hints[name])[0], path)
+    config = ScpConfig(**values)
+    _cross_checks(config, f"{path} ")
+    return config
 
 
-def _remote_from_toml(entry: Any) -> RemoteAE:
-    if isinstance(entry, str):
-        return RemoteAE.parse(entry)
-    try:
-        return RemoteAE(validate_aet(entry["aet"]), str(entry["host"]), int(entry["port"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"[[remote]] entry {entry!r}: needs aet, host and port") from exc
+def _table(data: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        _fail(str(path), name, f"a table [{name}]", value)
+    return value
+
+
+def _array_of_tables(data: dict[str, Any], label: str, cls: type, path: Path) -> tuple:
+    """``[[remote]]`` entries: tables with the class's fields, or ``AET@HOST:PORT`` strings."""
+    entries = data.get(label, [])
+    if not isinstance(entries, list):
+        _fail(str(path), label, f"an array of tables [[{label}]]", entries)
+    result = []
+    for number, entry in enumerate(entries, 1):
+        where = f"{path} [[{label}]] #{number}"
+        if isinstance(entry, str) and hasattr(cls, "parse"):
+            try:
+                result.append(cls.parse(entry))
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        elif isinstance(entry, dict):
+            result.append(cls(**_check_table(cls, entry, where, api=False, free_port=False)))
+        else:
+            _fail(where, "", 'a table or a string "AET@HOST:PORT"', entry)
+    return tuple(result)
