@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .db import Database
+from .db import Database, ensure_writable_dir
 from .faults import crash_point
 from .part10 import file_meta, index_attributes
 from .protocol import (
@@ -96,7 +96,8 @@ class InstanceStore:
     ) -> None:
         self.data_dir = Path(data_dir)
         self.root = self.data_dir / "instances"
-        self.root.mkdir(parents=True, exist_ok=True)
+        ensure_writable_dir(self.data_dir, "data dir")
+        ensure_writable_dir(self.root, "instances directory")
         self._directories: set[Path] = set()
         self.supported_classes = supported_classes
         self.overwrite_duplicates = overwrite_duplicates
