@@ -88,6 +88,10 @@ class Timeouts:
     dimse: float = 60.0
     network: float = 120.0
     connect: float = 10.0
+    associate_rq: float = 10.0
+    """Seconds a new connection may take to send its A-ASSOCIATE-RQ (TLS handshake included)."""
+    pdu: float = 30.0
+    """Seconds a PDU may take to arrive whole, from its first byte (a trickle does not reset it)."""
 
 
 @dataclass(frozen=True)
@@ -131,8 +135,12 @@ class ScpConfig:
     accept_unknown: bool = False
     overwrite_duplicates: bool = False
     max_references: int = 500_000
-    max_pdu: int = 0
+    max_pdu: int = 65536
     max_associations: int = 32
+    max_pending_associations: int = 64
+    """Connections not yet associated; past it the oldest is dropped (never counted above)."""
+    max_dataset_bytes: int = 2 << 30
+    """Largest data set held in memory; a bigger one is refused (C-STORE: A700)."""
     check_host: bool = True
     max_store_bytes: int = 0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
