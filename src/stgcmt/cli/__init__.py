@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from .. import __version__
+from ..config import ConfigError
+from ..db import StorageUnavailable
 from . import agent_cmd, scp_cmd, send_cmd, status_cmd
-from .common import EXIT_USAGE
+from .common import EXIT_USAGE, fail
 
 COMMANDS = (scp_cmd, send_cmd, agent_cmd, status_cmd)
 
@@ -30,7 +32,8 @@ Peers are written AET@HOST:PORT. Run 'stgcmt COMMAND --help' for examples.
 
 class Parser(argparse.ArgumentParser):
     """Usage errors exit with 3, the status stgcmt documents for usage and connection errors
-    (argparse's own 2 means "pending" for ``stgcmt send``)."""
+    (argparse's own 2 means "pending" for ``stgcmt send``). Flags out of range are usage
+    errors too: their ``type=`` functions (cli.common) raise, and end up here."""
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -54,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except (ConfigError, StorageUnavailable) as exc:
+        # A bad configuration or unwritable storage found by any command: exit 3, one line.
+        return fail(args, str(exc))
 
 
 if __name__ == "__main__":

@@ -3,11 +3,58 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from ..config import ConfigError, RemoteAE, TlsConfig, validate_aet
+from ..config import (
+    AT_LEAST_ONE,
+    NOT_NEGATIVE,
+    POSITIVE,
+    ConfigError,
+    Range,
+    RemoteAE,
+    TlsConfig,
+    validate_aet,
+)
 
 EXIT_USAGE = 3
+
+
+def _number_flag(kind: type, rng: Range) -> Callable[[str], float]:
+    """An argparse ``type=`` that applies the configuration file's range to a flag, so
+    ``--port 0`` is refused like ``port = 0`` (argparse usage errors exit 3, see Parser)."""
+    word = "an integer" if kind is int else "a number"
+    expected = f"{word} {rng.describe(free_port=False)}"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not rng.admits(value, free_port=False):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    parse.__name__ = "int" if kind is int else "float"
+    return parse
+
+
+port_number = _number_flag(int, Range(1, 65535))
+count = _number_flag(int, NOT_NEGATIVE)
+at_least_one = _number_flag(int, AT_LEAST_ONE)
+seconds = _number_flag(float, POSITIVE)
+
+
+def fail(args: argparse.Namespace, message: str) -> int:
+    """Report a usage/start-up error: one line on stderr, and with ``--json`` (where the
+    command has it) a JSON error object on stdout so scripts never parse an empty result."""
+    prog = " ".join(filter(None, ("stgcmt", getattr(args, "command", None))))
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message, "exit_status": EXIT_USAGE}))
+    return EXIT_USAGE
 
 
 def remote_ae(text: str) -> RemoteAE:

@@ -9,14 +9,19 @@ import threading
 from pathlib import Path
 
 from ..config import REPORT_ASSOC_CHOICES, VERIFY_CHOICES, ConfigError, load_scp_config
+from ..db import StorageUnavailable
 from ..logs import setup_logging
 from ..scp import StorageCommitmentSCP
 from .common import (
-    EXIT_USAGE,
     add_logging_flags,
     add_tls_flags,
     ae_title,
+    at_least_one,
+    count,
+    fail,
+    port_number,
     remote_ae,
+    seconds,
     subcommand,
     tls_overrides,
 )
@@ -35,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subcommand(subparsers, "scp", "run the Storage Commitment SCP archive", EXAMPLES)
     p.add_argument("--aet", type=ae_title, help="our AE title (default STGCMT_SCP)")
     p.add_argument("--bind", metavar="HOST", help="listen address (default all interfaces)")
-    p.add_argument("--port", type=int, help="listen port (default 11112)")
+    p.add_argument("--port", type=port_number, help="listen port (default 11112)")
     p.add_argument("--data-dir", type=Path, help="files and index (default ./stgcmt-data)")
     p.add_argument("--config", type=Path, metavar="FILE.toml", help="TOML configuration")
     p.add_argument(
@@ -68,16 +73,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="a repeated SOP Instance UID replaces the stored copy (default: keep the first)",
     )
-    p.add_argument("--max-references", type=int, help="largest N-ACTION accepted (0213H above)")
-    p.add_argument("--retry-start", type=float, metavar="S", help="first retry delay (default 5)")
-    p.add_argument("--retry-cap", type=float, metavar="S", help="longest retry delay (default 600)")
+    p.add_argument(
+        "--max-references", type=at_least_one, help="largest N-ACTION accepted (0213H above)"
+    )
+    p.add_argument("--retry-start", type=seconds, metavar="S", help="first retry delay (default 5)")
+    p.add_argument(
+        "--retry-cap", type=seconds, metavar="S", help="longest retry delay (default 600)"
+    )
     p.add_argument(
         "--give-up-after",
-        type=float,
+        type=seconds,
         metavar="S",
         help="mark a report given up when this old (default 604800, one week)",
     )
-    p.add_argument("--max-associations", type=int, help="simultaneous associations (default 32)")
+    p.add_argument(
+        "--max-associations", type=at_least_one, help="simultaneous associations (default 32)"
+    )
     p.add_argument(
         "--any-host",
         dest="check_host",
@@ -87,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-store-bytes",
-        type=int,
+        type=count,
         metavar="N",
         help="store quota; C-STORE beyond it gets 0xA700 out of resources (default none)",
     )
@@ -123,9 +134,10 @@ def run(args: argparse.Namespace) -> int:
         )
         scp = StorageCommitmentSCP(config)
         scp.start()
+    except StorageUnavailable as exc:
+        return fail(args, f"cannot start the SCP: {exc} (--data-dir)")
     except (ConfigError, OSError) as exc:
-        log.error("cannot start the SCP: %s", exc)
-        return EXIT_USAGE
+        return fail(args, f"cannot start the SCP: {exc}")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from ..status import format_scp_status, format_scu_status, scp_status, scu_status
-from .common import EXIT_USAGE, subcommand
+from .common import at_least_one, fail, subcommand
 
 EXAMPLES = """\
   stgcmt status --data-dir ./stgcmt-data          # the SCP's transactions and instances
@@ -22,14 +21,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, help="an SCP data directory")
     p.add_argument("--journal", type=Path, metavar="FILE", help="an SCU journal (stgcmt send)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--limit", type=int, default=50, help="transactions listed (default 50)")
+    p.add_argument(
+        "--limit", type=at_least_one, default=50, help="transactions listed (default 50)"
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if (args.data_dir is None) == (args.journal is None):
-        print("stgcmt status: give --data-dir or --journal", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(args, "give --data-dir or --journal")
     if args.journal is not None:
         read, render, where = scu_status, format_scu_status, args.journal
     else:
@@ -37,7 +37,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         status = read(where, args.limit)
     except FileNotFoundError as exc:
-        print(f"stgcmt status: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(args, str(exc))
     print(json.dumps(status, indent=2) if args.json else render(status))
     return 0
