@@ -44,7 +44,8 @@ def test_agent_start_finishes_actions_a_crash_left_due(scu_journal, tmp_path):
         assert not any(f.path.exists() for f in files)
 
 
-def test_unknown_transaction_gets_processing_failure(scu_journal):
+def test_unknown_transaction_gets_processing_failure(scu_journal, tmp_path):
+    pending_transaction(scu_journal, tmp_path / "out", 1)  # ARCHIVE@127.0.0.1 may report
     with Agent(scu_journal.path, SCU, LOCALHOST, 0) as agent:
         for role_item in (True, False):
             archive = Archive(report_to=(SCU, agent.port), role_item=role_item)
@@ -62,6 +63,7 @@ def test_agent_command_stops_cleanly_on_sigterm(tmp_path):
     port = free_port()
     command = [sys.executable, "-m", "stgcmt", "agent", "--aet", SCU, "--bind", LOCALHOST]
     command += ["--port", str(port), "--journal", str(tmp_path / "j.sqlite")]
+    command += ["--reporter", f"ARCHIVE@{LOCALHOST}"]  # nothing pending: only a named reporter
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         archive = Archive(report_to=(SCU, port))

@@ -10,10 +10,18 @@ transaction.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from .config import Timeouts, TlsConfig
-from .scu import DEFAULT_AET, DEFAULT_LISTEN_BIND, ReportHandler, finish_due_actions, report_server
+from .scu import (
+    DEFAULT_AET,
+    DEFAULT_LISTEN_BIND,
+    Reporter,
+    ReportHandler,
+    finish_due_actions,
+    report_server,
+)
 from .scu_journal import PENDING, ScuJournal
 
 log = logging.getLogger("stgcmt.agent")
@@ -32,11 +40,12 @@ class Agent:
         port: int = DEFAULT_PORT,
         timeouts: Timeouts | None = None,
         tls: TlsConfig | None = None,
+        reporters: Sequence[Reporter] = (),
     ) -> None:
         self.aet = aet
         self.bind = bind
         self.journal = ScuJournal(journal_path)
-        self.handler = ReportHandler(self.journal, aet)
+        self.handler = ReportHandler(self.journal, aet, reporters)
         self._server = report_server(self.handler, bind, port, timeouts, tls)
 
     def start(self) -> Agent:

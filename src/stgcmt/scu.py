@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
 from collections import deque
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import net
-from .config import ConfigError, RemoteAE, Timeouts, TlsConfig
+from .config import ConfigError, RemoteAE, Timeouts, TlsConfig, validate_aet
 from .dicomfiles import GroupBy, LocalFile, Skipped, scan, split
 from .faults import crash_point
 from .protocol import (
@@ -167,23 +169,164 @@ def finish_due_actions(journal: ScuJournal) -> None:
 # -- reports -------------------------------------------------------------------------------------
 
 
+REPORTED_RECENTLY = 7 * 24 * 3600.0
+"""An archive whose report we recorded this recently may still open an association to report
+(a repeated delivery, when our answer was lost, must get its Success, not a rejection)."""
+
+SECURITY = "security:"
+"""Prefix of every log line about a refused reporter, for log monitoring."""
+
+
+@dataclass(frozen=True)
+class Reporter:
+    """Someone besides the archive asked who may report on a new association: ``AET@HOST``
+    (dcm4che style; a ``:PORT`` is accepted and ignored, since a reporter connects from any
+    port). The AE title alone is not enough: anyone can claim an AE title."""
+
+    aet: str
+    host: str
+
+    @classmethod
+    def parse(cls, text: str) -> Reporter:
+        """``AET@HOST``, ``AET@HOST:PORT``, ``AET@[IPv6]`` or ``AET@[IPv6]:PORT``."""
+        aet, sep, address = text.rpartition("@")
+        if not sep or not aet or not address:
+            raise ConfigError(f"reporter {text!r} is not written AET@HOST")
+        if address.startswith("["):
+            host, _, rest = address[1:].partition("]")
+            port = rest.removeprefix(":") if rest.startswith(":") else None
+            if rest and port is None:
+                raise ConfigError(f"reporter {text!r} is not written AET@[IPv6]:PORT")
+        elif address.count(":") == 1:
+            host, port = address.split(":")
+        else:
+            host, port = address, None
+        if not host or (port is not None and not port.isdigit()):
+            raise ConfigError(f"reporter {text!r} is not written AET@HOST or AET@HOST:PORT")
+        return cls(validate_aet(aet), host)
+
+    def __str__(self) -> str:
+        return f"{self.aet}@{self.host}"
+
+
+def normal_address(text: str) -> str:
+    """One spelling per IP address (IPv4-mapped IPv6 as IPv4), so comparisons are exact."""
+    try:
+        address = ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return text
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+class Resolver:
+    """Host name to addresses, each name resolved once (an agent sees many reports from few
+    archives, and a name must not mean one thing at accept time and another at report time).
+    A failed lookup is not remembered: the next association tries again."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, frozenset[str]] = {}
+        self._lock = threading.Lock()
+
+    def addresses(self, host: str) -> frozenset[str]:
+        with self._lock:
+            known = self._known.get(host)
+        if known is not None:
+            return known
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except OSError as exc:
+            log.warning("%s cannot resolve %r (nobody matches it for now): %s", SECURITY, host, exc)
+            return frozenset()
+        found = frozenset(normal_address(str(info[4][0])) for info in infos)
+        with self._lock:
+            self._known[host] = found
+        return found
+
+    def same_host(self, name: str, address: str) -> bool:
+        """Whether ``address`` (an IP, or a name) is one of the addresses ``name`` has."""
+        return bool(self.addresses(name) & self.addresses(address))
+
+
+class TrustPolicy:
+    """Who may make the SCU act: only the archive a transaction was sent to, plus the
+    ``reporters`` the user named. Checked twice on a new association: when it is requested
+    (is this any archive we asked, or a named reporter?) and for each report (was this
+    transaction sent to this archive?)."""
+
+    def __init__(self, journal: ScuJournal, reporters: Sequence[Reporter] = ()) -> None:
+        self.journal = journal
+        self.reporters = tuple(reporters)
+        self.resolver = Resolver()
+
+    def _is(self, aet: str | None, host: str | None, peer: net.PeerInfo) -> bool:
+        return (
+            aet is not None
+            and host is not None
+            and aet == peer.calling_aet
+            and self.resolver.same_host(host, peer.host)
+        )
+
+    def named_reporter(self, peer: net.PeerInfo) -> Reporter | None:
+        return next((r for r in self.reporters if self._is(r.aet, r.host, peer)), None)
+
+    def admits(self, peer: net.PeerInfo) -> str | None:
+        """None if a new association from ``peer`` may report; else why not."""
+        if self.named_reporter(peer):
+            return None
+        since = time.time() - REPORTED_RECENTLY
+        for aet, host in sorted(self.journal.reporting_archives(since)):
+            if self._is(aet, host, peer):
+                return None
+        return "calling AE title and address match no archive we are waiting for, nor a --reporter"
+
+    def may_report(self, tx: Transaction, peer: net.PeerInfo, same: bool) -> str | None:
+        """None if ``peer`` may report for ``tx``; else why not. On our own sending association
+        the peer is the archive we connected to, port included; a named reporter only counts
+        on new associations (it is how it reaches us)."""
+        if self._is(tx.archive_aet, tx.archive_host, peer):
+            if not same or tx.archive_port == peer.port:
+                return None
+        elif not same and self.named_reporter(peer):
+            return None
+        return f"{tx.label} was sent to {tx.archive}, not to {peer}"
+
+
+def security_event(peer: net.PeerInfo, what: str, why: str) -> None:
+    """One recognisable WARNING per refused reporter: who (AE, host, port), what, why."""
+    log.warning(
+        "%s %s from calling AE %r at %s port %d (called %r): %s; nothing deleted",
+        SECURITY,
+        what,
+        peer.calling_aet,
+        peer.host,
+        peer.port,
+        peer.called_aet,
+        why,
+    )
+
+
 class ReportHandler:
     """Matches N-EVENT-REPORTs to the journal and acts on them; shared by the sending
     association, the ``send`` listener and the agent.
 
     Every report gets an answer: Success when it was recorded (or had already been recorded:
     the archive is retrying a delivery whose response it lost), 0110H processing failure when it
-    could not be used (unknown Transaction UID, undecodable, unknown event type, journal error).
+    could not be used (unknown Transaction UID, undecodable, unknown event type, journal error,
+    or a reporter that is not the archive the transaction was sent to).
     """
 
-    def __init__(self, journal: ScuJournal, aet: str) -> None:
+    def __init__(self, journal: ScuJournal, aet: str, reporters: Sequence[Reporter] = ()) -> None:
         self.journal = journal
         self.aet = aet
+        self.trust = TrustPolicy(journal, reporters)
         self._changed = threading.Condition()
         self._answering: set[int] = set()
 
     def accept(self, peer: net.PeerInfo) -> net.Rejection | None:
-        """Only associations addressed to our AE title: anything else is misdirected."""
+        """Only associations addressed to our AE title (anything else is misdirected), from an
+        archive we asked or a named reporter (anything else may be a forger)."""
         if peer.called_aet != self.aet:
             log.warning(
                 "rejected association from %s: called AE %r is not ours (%r)",
@@ -192,6 +335,10 @@ class ReportHandler:
                 self.aet,
             )
             return net.Rejection("called-aet")
+        why = self.trust.admits(peer)
+        if why is not None:
+            security_event(peer, "association rejected (calling AE title not recognised)", why)
+            return net.Rejection("calling-aet")
         return None
 
     def handlers(self, via: str) -> net.Handlers:
@@ -236,6 +383,13 @@ class ReportHandler:
             report = event.report()
         except InvalidRequest as exc:
             return _refuse(peer, f"unusable report: {exc}")
+        sent = self.journal.find(report.transaction_uid)
+        if sent is None:
+            return _refuse(peer, f"unknown Transaction UID {report.transaction_uid}")
+        why = self.trust.may_report(sent, peer, same=via.startswith("same"))
+        if why is not None:
+            security_event(peer, f"N-EVENT-REPORT on {via} refused", why)
+            return PROCESSING_FAILURE
         outcome = self.journal.record_report(report, f"{via} from {peer}")
         if outcome.tx is None:
             return _refuse(peer, f"unknown Transaction UID {report.transaction_uid}")
@@ -340,6 +494,8 @@ class SendOptions:
     timeouts: Timeouts = field(default_factory=Timeouts)
     tls: TlsConfig = field(default_factory=TlsConfig)
     """DICOM TLS for the associations we open and for our listener."""
+    reporters: tuple[Reporter, ...] = ()
+    """Who else may report on a new association, besides the archive we send to."""
 
     def checked(self) -> SendOptions:
         if self.report_assoc not in REPORT_ASSOC_CHOICES:
@@ -466,7 +622,7 @@ class _Sender:
         self.journal = journal
         self.options = options
         self.progress = progress
-        self.handler = ReportHandler(journal, options.aet)
+        self.handler = ReportHandler(journal, options.aet, options.reporters)
         self.txs: list[tuple[Transaction, list[LocalFile]]] = []
         self._opened: list[net.Association] = []
         self._deadline = 0.0
@@ -505,7 +661,7 @@ class _Sender:
             tx = self.journal.create(
                 new_transaction_uid(),
                 self.options.aet,
-                str(self.archive),
+                self.archive,
                 files,
                 self.options.on_commit,
                 self.options.move_dir,

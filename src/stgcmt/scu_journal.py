@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .config import ConfigError, RemoteAE
 from .db import Database
 from .dicomfiles import LocalFile
 from .protocol import CommitmentReport, Reference
@@ -61,7 +62,10 @@ CREATE TABLE IF NOT EXISTS transactions (
     n_files INTEGER NOT NULL,
     n_committed INTEGER,
     n_failed INTEGER,
-    last_error TEXT
+    last_error TEXT,
+    archive_aet TEXT,
+    archive_host TEXT,
+    archive_port INTEGER
 );
 CREATE INDEX IF NOT EXISTS transactions_state ON transactions (state);
 CREATE TABLE IF NOT EXISTS files (
@@ -111,6 +115,12 @@ class Transaction:
     n_committed: int | None
     n_failed: int | None
     last_error: str | None
+    archive_aet: str | None = None
+    """The archive asked (its AE title, host and port): only it may report for this
+    transaction. None only when an old journal's ``archive`` text could not be parsed: then
+    no report is accepted for it."""
+    archive_host: str | None = None
+    archive_port: int | None = None
 
     @property
     def label(self) -> str:
@@ -158,31 +168,54 @@ class ScuJournal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.db = Database(path, SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Journals written before the archive's AE title, host and port had columns get them,
+        filled from the ``archive`` text (``AET@HOST:PORT``): their pending transactions keep
+        the right to be reported by that archive, and only by it."""
+        with self.db.transaction() as conn:
+            have = {row[1] for row in conn.execute("PRAGMA table_info(transactions)")}
+            missing = [c for c in _ARCHIVE_COLUMNS if c[0] not in have]
+            for name, kind in missing:
+                conn.execute(f"ALTER TABLE transactions ADD COLUMN {name} {kind}")
+            if not missing:
+                return
+            rows = conn.execute("SELECT id, archive FROM transactions").fetchall()
+            conn.executemany(
+                "UPDATE transactions SET archive_aet = ?, archive_host = ?, archive_port = ?"
+                " WHERE id = ?",
+                [(*_archive_parts(text), tx_id) for tx_id, text in rows],
+            )
 
     def create(
         self,
         transaction_uid: str,
         local_aet: str,
-        archive: str,
+        archive: RemoteAE | str,
         files: Sequence[LocalFile],
         on_commit: OnCommit = "keep",
         move_dir: Path | None = None,
     ) -> Transaction:
+        """Record a transaction and its files before anything is sent; ``archive`` is the one
+        we send to (``AET@HOST:PORT`` text is parsed), the only one that may report for it."""
         now = time.time()
         with self.db.transaction(durable=True) as conn:
             cursor = conn.execute(
                 "INSERT INTO transactions (transaction_uid, local_aet, archive, on_commit,"
-                " move_dir, state, created_at, updated_at, n_files) VALUES (?,?,?,?,?,?,?,?,?)",
+                " move_dir, state, created_at, updated_at, n_files, archive_aet, archive_host,"
+                " archive_port) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     transaction_uid,
                     local_aet,
-                    archive,
+                    str(archive),
                     on_commit,
                     str(move_dir) if move_dir else None,
                     STORING,
                     now,
                     now,
                     len(files),
+                    *_archive_parts(archive),
                 ),
             )
             tx_id = int(cursor.lastrowid or 0)
@@ -215,6 +248,17 @@ class ScuJournal:
             f"SELECT {_TX_COLUMNS} FROM transactions WHERE state IN ({marks}) ORDER BY id", states
         )
         return [Transaction(*row) for row in rows]
+
+    def reporting_archives(self, since: float) -> set[tuple[str, str]]:
+        """(AE title, host) of every archive that may open an association to report: one with a
+        pending transaction, or whose report we recorded after ``since`` (it may deliver again
+        when our answer was lost, and must get its Success)."""
+        rows = self.db.query(
+            "SELECT DISTINCT archive_aet, archive_host FROM transactions WHERE archive_aet IS NOT"
+            " NULL AND archive_host IS NOT NULL AND (state = ? OR reported_at >= ?)",
+            (PENDING, since),
+        )
+        return {(aet, host) for aet, host in rows}
 
     def files(self, tx_id: int, *states: str) -> list[FileRow]:
         where = f" AND state IN ({','.join('?' * len(states))})" if states else ""
@@ -341,6 +385,20 @@ class ScuJournal:
 
     def close(self) -> None:
         self.db.close()
+
+
+_ARCHIVE_COLUMNS = (("archive_aet", "TEXT"), ("archive_host", "TEXT"), ("archive_port", "INTEGER"))
+
+
+def _archive_parts(archive: RemoteAE | str) -> tuple[str | None, str | None, int | None]:
+    """(AE title, host, port) of an archive; Nones for text that is not ``AET@HOST:PORT``
+    (nobody can then report for such a transaction: it stays pending, nothing is deleted)."""
+    if isinstance(archive, str):
+        try:
+            archive = RemoteAE.parse(archive)
+        except ConfigError:
+            return None, None, None
+    return archive.aet, archive.host, archive.port
 
 
 def _file_outcome(

@@ -13,13 +13,18 @@ from ..logs import setup_logging
 from ..scu import DEFAULT_AET, DEFAULT_LISTEN_BIND
 from ..scu_journal import default_journal_path
 from .common import EXIT_USAGE, add_logging_flags, add_tls_flags, ae_title, subcommand, tls_config
-from .send_cmd import add_journal_flag
+from .send_cmd import add_journal_flag, add_reporter_flag
 
 log = logging.getLogger("stgcmt.cli")
 
 EXAMPLES = f"""\
   stgcmt agent --aet CT1 --port 11113          # the AE and port the archive reports to
   stgcmt agent --aet CT1 --bind 10.0.0.5 --port 104 --journal /var/lib/ct1/scu.sqlite
+  stgcmt agent --aet CT1 --port 11113 --reporter ARCHIVE_RPT@pacs-node2 --reporter QR@10.0.0.9
+
+A report is accepted only from the archive its transaction was sent to (AE title, and an
+address its host name resolves to) or from a --reporter; anyone else is rejected
+(A-ASSOCIATE-RJ "calling AE title not recognised") and logged with "security:".
 
 It shares the journal with 'stgcmt send' (default {default_journal_path()}); run send
 without --listen (or on another port) while the agent holds the port.
@@ -33,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--bind", default=DEFAULT_LISTEN_BIND, metavar="HOST", help="listen address")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
+    add_reporter_flag(p)
     add_journal_flag(p)
     add_tls_flags(p)
     add_logging_flags(p)
@@ -47,7 +53,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         tls = tls_config(args).checked()
         agent = Agent(
-            args.journal or default_journal_path(), args.aet, args.bind, args.port, tls=tls
+            args.journal or default_journal_path(),
+            args.aet,
+            args.bind,
+            args.port,
+            tls=tls,
+            reporters=args.reporter,
         )
         agent.start()
     except (ConfigError, OSError) as exc:

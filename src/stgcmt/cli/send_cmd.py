@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..config import ConfigError
 from ..logs import setup_logging
 from ..net import AssociationError
 from ..scu import (
@@ -20,6 +21,7 @@ from ..scu import (
     DEFAULT_LISTEN_BIND,
     REPORT_ASSOC_CHOICES,
     ProgressCallback,
+    Reporter,
     SendOptions,
     SendResult,
     UsageError,
@@ -42,6 +44,12 @@ EXAMPLES = """\
   stgcmt send ARCHIVE@pacs:11112 ./outbox --aet CT1 --listen 11113 --delete-committed
   stgcmt send ARCHIVE@pacs:11112 study1/ study2/ --aet CT1 --report-assoc same --per-study
   stgcmt send ARCHIVE@pacs:11112 ./outbox --aet CT1 --move-committed ./sent --json
+  stgcmt send ARCHIVE@pacs:11112 ./outbox --aet CT1 --listen 11113 --delete-committed \
+      --reporter ARCHIVE_RPT@pacs-node2   # the archive reports from another node/AE title
+
+Only the archive sent to (its AE title, from an address its host name resolves to) may
+report on a new association, unless --reporter names others; anyone else is rejected
+(A-ASSOCIATE-RJ "calling AE title not recognised") and logged with "security:".
 
 exit status: 0 all committed, 1 some failed (kept), 2 report not received in time
 (pending in the journal; 'stgcmt agent' can receive it later), 3 usage or connection error.
@@ -55,6 +63,26 @@ def add_journal_flag(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE",
         help=f"SCU journal (default {default_journal_path()})",
+    )
+
+
+def reporter(text: str) -> Reporter:
+    try:
+        return Reporter.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_reporter_flag(parser: argparse.ArgumentParser) -> None:
+    """``--reporter``: shared by send and agent, which must trust the same reporters."""
+    parser.add_argument(
+        "--reporter",
+        type=reporter,
+        action="append",
+        default=[],
+        metavar="AET@HOST",
+        help="also accept reports on new associations from this AE title at this host"
+        " (repeatable; a :PORT is ignored). Default: only the archive sent to",
     )
 
 
@@ -94,6 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     split.add_argument("--per-series", action="store_true", help="one transaction per series")
     p.add_argument("--max-refs", type=int, metavar="N", help="at most N files per transaction")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    add_reporter_flag(p)
     add_journal_flag(p)
     add_tls_flags(p)
     add_logging_flags(p)
@@ -113,6 +142,7 @@ def options_from(args: argparse.Namespace) -> SendOptions:
         listen_port=args.listen,
         listen_bind=args.listen_bind,
         tls=tls_config(args),
+        reporters=tuple(args.reporter),
     )
 
 
