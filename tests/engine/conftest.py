@@ -18,7 +18,7 @@ from stgcmt.netapi import Handlers
 from conftest import LOCALHOST
 from interop.conftest import dcmtk, storescp  # noqa: F401  (fixtures, used by name)
 
-FAST = Timeouts(acse=2.0, dimse=2.0, network=10.0, connect=2.0)
+FAST = Timeouts(acse=2.0, dimse=2.0, network=10.0, connect=2.0, associate_rq=2.0, pdu=5.0)
 
 
 @pytest.fixture

@@ -62,7 +62,16 @@ from .acse import (
     propose,
     user_information,
 )
-from .association import Answer, UpperLayer
+from .association import (
+    DEFAULT_MAX_PDU,
+    Answer,
+    Registry,
+    TlsGate,
+    UpperLayer,
+    advertised_max_pdu,
+    max_pdu_too_small,
+    tls_reason,
+)
 from .datasets import encode_data_set, read_part10_header
 from .dimse import (
     ACTION_TYPE_ID,
@@ -71,6 +80,7 @@ from .dimse import (
     COMMAND_DATA_SET_TYPE,
     COMMAND_FIELD,
     DATA_SET_PRESENT,
+    DEFAULT_MAX_DATA_SET_BYTES,
     EVENT_TYPE_ID,
     NO_DATA_SET,
     PRIORITY,
@@ -319,20 +329,26 @@ class Server(ServerBase):
         storage: bool = False,
         commitment: bool = True,
         timeouts: Timeouts | None = None,
-        max_pdu: int = 0,
+        max_pdu: int = DEFAULT_MAX_PDU,
         max_associations: int = 64,
         tls: TlsConfig | None = None,
+        max_pending_associations: int = 64,
+        max_dataset_bytes: int = DEFAULT_MAX_DATA_SET_BYTES,
     ) -> None:
+        """``max_associations`` counts associations whose A-ASSOCIATE-RQ has arrived;
+        ``max_pending_associations`` connections may wait to send theirs (the oldest is
+        dropped past it); ``max_pdu`` 0 advertises the default, never "unlimited"."""
         self.aet = aet
         self._address = (bind, port)
         self._handlers = handlers
         self._timeouts = timeouts or Timeouts()
-        self._max_pdu = max_pdu
+        self._max_pdu = advertised_max_pdu(max_pdu)
         self._max_associations = max_associations
+        self._max_dataset_bytes = max_dataset_bytes
         self._ssl_context = server_ssl_context(tls) if tls and tls.enabled else None
         self._supported = _supported_syntaxes(storage, commitment)
         self._role_classes = (STORAGE_COMMITMENT_PUSH_MODEL,) if commitment else ()
-        self._associations: set[UpperLayer] = set()
+        self._registry = Registry(max_pending_associations)
         self._server: asyncio.Server | None = None
 
     def start(self) -> Server:
@@ -341,16 +357,31 @@ class Server(ServerBase):
 
     async def _listen(self) -> asyncio.Server:
         loop = asyncio.get_running_loop()
-        return await loop.create_server(
-            self._new_association,
-            *self._address,
-            ssl=self._ssl_context,
-            ssl_handshake_timeout=self._timeouts.acse if self._ssl_context else None,
-            reuse_address=True,
-        )
+        factory = self._new_association if self._ssl_context is None else self._new_tls
+        return await loop.create_server(factory, *self._address, reuse_address=True)
 
     def _new_association(self) -> UpperLayer:
-        return UpperLayer(self._timeouts, negotiator=self._negotiate, registry=self._associations)
+        return UpperLayer(
+            self._timeouts,
+            negotiator=self._negotiate,
+            registry=self._registry,
+            max_pdu=self._max_pdu,
+            max_data_set=self._max_dataset_bytes,
+        )
+
+    def _new_tls(self) -> TlsGate:
+        assert self._ssl_context is not None
+        return TlsGate(
+            self._new_association,
+            self._ssl_context,
+            self._timeouts.associate_rq,
+            self._registry,
+        )
+
+    @property
+    def _associations(self) -> set[UpperLayer]:
+        """Associations whose A-ASSOCIATE-RQ has arrived, until they are over."""
+        return self._registry.active
 
     async def _negotiate(
         self, association: UpperLayer, rq: A_ASSOCIATE_RQ
@@ -378,8 +409,14 @@ class Server(ServerBase):
 
     @property
     def active_associations(self) -> int:
-        """Associations being served now (the one being negotiated included)."""
+        """Associations being served now (the one being negotiated included); connections
+        that have not sent an A-ASSOCIATE-RQ do not count."""
         return len(self._associations)
+
+    @property
+    def pending_connections(self) -> int:
+        """Connections that have not sent an A-ASSOCIATE-RQ yet (or not finished TLS)."""
+        return len(self._registry.pending)
 
     @property
     def port(self) -> int:
@@ -396,6 +433,8 @@ class Server(ServerBase):
 
     async def _close(self, server: asyncio.Server, grace: float) -> None:
         server.close()
+        for connection in list(self._registry.pending):
+            connection.drop("the server is stopping")
         finishing = [a.finished for a in self._associations]
         if not finishing:
             return
@@ -490,7 +529,7 @@ def open_association(
     *,
     handlers: Handlers | None = None,
     timeouts: Timeouts | None = None,
-    max_pdu: int = 0,
+    max_pdu: int = DEFAULT_MAX_PDU,
     tls: TlsConfig | None = None,
 ) -> Association:
     """Request an association, raising :class:`AssociationError` with a sentence a user can act
@@ -500,7 +539,7 @@ def open_association(
         remote.aet,
         local_aet,
         propose(requested_contexts(plan)),
-        user_information(max_pdu, roles if plan.commitment == "scp" else ()),
+        user_information(advertised_max_pdu(max_pdu), roles if plan.commitment == "scp" else ()),
     )
     peer = PeerInfo(remote.aet, local_aet, remote.host, remote.port, next_association_id())
     ssl_context = client_ssl_context(tls) if tls and tls.enabled else None
@@ -534,6 +573,9 @@ async def _associate(
                 ssl=ssl_context,
                 server_hostname=remote.host if ssl_context else None,
             )
+    except ssl.SSLError as exc:  # an OSError too, but not a connection refused
+        log.info("TLS handshake with %s failed: %s", remote, exc)
+        raise AssociationError(tls_failed(remote, exc)) from None
     except (OSError, TimeoutError) as exc:
         log.info("cannot connect to %s: %s", remote, exc)
         raise AssociationError(cannot_connect(remote)) from None
@@ -553,6 +595,8 @@ def _check_answer(
     upper: UpperLayer,
     answer: A_ASSOCIATE_AC | A_ASSOCIATE_RJ | A_ABORT | None,
 ) -> None:
+    if isinstance(answer, A_ASSOCIATE_AC) and max_pdu_too_small(upper.peer_max_pdu):
+        raise AssociationError(peer_max_pdu_too_small(remote, upper.peer_max_pdu))
     if isinstance(answer, A_ASSOCIATE_RJ):
         raise AssociationError(rejected(remote, answer.result, answer.source, answer.reason))
     if not isinstance(answer, A_ASSOCIATE_AC):
@@ -561,3 +605,15 @@ def _check_answer(
         upper.abort()
         proposed = (cx.abstract_syntax for cx in rq.presentation_contexts)
         raise AssociationError(no_accepted_context(remote, proposed))
+
+
+def tls_failed(remote: object, exc: BaseException) -> str:
+    """A failed TLS handshake, with its reason (e.g. the certificate that did not verify)."""
+    return f"TLS handshake with {remote} failed: {tls_reason(exc)}"
+
+
+def peer_max_pdu_too_small(remote: object, max_pdu: int) -> str:
+    return (
+        f"{remote} accepted with a maximum PDU length of {max_pdu} bytes, too small to carry "
+        "any DIMSE message: association aborted (fix the peer's maximum PDU setting)"
+    )

@@ -80,12 +80,17 @@ class CommandField(IntEnum):
 RESPONSE_BIT = 0x8000
 
 
-def _encode_value(element: int, value: int | str | bytes) -> bytes:
-    if element in _US:
-        return _US_VALUE.pack(value)
-    if element in _UL:
-        return _UL_VALUE.pack(value)
-    raw = value.encode("ascii") if isinstance(value, str) else bytes(value)
+def _encode_value(element: int, value: int | str | bytes) -> bytes | None:
+    """The element's value field; None when ``value`` cannot be that element (e.g. a Message ID
+    that arrived as 3 bytes and is echoed back): such an element is left out rather than fail
+    the whole response, because the requester must always get one."""
+    if element in _US or element in _UL:
+        number = _US_VALUE if element in _US else _UL_VALUE
+        if not isinstance(value, int) or not 0 <= value < 1 << (8 * number.size):
+            return None
+        return number.pack(value)
+    # text a peer sent us was decoded with U+FFFD for what was not ASCII: never raise on it
+    raw = value.encode("ascii", "replace") if isinstance(value, str) else bytes(value)
     if len(raw) % 2:
         raw += b"\0" if element in _UI else b" "
     return raw
@@ -93,13 +98,15 @@ def _encode_value(element: int, value: int | str | bytes) -> bytes:
 
 def encode_command_set(command: CommandSet) -> bytes:
     """Implicit VR Little Endian, elements in ascending order, Command Group Length first."""
+    encoded = (
+        (element, _encode_value(element, command[element]))
+        for element in sorted(command)
+        if element != COMMAND_GROUP_LENGTH
+    )
     body = b"".join(
         _ELEMENT_HEADER.pack(0, element, len(raw)) + raw
-        for element, raw in (
-            (element, _encode_value(element, command[element]))
-            for element in sorted(command)
-            if element != COMMAND_GROUP_LENGTH
-        )
+        for element, raw in encoded
+        if raw is not None
     )
     return _ELEMENT_HEADER.pack(0, COMMAND_GROUP_LENGTH, 4) + _UL_VALUE.pack(len(body)) + body
 
@@ -127,8 +134,8 @@ def decode_command_set(data: bytes) -> CommandSet:
         if group != 0 or offset > size:
             raise PDUError(f"malformed command set element ({group:04X},{element:04X})")
         command[element] = _decode_value(element, data[start:offset])
-    if COMMAND_FIELD not in command:
-        raise PDUError("command set without Command Field")
+    if not isinstance(command.get(COMMAND_FIELD), int):
+        raise PDUError("command set without a (US) Command Field")
     return command
 
 
@@ -140,12 +147,18 @@ def is_response(command: CommandSet) -> bool:
     return bool(int(command[COMMAND_FIELD]) & RESPONSE_BIT)
 
 
+def _message_id(request: CommandSet) -> int:
+    """The request's Message ID, or 0 if it sent none that fits a US."""
+    value = request.get(MESSAGE_ID, 0)
+    return value if isinstance(value, int) and 0 <= value <= 0xFFFF else 0
+
+
 def response_to(request: CommandSet, status: int, *, with_data_set: bool = False) -> CommandSet:
     """The response command set for ``request`` (PS3.7 §9.3 and §10.3): it echoes the SOP class
     and instance (Requested ones become Affected) and the event or action type."""
     response: CommandSet = {
         COMMAND_FIELD: int(request[COMMAND_FIELD]) | RESPONSE_BIT,
-        MESSAGE_ID_BEING_RESPONDED_TO: request.get(MESSAGE_ID, 0),
+        MESSAGE_ID_BEING_RESPONDED_TO: _message_id(request),
         COMMAND_DATA_SET_TYPE: DATA_SET_PRESENT if with_data_set else NO_DATA_SET,
         STATUS: status,
     }
@@ -162,13 +175,22 @@ def response_to(request: CommandSet, status: int, *, with_data_set: bool = False
     return response
 
 
+MAX_COMMAND_BYTES = 64 * 1024
+"""Largest reassembled command set accepted: real ones are a few hundred bytes."""
+DEFAULT_MAX_DATA_SET_BYTES = 2 << 30
+"""Default cap on a data set reassembled in memory (see :class:`MessageAssembler`)."""
+
+
 @dataclass
 class Message:
-    """A complete DIMSE message as received: its command set and its data set, if any."""
+    """A complete DIMSE message as received: its command set and its data set, if any.
+    ``oversized`` says the data set passed the assembler's cap and was discarded (then
+    ``data_set`` is None and the request is answered with a failure, never handled)."""
 
     context_id: int
     command: CommandSet
     data_set: bytes | None = None
+    oversized: bool = False
 
     @property
     def command_field(self) -> int:
@@ -177,11 +199,20 @@ class Message:
 
 class MessageAssembler:
     """Reassembles messages from PDVs (PS3.8 Annex E). One message at a time per direction:
-    PS3.7 does not interleave the fragments of different messages on an association."""
+    PS3.7 does not interleave the fragments of different messages on an association.
 
-    def __init__(self) -> None:
+    Memory is bounded whatever the peer sends: a command set past :data:`MAX_COMMAND_BYTES` is
+    a protocol error (PDUError, so the association is aborted); a data set past
+    ``max_data_set`` stops being buffered, the rest of its fragments are dropped and the
+    message is delivered ``oversized``. Data sets are held in memory until complete: streaming
+    them to disk is a later issue, and until then this cap is what protects the process."""
+
+    def __init__(self, max_data_set: int = DEFAULT_MAX_DATA_SET_BYTES) -> None:
+        self._max_data_set = max_data_set
         self._command: list[bytes | memoryview] = []
+        self._command_size = 0
         self._data_set: list[bytes | memoryview] = []
+        self._data_set_size = 0
         self._message: Message | None = None
 
     def feed(self, pdv: PresentationDataValueItem) -> Message | None:
@@ -191,26 +222,45 @@ class MessageAssembler:
         message = self._message
         if message is None or pdv.context_id != message.context_id:
             raise PDUError("data set fragment without its command set")
-        self._data_set.append(pdv.data)
+        self._data_set_size += len(pdv.data)
+        if self._data_set_size > self._max_data_set:
+            message.oversized = True
+            self._data_set.clear()  # give the memory back now, keep counting
+        elif not message.oversized:
+            self._data_set.append(pdv.data)
         if not pdv.is_last:
             return None
-        message.data_set = b"".join(self._data_set)
-        self._data_set.clear()
-        self._message = None
+        if not message.oversized:
+            message.data_set = b"".join(self._data_set)
+        self.clear()
         return message
 
     def _feed_command(self, pdv: PresentationDataValueItem) -> Message | None:
         if self._message is not None:
             raise PDUError("command set fragment inside a data set")
+        self._command_size += len(pdv.data)
+        if self._command_size > MAX_COMMAND_BYTES:
+            raise PDUError(f"command set longer than {MAX_COMMAND_BYTES} bytes")
         self._command.append(pdv.data)
         if not pdv.is_last:
             return None
         message = Message(pdv.context_id, decode_command_set(b"".join(self._command)))
-        self._command.clear()
+        self.clear()
         if has_data_set(message.command):
             self._message = message
             return None
         return message
+
+    def clear(self) -> None:
+        """Drop everything buffered (a message completed, or the association is over)."""
+        self._command, self._command_size = [], 0
+        self._data_set, self._data_set_size = [], 0
+        self._message = None
+
+    @property
+    def receiving(self) -> Message | None:
+        """The message whose data set is arriving, if any (to name it in logs)."""
+        return self._message
 
 
 def fragments(
