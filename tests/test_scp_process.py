@@ -178,4 +178,4 @@ def test_bad_config_is_a_usage_error(tmp_path):
         env={**os.environ},
     )
     assert result.returncode == 3
-    assert "report_assoc must be one of" in result.stderr
+    assert "[scp] report_assoc: expected one of" in result.stderr
