@@ -108,6 +108,8 @@ def tls_reason(exc: BaseException) -> str:
         return text.split(" (_ssl.c", 1)[0].lower()
     if isinstance(exc, TimeoutError):
         return "no handshake within the timeout"
+    if isinstance(exc, ConnectionError):
+        return "the peer closed the connection (does it trust our certificate?)"
     return str(exc) or type(exc).__name__
 
 

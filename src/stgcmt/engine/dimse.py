@@ -160,7 +160,7 @@ def response_to(request: CommandSet, status: int, *, with_data_set: bool = False
         COMMAND_FIELD: int(request[COMMAND_FIELD]) | RESPONSE_BIT,
         MESSAGE_ID_BEING_RESPONDED_TO: _message_id(request),
         COMMAND_DATA_SET_TYPE: DATA_SET_PRESENT if with_data_set else NO_DATA_SET,
-        STATUS: status,
+        STATUS: status if 0 <= status <= 0xFFFF else 0x0110,  # a failure, still a status
     }
     for affected, requested in (
         (AFFECTED_SOP_CLASS_UID, REQUESTED_SOP_CLASS_UID),
