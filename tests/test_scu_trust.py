@@ -7,9 +7,13 @@ have deleted, and checks they are still there.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -349,3 +353,54 @@ def test_old_journal_gains_the_archive_columns_and_keeps_its_pending_transaction
     finally:
         journal.close()
     ScuJournal(path).close()  # a migrated journal opens again
+
+
+# -- start-up: a journal we cannot write ------------------------------------------------------
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a read-only tmpfs holding a valid journal ``j.sqlite``: root ignores
+    permission bits, a read-only mount it does not."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", folder]).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        ScuJournal(folder / "j.sqlite").close()
+        subprocess.run(["mount", "-o", "remount,ro", folder], check=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", folder], check=True)
+
+
+def stgcmt(*args: str | Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "stgcmt", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("name", ["j.sqlite", "new/j.sqlite"], ids=["existing", "new-dir"])
+def test_send_refuses_an_unwritable_journal_before_sending(
+    archive_factory, instances, read_only_dir, name
+):
+    archive, port = archive_factory(report="same")
+    paths = instances(1)
+    journal = read_only_dir / name
+
+    run = stgcmt("send", f"ARCHIVE@{LOCALHOST}:{port}", *paths, "--journal", journal, "--json")
+
+    assert run.returncode == 3, run.stderr
+    assert str(journal if name == "j.sqlite" else journal.parent) in run.stderr
+    assert "not writable" in run.stderr
+    assert json.loads(run.stdout)["exit_status"] == 3
+    assert archive.stored == [] and all(p.exists() for p in paths)
+
+
+def test_agent_refuses_an_unwritable_journal(read_only_dir):
+    port = free_port()
+    journal = read_only_dir / "j.sqlite"
+
+    run = stgcmt("agent", "--aet", SCU, "--bind", LOCALHOST, "--port", port, "--journal", journal)
+
+    assert run.returncode == 3
+    assert f"{journal} is not writable" in run.stderr

@@ -12,7 +12,7 @@ from ..config import ConfigError
 from ..logs import setup_logging
 from ..scu import DEFAULT_AET, DEFAULT_LISTEN_BIND
 from ..scu_journal import default_journal_path
-from .common import EXIT_USAGE, add_logging_flags, add_tls_flags, ae_title, subcommand, tls_config
+from .common import add_logging_flags, add_tls_flags, ae_title, fail, subcommand, tls_config
 from .send_cmd import add_journal_flag, add_reporter_flag
 
 log = logging.getLogger("stgcmt.cli")
@@ -61,9 +61,8 @@ def run(args: argparse.Namespace) -> int:
             reporters=args.reporter,
         )
         agent.start()
-    except (ConfigError, OSError) as exc:
-        log.error("cannot start the agent: %s", exc)
-        return EXIT_USAGE
+    except (ConfigError, OSError) as exc:  # e.g. StorageUnavailable: the journal's path
+        return fail(args, f"cannot start the agent: {exc}")
     stop.wait()
     log.info("shutting down")
     agent.stop()

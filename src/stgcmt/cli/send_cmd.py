@@ -33,6 +33,7 @@ from .common import (
     add_logging_flags,
     add_tls_flags,
     ae_title,
+    fail,
     remote_ae,
     subcommand,
     tls_config,
@@ -154,9 +155,8 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
-    except OSError as exc:
-        log.error("cannot open the journal: %s", exc)
-        return EXIT_USAGE
+    except OSError as exc:  # StorageUnavailable names the path: refuse before sending
+        return fail(args, f"cannot open the journal: {exc}; nothing sent")
     try:
         with _progress(enabled=not args.json and sys.stderr.isatty()) as progress:
             result = send(args.archive, args.paths, journal, options, progress)
