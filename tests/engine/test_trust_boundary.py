@@ -227,7 +227,7 @@ def test_an_oversized_data_set_is_refused_with_a700(engine_server, caplog) -> No
     assert echo(peer) == 0
 
 
-# -- slots and deadlines ----------------------------------------------------------------------------
+# -- slots and deadlines ---------------------------------------------------------------------
 
 
 def test_idle_sockets_cannot_lock_out_a_real_association(engine_server, caplog) -> None:
