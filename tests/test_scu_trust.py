@@ -31,7 +31,16 @@ from stgcmt.protocol import (
     Reference,
     build_event_information,
 )
-from stgcmt.scu import EXIT_COMMITTED, EXIT_PENDING, SECURITY, Reporter, SendOptions, send
+from stgcmt.scu import (
+    EXIT_COMMITTED,
+    EXIT_PENDING,
+    SECURITY,
+    Reporter,
+    Resolver,
+    SendOptions,
+    ip_literal,
+    send,
+)
 from stgcmt.scu_journal import ScuJournal, Transaction
 
 from conftest import LOCALHOST, free_port, remote, wait_for
@@ -278,6 +287,15 @@ def test_reporter_is_written_aet_at_host(text, expected):
 def test_reporter_without_a_host_is_refused(text):
     with pytest.raises(ConfigError):
         Reporter.parse(text)
+
+
+def test_addresses_compare_by_value_and_names_resolve():
+    resolver = Resolver()
+    assert resolver.same_host("localhost", "127.0.0.1")
+    assert resolver.same_host("127.0.0.1", "::ffff:127.0.0.1")  # IPv4 on a dual-stack socket
+    assert not resolver.same_host("localhost", OTHER_HOST)
+    assert not resolver.same_host("no-such-host.invalid", "127.0.0.1")
+    assert ip_literal("pacs") is None and ip_literal("::FFFF:10.0.0.1") == "10.0.0.1"
 
 
 # -- report time -----------------------------------------------------------------------------

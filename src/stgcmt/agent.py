@@ -4,7 +4,8 @@ Archives may answer hours or days after ``stgcmt send`` has given up waiting. Th
 as the sender's AE title, matches every report against the shared journal, and performs the
 delete/move requested at send time. All of its memory is the journal, so a restart loses
 nothing: on start it finishes the file actions a crash left due and waits for every pending
-transaction.
+transaction. Only the archive a transaction was sent to (or a named ``--reporter``) may report
+for it (see :class:`~stgcmt.scu.TrustPolicy`).
 """
 
 from __future__ import annotations
@@ -52,13 +53,16 @@ class Agent:
         finish_due_actions(self.journal)
         pending = self.journal.in_state(PENDING)
         self._server.start()
+        reporters = ", ".join(map(str, self.handler.trust.reporters)) or "none"
         log.info(
-            "agent %s listening on %s:%d for reports (%d transactions pending, journal %s)",
+            "agent %s listening on %s:%d for reports (%d transactions pending, journal %s;"
+            " reports only from the archive asked, other reporters: %s)",
             self.aet,
             self.bind,
             self.port,
             len(pending),
             self.journal.path,
+            reporters,
         )
         return self
 

@@ -7,6 +7,11 @@ a running :class:`~stgcmt.agent.Agent`. :class:`ReportHandler` is the single pla
 report is matched to the journal and acted upon, whichever association it arrives on, so the
 rules (claim exactly once, act only on committed files that were sent, always answer) hold
 for every path.
+
+Trust boundary: only the archive that was asked may make us delete anything. The journal
+records, per transaction, the archive it was sent to; :class:`TrustPolicy` rejects a new
+association whose calling AE title and source address match no archive we wait for nor a
+named :class:`Reporter`, and refuses (0110H) a report for a transaction sent elsewhere.
 """
 
 from __future__ import annotations
@@ -209,12 +214,13 @@ class Reporter:
         return f"{self.aet}@{self.host}"
 
 
-def normal_address(text: str) -> str:
-    """One spelling per IP address (IPv4-mapped IPv6 as IPv4), so comparisons are exact."""
+def ip_literal(text: str) -> str | None:
+    """One spelling per IP address (IPv4-mapped IPv6 as IPv4, no scope), so comparisons are
+    exact; None if ``text`` is a host name."""
     try:
         address = ipaddress.ip_address(text.split("%")[0])
     except ValueError:
-        return text
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         return str(address.ipv4_mapped)
     return str(address)
@@ -230,6 +236,11 @@ class Resolver:
         self._lock = threading.Lock()
 
     def addresses(self, host: str) -> frozenset[str]:
+        """The addresses ``host`` resolves to; an IP address is itself (never cached, so
+        forgers connecting from many addresses cannot grow the cache)."""
+        literal = ip_literal(host)
+        if literal is not None:
+            return frozenset({literal})
         with self._lock:
             known = self._known.get(host)
         if known is not None:
@@ -239,7 +250,7 @@ class Resolver:
         except OSError as exc:
             log.warning("%s cannot resolve %r (nobody matches it for now): %s", SECURITY, host, exc)
             return frozenset()
-        found = frozenset(normal_address(str(info[4][0])) for info in infos)
+        found = frozenset(ip_literal(str(info[4][0])) or str(info[4][0]) for info in infos)
         with self._lock:
             self._known[host] = found
         return found
