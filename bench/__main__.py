@@ -27,7 +27,6 @@ from .scenarios import Bench, Plan, Tools, say
 from .servers import PEER_AET
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ENGINES = ("pynetdicom", "asyncio")
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -47,12 +46,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--runs", type=int, default=None, help="runs per figure, medians (default 3)")
     p.add_argument("--quick", action="store_true", help="short smoke run: small counts, 1 run")
-    p.add_argument(
-        "--engine",
-        choices=(*ENGINES, "both"),
-        default="asyncio",
-        help="stgcmt engine(s) to measure, set as STGCMT_ENGINE per process (default asyncio)",
-    )
     p.add_argument(
         "--commit-stored",
         type=int,
@@ -83,13 +76,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
-    engines = ENGINES if args.engine == "both" else (args.engine,)
     if args.quick:
-        plan = Plan(1, engines, 100, 10, (100, 1_000), (100,), 100, (1, 2))
+        plan = Plan(1, 100, 10, (100, 1_000), (100,), 100, (1, 2))
     else:
-        plan = Plan(
-            3, engines, 500, 50, (100, 1_000, 10_000, 100_000), (100, 1_000, 2_000), 1000, (1, 2, 4)
-        )
+        plan = Plan(3, 500, 50, (100, 1_000, 10_000, 100_000), (100, 1_000, 2_000), 1000, (1, 2, 4))
     changes: dict[str, Any] = {"orthanc": not args.no_orthanc}
     if args.runs is not None:
         changes["runs"] = args.runs
@@ -102,8 +92,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
 def find_tools(plan: Plan) -> Tools:
     deps.ensure_matplotlib()
-    storescu = deps.ensure_command("storescu", "dcmtk")
-    storescp = deps.ensure_command("storescp", "dcmtk")
+    storescu = deps.ensure_dcmtk("storescu")
+    storescp = deps.ensure_dcmtk("storescp")
     orthanc = deps.ensure_command("Orthanc", "orthanc") if plan.orthanc else None
     return Tools(storescu, storescp, orthanc)
 
@@ -211,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: interrupted; every process stopped (work folder {workdir})", file=sys.stderr)
         return 130
     doc = document(bench, argv, started, load_before)
-    found = report.targets(doc["summary"], plan.engines)
+    found = report.targets(doc["summary"])
     print(report.render(doc["summary"], found))
     for path in write_outputs(args.out, doc, found):
         print(f"wrote {path}")

@@ -3,8 +3,8 @@
     python -m bench.commit_latency 100 1000 10000 100000
 
 Our SCP runs in this process with a fresh data directory; the requester and the report listener
-use the same networking seam (whichever ``STGCMT_ENGINE`` selects), so no pydicom-based peer
-adds its own encoding time. Every reference names an instance that is not stored (0112H): the
+use stgcmt's own networking seam (``stgcmt.net``), so no pydicom-based peer adds its own
+encoding time. Every reference names an instance that is not stored (0112H): the
 figure is the protocol path (decode, journal, lookups, report), not fsync. Prints one line per
 count with the latency and this process's peak RSS (SCP and peers together).
 """

@@ -50,6 +50,40 @@ def _apt_install(package: str) -> None:
         subprocess.run(argv, env=env, timeout=INSTALL_TIMEOUT, check=False)
 
 
+DCMTK_BIN = "/usr/bin"
+"""Where Debian's dcmtk puts storescu and storescp. Not PATH: in the venv, ``storescu`` is
+pynetdicom's console script of the same name."""
+
+
+def _is_dcmtk(path: str) -> bool:
+    """DCMTK's tools say so in ``--version`` ("$dcmtk: storescu v3.6.7 ...", OFFIS)."""
+    try:
+        done = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    text = (done.stdout + done.stderr).lower()
+    return "dcmtk" in text or "offis" in text
+
+
+def ensure_dcmtk(command: str) -> str:
+    """Absolute path of DCMTK's ``command`` (``/usr/bin/storescu``), installing the Debian
+    package dcmtk if root can, checked to be DCMTK's and not a namesake."""
+    path = os.path.join(DCMTK_BIN, command)
+    if not os.access(path, os.X_OK) and os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"bench: installing Debian package dcmtk for {command}", file=sys.stderr)
+        _apt_install("dcmtk")
+    if not os.access(path, os.X_OK):
+        raise BenchError(
+            f"{path} not found: install the Debian package 'dcmtk'"
+            " (as root: apt-get install dcmtk), or run python -m bench as root"
+        )
+    if not _is_dcmtk(path):
+        raise BenchError(f"{path} is not DCMTK's {command} ({path} --version names no DCMTK)")
+    return path
+
+
 def ensure_command(command: str, package: str) -> str:
     """Path of a program from a Debian package, installing the package if root can."""
     sbin = ("/usr/sbin", "/sbin", "/usr/local/sbin")

@@ -1,8 +1,8 @@
 """The reference peer for commitment latency: an N-ACTION sender and an N-EVENT-REPORT
 listener written with pynetdicom directly.
 
-It deliberately does not use stgcmt's networking seam: the engine under test (pynetdicom or
-our asyncio engine, chosen per SCP process) must not also be the stopwatch. The clock starts
+It deliberately does not use stgcmt's networking seam: the engine under test (our asyncio
+engine, in the SCP process) must not also be the stopwatch. The clock starts
 when pynetdicom has encoded the N-ACTION and hands it to the wire (EVT_DIMSE_SENT; building
 and encoding 100,000 references in pydicom is the client's cost, not the SCP's) and stops when
 the report has been reassembled at the listener, before it is decoded.

@@ -76,10 +76,15 @@ class Children:
         self._procs: list[subprocess.Popen[bytes]] = []
 
     def start(
-        self, argv: list[str], *, log: Path, env: dict[str, str], cwd: Path | None = None
+        self,
+        argv: list[str],
+        *,
+        log: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start a server in its own session so a Ctrl-C in the terminal reaches only us; we
-        stop it ourselves, in order."""
+        stop it ourselves, in order. ``env`` None: this process's environment."""
         with open(log, "ab") as out:
             process = subprocess.Popen(
                 argv,
@@ -120,9 +125,14 @@ class Children:
 
 
 def run_timed(
-    argv: list[str], *, env: dict[str, str], timeout: float, log: IO[bytes] | None = None
+    argv: list[str],
+    *,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    log: IO[bytes] | None = None,
 ) -> tuple[float, int]:
-    """Run a client to completion; (wall seconds, exit status). Output goes to ``log``."""
+    """Run a client to completion; (wall seconds, exit status). Output goes to ``log``;
+    ``env`` None: this process's environment."""
     start = time.perf_counter()
     done = subprocess.run(
         argv,

@@ -166,62 +166,59 @@ def _at_least(value: float | None, floor: float) -> bool | None:
     return None if value is None else value >= floor
 
 
-def _ingest_target(summary: dict[str, Any], engine: str, size: str, floor: float) -> Target:
+def _ingest_target(summary: dict[str, Any], size: str, floor: float) -> Target:
     """Judged on ingest+commit (the issue: "while indexing, our SCP committing durably");
     the plain C-STORE ratio is shown beside it."""
-    row = summary["ingest"].get(size, {}).get(f"stgcmt[{engine}]", {})
+    row = summary["ingest"].get(size, {}).get("stgcmt", {})
     plain, durable = row.get("x_storescp"), row.get("ingest_commit_x_storescp")
     return Target(
-        f"[{engine}] ingest {size} vs storescp (with commitment)",
+        f"ingest {size} vs storescp (with commitment)",
         f">= {floor:.1f}x",
         f"{_fmt_x(durable)} (C-STORE only {_fmt_x(plain)})",
         _at_least(durable, floor),
     )
 
 
-def _send_target(summary: dict[str, Any], engine: str, size: str) -> Target:
+def _send_target(summary: dict[str, Any], size: str) -> Target:
     """Judged on whole command minus start-up (as the issue's method), falling back to the
     C-STORE phase from send's own log when start-up noise swamps the difference."""
-    row = summary["send"].get(size, {}).get(f"stgcmt[{engine}]", {})
+    row = summary["send"].get(size, {}).get("stgcmt", {})
     ratio, phase = row.get("x_storescu"), row.get("cstore_phase_x_storescu")
     got = f"{_fmt_x(ratio)} (C-STORE phase {_fmt_x(phase)})"
     if ratio is None and phase is not None:
         ratio, got = phase, f"{_fmt_x(phase)} (C-STORE phase; start-up noise swamps the total)"
-    return Target(f"[{engine}] send {size} vs storescu", ">= 1.0x", got, _at_least(ratio, 1))
+    return Target(f"send {size} vs storescu", ">= 1.0x", got, _at_least(ratio, 1))
 
 
-def _latency_target(summary: dict[str, Any], engine: str, refs: int, ceiling: float) -> Target:
-    row = summary["commitment"].get(f"stgcmt[{engine}]", {}).get(str(refs), {})
+def _latency_target(summary: dict[str, Any], refs: int, ceiling: float) -> Target:
+    row = summary["commitment"].get("stgcmt", {}).get(str(refs), {})
     latency = row.get("latency_s")
     got = "n/a" if latency is None else f"{latency:.3f} s"
     if latency is not None:
         got += f" ({row['stored']} stored, {row['missing']} missing)"
     met = None if latency is None else latency <= ceiling
-    return Target(f"[{engine}] commitment report, {refs:,} refs", f"<= {ceiling:g} s", got, met)
+    return Target(f"commitment report, {refs:,} refs", f"<= {ceiling:g} s", got, met)
 
 
-def _rss_target(summary: dict[str, Any], engine: str) -> Target:
-    rows = summary["commitment"].get(f"stgcmt[{engine}]", {})
+def _rss_target(summary: dict[str, Any]) -> Target:
+    rows = summary["commitment"].get("stgcmt", {})
     peaks = [r["peak_rss_mb"] for r in rows.values() if r.get("peak_rss_mb") is not None]
     peak = max(peaks) if peaks else None
     got = "n/a" if peak is None else f"{peak:.0f} MB"
     met = None if peak is None else peak < 300
-    return Target(f"[{engine}] SCP peak RSS (commitment)", "< 300 MB", got, met)
+    return Target("SCP peak RSS (commitment)", "< 300 MB", got, met)
 
 
-def targets(summary: dict[str, Any], engines: tuple[str, ...]) -> list[Target]:
-    found: list[Target] = []
-    for engine in engines:
-        found += [
-            _ingest_target(summary, engine, "small", 1.0),
-            _ingest_target(summary, engine, "large", 0.8),
-            _send_target(summary, engine, "small"),
-            _send_target(summary, engine, "large"),
-            _latency_target(summary, engine, 10_000, 0.3),
-            _latency_target(summary, engine, 100_000, 3.0),
-            _rss_target(summary, engine),
-        ]
-    return found
+def targets(summary: dict[str, Any]) -> list[Target]:
+    return [
+        _ingest_target(summary, "small", 1.0),
+        _ingest_target(summary, "large", 0.8),
+        _send_target(summary, "small"),
+        _send_target(summary, "large"),
+        _latency_target(summary, 10_000, 0.3),
+        _latency_target(summary, 100_000, 3.0),
+        _rss_target(summary),
+    ]
 
 
 # -- table ---------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ from .servers import (
     start_orthanc,
     start_our_scp,
     start_storescp,
-    stgcmt_env,
 )
 
 CLIENT_TIMEOUT = 600.0
@@ -44,7 +43,6 @@ class Plan:
     """What to measure; ``--quick`` shrinks every dimension for a smoke run."""
 
     runs: int
-    engines: tuple[str, ...]
     small: int
     large: int
     commit_refs: tuple[int, ...]
@@ -176,12 +174,11 @@ def commit(
 
 
 def ingest(bench: Bench) -> None:
-    """storescu (one association) into our SCP(s), storescp and Orthanc; for ours also the
+    """storescu (one association) into our SCP, storescp and Orthanc; for ours also the
     commitment barrier that makes the C-STOREs durable."""
     plan = bench.plan
     servers: list[Server] = [
-        start_our_scp(bench.children, e, bench.folder(f"ingest-scp-{e}"), bench.peer.port)
-        for e in plan.engines
+        start_our_scp(bench.children, bench.folder("ingest-scp"), bench.peer.port)
     ]
     dcmtk = start_storescp(bench.children, bench.tools.storescp, bench.folder("ingest-storescp"))
     servers.append(dcmtk)
@@ -225,7 +222,7 @@ def _ingest_one(bench: Bench, server: Server, size: str, instances: InstanceSet)
         "instances": instances.count,
         "bytes": instances.total_bytes,
     }
-    if server.name.startswith("stgcmt"):
+    if server.name == "stgcmt":
         report = commit(bench, server, list(instances.refs), instances.count)
         sample["commit_seconds"] = report.latency_s
         sample["ingest_commit_seconds"] = report.received_at - start
@@ -261,8 +258,7 @@ def send(bench: Bench) -> None:
             for size, (count, side) in plan.sizes().items():
                 instances = bench.new_set(f"send-{size}", count, side)
                 _send_storescu(bench, dcmtk, size, instances)
-                for engine in plan.engines:
-                    _send_stgcmt(bench, dcmtk, engine, size, instances)
+                _send_stgcmt(bench, dcmtk, size, instances)
                 clear_folder(out)
             say(f"send run {run + 1}/{plan.runs} done")
     finally:
@@ -296,12 +292,10 @@ def _send_storescu(bench: Bench, dcmtk: Server, size: str, instances: InstanceSe
     samples(bench.results, "send", size, "storescu").append(sample)
 
 
-def _stgcmt_startup(engine: str) -> float:
-    seconds, code = run_timed(
-        [sys.executable, "-m", "stgcmt", "--version"], env=stgcmt_env(engine), timeout=120
-    )
+def _stgcmt_startup() -> float:
+    seconds, code = run_timed([sys.executable, "-m", "stgcmt", "--version"], timeout=120)
     if code != 0:
-        raise BenchError(f"python -m stgcmt --version exited {code} (engine {engine})")
+        raise BenchError(f"python -m stgcmt --version exited {code}")
     return seconds
 
 
@@ -329,11 +323,9 @@ def cstore_phase(log_text: str) -> float | None:
     return None if start is None or end is None else end - start
 
 
-def _send_stgcmt(
-    bench: Bench, dcmtk: Server, engine: str, size: str, instances: InstanceSet
-) -> None:
-    startup = statistics.median(_stgcmt_startup(engine) for _ in range(STARTUP_SAMPLES))
-    journal = bench.folder(f"send-journal-{engine}") / "journal.sqlite"
+def _send_stgcmt(bench: Bench, dcmtk: Server, size: str, instances: InstanceSet) -> None:
+    startup = statistics.median(_stgcmt_startup() for _ in range(STARTUP_SAMPLES))
+    journal = bench.folder("send-journal") / "journal.sqlite"
     journal.parent.mkdir()
     argv = [
         sys.executable,
@@ -353,9 +345,9 @@ def _send_stgcmt(
     ]
     log_path = journal.parent / "send.log"
     with open(log_path, "wb") as log:
-        seconds, code = run_timed(argv, env=stgcmt_env(engine), timeout=CLIENT_TIMEOUT, log=log)
+        seconds, code = run_timed(argv, timeout=CLIENT_TIMEOUT, log=log)
     if code != 1:  # 1: stored, then Storage Commitment rejected by storescp (as expected)
-        raise BenchError(f"stgcmt send ({engine}) exited {code}, expected 1; see {log_path}")
+        raise BenchError(f"stgcmt send exited {code}, expected 1; see {log_path}")
     _expect_files(dcmtk, instances.count)
     sample = {
         "seconds": seconds,
@@ -364,7 +356,7 @@ def _send_stgcmt(
         "instances": instances.count,
         "bytes": instances.total_bytes,
     }
-    samples(bench.results, "send", size, f"stgcmt[{engine}]").append(sample)
+    samples(bench.results, "send", size, "stgcmt").append(sample)
 
 
 # -- 3. commitment latency -----------------------------------------------------------------------
@@ -374,15 +366,13 @@ def commitment(bench: Bench) -> None:
     """N-ACTION -> N-EVENT-REPORT for growing reference counts, each count in a fresh SCP
     process so its peak RSS belongs to that count. Per run, ``commit_stored`` fresh instances
     are stored first (untimed); the remaining references name instances nobody holds."""
-    plan = bench.plan
-    for engine in plan.engines:
-        for refs in plan.commit_refs:
-            workdir = bench.folder(f"commit-scp-{engine}-{refs}")
-            server = start_our_scp(bench.children, engine, workdir, bench.peer.port)
-            try:
-                _commit_series(bench, server, refs)
-            finally:
-                bench.children.stop(server.process)
+    for refs in bench.plan.commit_refs:
+        workdir = bench.folder(f"commit-scp-{refs}")
+        server = start_our_scp(bench.children, workdir, bench.peer.port)
+        try:
+            _commit_series(bench, server, refs)
+        finally:
+            bench.children.stop(server.process)
 
 
 def orthanc_commitment(bench: Bench) -> None:
@@ -412,7 +402,7 @@ def _commit_series(bench: Bench, server: Server, refs: int) -> None:
             "stored": stored_count,
             "missing": refs - stored_count,
         }
-        if server.name.startswith("stgcmt"):
+        if server.name == "stgcmt":
             log = server.workdir / "scp.log"
             sample["phases_s"] = scp_phases(log, transaction_uid, report.sent_wall)
         samples(bench.results, "commitment", server.name, str(refs)).append(sample)
@@ -465,17 +455,15 @@ def scp_phases(log: Path, transaction_uid: str, sent_wall: float) -> dict[str, f
 def concurrency(bench: Bench) -> None:
     """1, 2, 4 storescu associations at once into one SCP; total instances/s."""
     plan = bench.plan
-    for engine in plan.engines:
-        workdir = bench.folder(f"concurrency-scp-{engine}")
-        server = start_our_scp(bench.children, engine, workdir, bench.peer.port)
-        try:
-            for run in range(plan.runs):
-                for level in plan.concurrency:
-                    _concurrent_one(bench, server, level)
-                say(f"concurrency {server.name} run {run + 1}/{plan.runs} done")
-            samples(bench.results, "concurrency_rss_mb", server.name).append(server.peak_rss_mb())
-        finally:
-            bench.children.stop(server.process)
+    server = start_our_scp(bench.children, bench.folder("concurrency-scp"), bench.peer.port)
+    try:
+        for run in range(plan.runs):
+            for level in plan.concurrency:
+                _concurrent_one(bench, server, level)
+            say(f"concurrency {server.name} run {run + 1}/{plan.runs} done")
+        samples(bench.results, "concurrency_rss_mb", server.name).append(server.peak_rss_mb())
+    finally:
+        bench.children.stop(server.process)
 
 
 def _concurrent_one(bench: Bench, server: Server, level: int) -> None:

@@ -1,11 +1,9 @@
 """The servers under test, each a plain child process on 127.0.0.1: our SCP
-(``python -m stgcmt scp``, engine chosen by STGCMT_ENGINE in its environment), DCMTK's
-``storescp`` and Orthanc with a generated configuration."""
+(``python -m stgcmt scp``), DCMTK's ``storescp`` and Orthanc with a generated configuration."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -46,11 +44,6 @@ class Server:
         return peak_rss_mb(self.process.pid)
 
 
-def stgcmt_env(engine: str) -> dict[str, str]:
-    """Environment for a stgcmt process: the engine is chosen per process."""
-    return {**os.environ, "STGCMT_ENGINE": engine}
-
-
 def _scp_toml(data_dir: Path, port: int, peer_port: int) -> str:
     """Defaults as shipped (checksum verification, reports on a new association), except that
     only the bench's own AEs on 127.0.0.1 are known."""
@@ -73,22 +66,20 @@ port = {peer_port}
 """
 
 
-def start_our_scp(children: Children, engine: str, workdir: Path, peer_port: int) -> Server:
+def start_our_scp(children: Children, workdir: Path, peer_port: int) -> Server:
     """``python -m stgcmt scp --config ...`` in a new process with its own data directory."""
     workdir.mkdir(parents=True)
     port = free_port()
     config = workdir / "scp.toml"
     config.write_text(_scp_toml(workdir / "data", port, peer_port))
     argv = [sys.executable, "-m", "stgcmt", "scp", "--config", str(config)]
-    process = children.start(argv, log=workdir / "scp.log", env=stgcmt_env(engine))
+    process = children.start(argv, log=workdir / "scp.log")
     try:
-        wait_listening(port, process, START_TIMEOUT, f"stgcmt scp ({engine})")
+        wait_listening(port, process, START_TIMEOUT, "stgcmt scp")
     except BenchError:
         children.stop(process)
-        raise BenchError(
-            _tail(workdir / "scp.log", f"stgcmt scp ({engine}) did not start")
-        ) from None
-    return Server(f"stgcmt[{engine}]", "STGCMT_SCP", port, process, workdir)
+        raise BenchError(_tail(workdir / "scp.log", "stgcmt scp did not start")) from None
+    return Server("stgcmt", "STGCMT_SCP", port, process, workdir)
 
 
 def start_storescp(children: Children, binary: str, workdir: Path) -> Server:
