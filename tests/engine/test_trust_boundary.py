@@ -160,8 +160,10 @@ def test_p_data_longer_than_advertised_is_aborted(engine_server) -> None:
     peer, ac = associate(server.port)
     assert ac.user_information.maximum_length == 16384
     assert echo(peer) == 0
-    peer.send(header(0x04, 16385))
-    send_ignoring_close(peer.sock, bytes(65536), 64 * MiB)
+    # well formed (a command fragment, not the last), one byte longer than we allow
+    too_long = P_DATA_TF((PresentationDataValueItem(1, 0x01, bytes(16385 - 6)),)).encode()
+    assert len(too_long) == 6 + 16385
+    peer.send(too_long)
     assert aborted(peer).reason == 6  # invalid PDU parameter
 
 
