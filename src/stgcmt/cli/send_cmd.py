@@ -45,8 +45,8 @@ EXAMPLES = """\
   stgcmt send ARCHIVE@pacs:11112 ./outbox --aet CT1 --listen 11113 --delete-committed
   stgcmt send ARCHIVE@pacs:11112 study1/ study2/ --aet CT1 --report-assoc same --per-study
   stgcmt send ARCHIVE@pacs:11112 ./outbox --aet CT1 --move-committed ./sent --json
-  stgcmt send ARCHIVE@pacs:11112 ./outbox --aet CT1 --listen 11113 --delete-committed \
-      --reporter ARCHIVE_RPT@pacs-node2   # the archive reports from another node/AE title
+  stgcmt send ARCHIVE@pacs:11112 ./outbox --aet CT1 --listen 11113 --reporter ARCHIVE@pacs2
+      # the archive reports from another node (pacs2), or: --reporter ARCHIVE_RPT@pacs
 
 Only the archive sent to (its AE title, from an address its host name resolves to) may
 report on a new association, unless --reporter names others; anyone else is rejected
