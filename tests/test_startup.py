@@ -28,6 +28,12 @@ def _mount(*args: str) -> None:
         pytest.skip(f"cannot mount here ({result.stderr.strip() or result.returncode})")
 
 
+def _unmount(where: Path) -> None:
+    """Unmount, lazily if something still holds a file there (never leave a mount behind)."""
+    if subprocess.run(["umount", str(where)], capture_output=True).returncode:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
 @contextmanager
 def read_only_mount(where: Path, prepare=None) -> Iterator[Path]:
     """A tmpfs at ``where``, filled by ``prepare`` while writable, then remounted read-only."""
@@ -39,7 +45,7 @@ def read_only_mount(where: Path, prepare=None) -> Iterator[Path]:
         _mount("-o", "remount,ro", str(where))
         yield where
     finally:
-        subprocess.run(["umount", str(where)], check=False)
+        _unmount(where)
 
 
 @contextmanager
@@ -50,7 +56,7 @@ def read_only_file(path: Path) -> Iterator[Path]:
         _mount("-o", "remount,bind,ro", str(path))
         yield path
     finally:
-        subprocess.run(["umount", str(path)], check=False)
+        _unmount(path)
 
 
 def _listening(port: int) -> bool:
