@@ -11,6 +11,7 @@ from typing import get_type_hints
 
 import pytest
 
+from stgcmt import net
 from stgcmt.config import (
     ConfigError,
     RemoteAE,
@@ -19,6 +20,8 @@ from stgcmt.config import (
     Timeouts,
     load_scp_config,
 )
+
+from conftest import LOCALHOST, free_port, wait_for
 
 
 def test_remote_ae_parse():
@@ -254,12 +257,16 @@ def test_scp_cli_exits_3_on_bad_config(tmp_path: Path, text: str, message: str):
         ("--max-references", "0"),
         ("--retry-start", "0"),
         ("--max-associations", "0"),
+        ("--max-pdu", "-1"),
+        ("--max-pending-associations", "0"),
+        ("--acse-timeout", "0"),
+        ("--pdu-timeout", "-3"),
     ],
 )
 def test_scp_cli_range_checks_flags(tmp_path: Path, flag: str, value: str):
     result = _stgcmt(tmp_path, "scp", flag, value, "--data-dir", str(tmp_path / "d"))
     assert result.returncode == 3, result.stderr
-    assert f"argument {flag}: expected" in result.stderr
+    assert f"{flag}: expected" in result.stderr
 
 
 def test_status_json_error_object(tmp_path: Path):
@@ -273,3 +280,29 @@ def _stgcmt(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "stgcmt", *args], cwd=cwd, capture_output=True, text=True, timeout=60
     )
+
+
+def test_scp_limit_and_timeout_flags_take_effect(tmp_path: Path):
+    """The flags reach the running SCP: the A-ASSOCIATE-AC advertises --max-pdu."""
+    port = free_port()
+    argv = [sys.executable, "-m", "stgcmt", "scp", "--port", str(port), "--bind", LOCALHOST]
+    argv += ["--data-dir", str(tmp_path / "d"), "--accept-unknown", "--max-pdu", "16384"]
+    argv += ["-ta", "5", "-td", "7", "--pdu-timeout", "4", "--max-pending-associations", "3"]
+    process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    try:
+        remote = RemoteAE("STGCMT_SCP", LOCALHOST, port)
+
+        def associated() -> net.Association | None:
+            try:
+                return net.open_association("CT1", remote, net.ContextPlan(echo=True))
+            except net.AssociationError:
+                return None
+
+        association = wait_for(associated, timeout=20)
+        assert association is not None, "the SCP did not start"
+        with association:
+            assert association._association.peer_max_pdu == 16384
+            assert association.c_echo() == 0
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

@@ -139,7 +139,7 @@ class ScpConfig:
     max_associations: int = 32
     max_pending_associations: int = 64
     """Connections not yet associated; past it the oldest is dropped (never counted above)."""
-    max_dataset_bytes: int = 2 << 30
+    max_dataset_bytes: int = 1 << 30
     """Largest data set held in memory; a bigger one is refused (C-STORE: A700)."""
     check_host: bool = True
     max_store_bytes: int = 0
@@ -404,6 +404,9 @@ def load_scp_config(path: Path | None, **overrides: Any) -> ScpConfig:
     extra_remotes = overrides.pop("remotes", None) or ()
     retry = {k: v for k, v in (overrides.pop("retry", None) or {}).items() if v is not None}
     tls = {k: v for k, v in (overrides.pop("tls", None) or {}).items() if v is not None}
+    timeouts = {
+        k: v for k, v in (overrides.pop("timeouts", None) or {}).items() if v is not None
+    }
     given = {k: v for k, v in overrides.items() if v is not None}
     if "data_dir" in given:
         given["data_dir"] = Path(given["data_dir"])
@@ -413,6 +416,7 @@ def load_scp_config(path: Path | None, **overrides: Any) -> ScpConfig:
         remotes=(*config.remotes, *extra_remotes),
         retry=replace(config.retry, **retry),
         tls=replace(config.tls, **tls),
+        timeouts=replace(config.timeouts, **timeouts),
     )
     return config.checked(free_port=False)
 

@@ -102,9 +102,69 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="store quota; C-STORE beyond it gets 0xA700 out of resources (default none)",
     )
+    add_limit_flags(p)
+    add_timeout_flags(p)
     add_tls_flags(p)
     add_logging_flags(p)
     p.set_defaults(run=run)
+
+
+def add_limit_flags(p: argparse.ArgumentParser) -> None:
+    """What one peer may make the SCP hold (README: Security and limits)."""
+    p.add_argument(
+        "--max-pdu",
+        type=count,
+        metavar="N",
+        help="Maximum PDU Length we advertise; longer P-DATA-TF PDUs are aborted (default 65536;"
+        " 0 advertises the default, never unlimited)",
+    )
+    p.add_argument(
+        "--max-pending-associations",
+        type=at_least_one,
+        metavar="N",
+        help="connections not yet associated; past it the oldest is dropped (default 64)",
+    )
+    p.add_argument(
+        "--max-dataset-bytes",
+        type=count,
+        metavar="N",
+        help="largest data set held in memory; a larger C-STORE gets 0xA700 (default 1 GiB)",
+    )
+
+
+def add_timeout_flags(p: argparse.ArgumentParser) -> None:
+    """DCMTK's timeout flags (-ta, -td, -to), plus the two that bound a slow or silent peer."""
+    p.add_argument(
+        "-ta", "--acse-timeout", type=seconds, metavar="S", help="ACSE timeout (default 30)"
+    )
+    p.add_argument(
+        "-td", "--dimse-timeout", type=seconds, metavar="S", help="DIMSE timeout (default 60)"
+    )
+    p.add_argument(
+        "-to",
+        "--connect-timeout",
+        type=seconds,
+        metavar="S",
+        help="TCP connect timeout for report associations (default 10)",
+    )
+    p.add_argument(
+        "--network-timeout",
+        type=seconds,
+        metavar="S",
+        help="abort an association on which no whole PDU arrives for this long (default 120)",
+    )
+    p.add_argument(
+        "--associate-rq-timeout",
+        type=seconds,
+        metavar="S",
+        help="a new connection must send its A-ASSOCIATE-RQ within this (default 10)",
+    )
+    p.add_argument(
+        "--pdu-timeout",
+        type=seconds,
+        metavar="S",
+        help="a PDU must arrive whole within this from its first byte (default 30)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,7 +185,18 @@ def run(args: argparse.Namespace) -> int:
             max_associations=args.max_associations,
             check_host=args.check_host,
             max_store_bytes=args.max_store_bytes,
+            max_pdu=args.max_pdu,
+            max_pending_associations=args.max_pending_associations,
+            max_dataset_bytes=args.max_dataset_bytes,
             tls=tls_overrides(args),
+            timeouts={
+                "acse": args.acse_timeout,
+                "dimse": args.dimse_timeout,
+                "connect": args.connect_timeout,
+                "network": args.network_timeout,
+                "associate_rq": args.associate_rq_timeout,
+                "pdu": args.pdu_timeout,
+            },
             retry={
                 "start": args.retry_start,
                 "cap": args.retry_cap,

@@ -177,7 +177,7 @@ def response_to(request: CommandSet, status: int, *, with_data_set: bool = False
 
 MAX_COMMAND_BYTES = 64 * 1024
 """Largest reassembled command set accepted: real ones are a few hundred bytes."""
-DEFAULT_MAX_DATA_SET_BYTES = 2 << 30
+DEFAULT_MAX_DATA_SET_BYTES = 1 << 30
 """Default cap on a data set reassembled in memory (see :class:`MessageAssembler`)."""
 
 
