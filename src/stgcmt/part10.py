@@ -20,11 +20,16 @@ IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.1"
 """pydicom's implementation root, as stgcmt files have always carried."""
 IMPLEMENTATION_VERSION = "STGCMT_010"
 
+SOP_CLASS_UID = 0x00080016
+SOP_INSTANCE_UID = 0x00080018
 STUDY_INSTANCE_UID = 0x0020000D
 SERIES_INSTANCE_UID = 0x0020000E
 PATIENT_ID = 0x00100020
 INDEX_TAGS = (STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, PATIENT_ID)
-_LAST_INDEX_TAG = max(INDEX_TAGS)
+IDENTITY_TAGS = (SOP_CLASS_UID, SOP_INSTANCE_UID)
+SCANNED_TAGS = (*IDENTITY_TAGS, *INDEX_TAGS)
+_SCANNED = frozenset(SCANNED_TAGS)
+_LAST_INDEX_TAG = max(SCANNED_TAGS)
 
 # VRs whose explicit encoding has a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
 _LONG_VRS = frozenset(
@@ -65,10 +70,18 @@ def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -
 def index_attributes(dataset: bytes, transfer_syntax: str) -> tuple[str | None, ...]:
     """(Study Instance UID, Series Instance UID, Patient ID), each None if absent. Raises
     :class:`MalformedDataset` if the elements before them are broken."""
+    return scanned_attributes(dataset, transfer_syntax)[len(IDENTITY_TAGS) :]
+
+
+def scanned_attributes(dataset: bytes, transfer_syntax: str) -> tuple[str | None, ...]:
+    """(SOP Class UID, SOP Instance UID, Study Instance UID, Series Instance UID, Patient ID),
+    each None if absent, in one walk: the SCP checks the data set's identity against the
+    command's with the same pass that reads what the index needs. Raises
+    :class:`MalformedDataset` if the elements before them are broken."""
     if transfer_syntax in (EXPLICIT_VR_BIG_ENDIAN, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN):
         return _index_attributes_with_pydicom(dataset, transfer_syntax)
     found = _scan(memoryview(dataset), transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN)
-    return tuple(found.get(tag) for tag in INDEX_TAGS)
+    return tuple(found.get(tag) for tag in SCANNED_TAGS)
 
 
 def _scan(data: memoryview, implicit: bool) -> dict[int, str]:
@@ -84,7 +97,7 @@ def _scan(data: memoryview, implicit: bool) -> dict[int, str]:
             continue
         if offset + length > end:
             raise MalformedDataset(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) is truncated")
-        if tag in INDEX_TAGS:
+        if tag in _SCANNED:
             text = bytes(data[offset : offset + length]).decode("ascii", "replace")
             found[tag] = text.strip(" \x00") or None  # type: ignore[assignment]
         offset += length
@@ -125,10 +138,18 @@ def _skip_undefined(data: memoryview, offset: int, implicit: bool) -> int:
 
 
 def _index_attributes_with_pydicom(dataset: bytes, transfer_syntax: str) -> tuple[str | None, ...]:
+    """The :func:`scanned_attributes` of big endian and deflated data sets (rare traffic)."""
     content = file_meta("1.2.3", "1.2.3", transfer_syntax) + dataset
     try:
-        ds = dcmread(BytesIO(content), stop_before_pixels=True, specific_tags=list(INDEX_TAGS))
+        ds = dcmread(BytesIO(content), stop_before_pixels=True, specific_tags=list(SCANNED_TAGS))
+        return tuple(_text(ds.get(tag)) for tag in SCANNED_TAGS)
     except Exception as exc:
         raise MalformedDataset(f"dataset cannot be parsed: {exc}") from exc
-    values = (ds.get(tag) for tag in INDEX_TAGS)
-    return tuple(None if v is None or v.value in ("", None) else str(v.value) for v in values)
+
+
+def _text(element: object) -> str | None:
+    """An element's value as the hand-written scan reports it: stripped, None if empty."""
+    value = getattr(element, "value", None)
+    if value in ("", None):
+        return None
+    return str(value).strip(" \x00") or None

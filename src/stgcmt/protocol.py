@@ -43,6 +43,7 @@ RESOURCE_LIMITATION = 0x0213
 MISTYPED_ARGUMENT = 0x0212
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 
 _STATUS_WORDS = {
@@ -61,6 +62,7 @@ _STATUS_WORDS = {
     MISTYPED_ARGUMENT: "mistyped argument",
     RESOURCE_LIMITATION: "resource limitation",
     OUT_OF_RESOURCES: "out of resources",
+    DATASET_DOES_NOT_MATCH: "data set does not match SOP class",
     CANNOT_UNDERSTAND: "cannot understand",
 }
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 import socket
+import sqlite3
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from . import net
 from .config import RemoteAE, ScpConfig
@@ -32,20 +35,39 @@ from .protocol import (
     DUPLICATE_TRANSACTION_UID,
     INVALID_OBJECT_INSTANCE,
     NO_SUCH_ACTION_TYPE,
+    NO_SUCH_SOP_CLASS,
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
     STORAGE_COMMITMENT_INSTANCE,
+    STORAGE_COMMITMENT_PUSH_MODEL,
     SUCCESS,
     CommitmentReport,
     CommitmentRequest,
     InvalidRequest,
     describe_status,
 )
-from .store import InstanceStore, is_out_of_space
+from .store import InstanceStore, StoreRefused, is_out_of_space, shown
 
 log = logging.getLogger("stgcmt.scp")
 
 DELIVERY_THREADS = 4
+JOURNAL_ERRORS = (sqlite3.Error, OSError)
+"""What a journal write raises when its storage fails (disk full, read-only, I/O error)."""
+
+
+@dataclass
+class _Hold:
+    """A transaction whose delivery bookkeeping the journal could not record: delivery waits
+    in memory (the journal's own schedule cannot be updated) so a full or read-only disk
+    cannot turn into a report storm."""
+
+    until: float
+    unrecorded: int = 0
+    """Attempts (or recordings) since the journal last recorded one: they extend the retry
+    schedule as recorded attempts would."""
+    delivered_via: str | None = None
+    """Set when the report was delivered and only recording that failed: it is never sent
+    again for this, only the recording is retried."""
 
 
 def _addresses(host: str) -> frozenset[str]:
@@ -80,6 +102,8 @@ class StorageCommitmentSCP:
         self._in_flight: set[int] = set()
         self._reassociated: set[str] = set()  # AEs with a fresh association to report on
         self._stored: dict[int, Counter[str]] = defaultdict(Counter)
+        self._holds: dict[int, _Hold] = {}
+        self._journal_error: str | None = None  # set while the journal cannot record
         self._delivery = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="stgcmt-report")
         self._worker = threading.Thread(target=self._run, name="stgcmt-commitment", daemon=True)
         self._server = net.Server(
@@ -213,6 +237,20 @@ class StorageCommitmentSCP:
     # -- C-STORE -------------------------------------------------------------------------------
 
     def _on_c_store(self, request: net.StoreRequest) -> int:
+        """Every outcome, even an unexpected exception, is a C-STORE status and a log line:
+        nothing a peer sends may escape into the engine."""
+        try:
+            return self._store(request)
+        except Exception:
+            log.exception(
+                "C-STORE %s from %s failed (%s)",
+                shown(request.sop_instance_uid),
+                request.peer,
+                describe_status(PROCESSING_FAILURE),
+            )
+            return PROCESSING_FAILURE
+
+    def _store(self, request: net.StoreRequest) -> int:
         try:
             outcome = self.store.store(
                 request.sop_class_uid,
@@ -220,7 +258,17 @@ class StorageCommitmentSCP:
                 request.transfer_syntax,
                 request.dataset,
                 request.peer.calling_aet,
+                abstract_syntax=request.abstract_syntax,
             )
+        except StoreRefused as exc:
+            log.error(
+                "C-STORE %s from %s refused with %s: %s",
+                shown(request.sop_instance_uid),
+                request.peer,
+                describe_status(exc.status),
+                exc,
+            )
+            return exc.status
         except ValueError as exc:
             log.error("C-STORE %s from %s refused: %s", request.sop_instance_uid, request.peer, exc)
             return CANNOT_UNDERSTAND
@@ -251,6 +299,16 @@ class StorageCommitmentSCP:
     # -- N-ACTION ------------------------------------------------------------------------------
 
     def _on_n_action(self, link: net.Link, request: net.ActionRequest) -> tuple[int, None]:
+        """Every outcome, even an unexpected exception, is an N-ACTION status and a log line."""
+        try:
+            return self._n_action(link, request)
+        except Exception:
+            log.exception(
+                "N-ACTION from %s failed (%s)", link.peer, describe_status(PROCESSING_FAILURE)
+            )
+            return PROCESSING_FAILURE, None
+
+    def _n_action(self, link: net.Link, request: net.ActionRequest) -> tuple[int, None]:
         peer = link.peer
         try:
             commitment = self._validate(request)
@@ -271,6 +329,7 @@ class StorageCommitmentSCP:
         except Exception as exc:  # the journal is the promise: if it fails, do not promise
             log.exception("N-ACTION from %s: cannot journal the request: %s", peer, exc)
             return PROCESSING_FAILURE, None
+        self._journal_recovered()
         crash_point("scp.n_action.after_journal")
         with self._lock:
             self._awaiting_answer[peer.association_id].append(tx.id)
@@ -291,6 +350,13 @@ class StorageCommitmentSCP:
         return SUCCESS, None
 
     def _validate(self, request: net.ActionRequest) -> CommitmentRequest:
+        """The status to refuse with (as InvalidRequest) comes before anything is journaled."""
+        if request.requested_sop_class_uid != STORAGE_COMMITMENT_PUSH_MODEL:
+            raise InvalidRequest(
+                NO_SUCH_SOP_CLASS,
+                f"Requested SOP Class UID {shown(request.requested_sop_class_uid)} is not"
+                f" Storage Commitment Push Model ({STORAGE_COMMITMENT_PUSH_MODEL})",
+            )
         if request.requested_sop_instance_uid != STORAGE_COMMITMENT_INSTANCE:
             raise InvalidRequest(
                 INVALID_OBJECT_INSTANCE,
@@ -347,6 +413,15 @@ class StorageCommitmentSCP:
         for tx in self.journal.in_state(REPORT_PENDING):
             if tx.id in unanswered:
                 continue
+            with self._lock:
+                hold = self._holds.get(tx.id)
+            if hold is not None and hold.until > now:
+                next_due = min(next_due, hold.until)
+                continue
+            if hold is not None and hold.delivered_via is not None:
+                if not self._record_delivery(tx, hold.delivered_via):
+                    next_due = min(next_due, hold.until)  # the hold was extended in place
+                continue
             due = tx.next_attempt_at or now
             if due <= now or tx.calling_aet in reassociated:
                 self._submit_delivery(tx)
@@ -385,6 +460,8 @@ class StorageCommitmentSCP:
     def _deliver_safely(self, tx: Transaction) -> None:
         try:
             self._deliver(tx)
+        except JOURNAL_ERRORS as exc:
+            self._hold(tx, exc)
         except Exception as exc:
             log.exception("%s: delivery error", tx.label)
             self._failed_attempt(tx, f"internal error: {exc}")
@@ -406,14 +483,16 @@ class StorageCommitmentSCP:
             reason = f"waiting for {tx.calling_aet} to associate again (no address to report to)"
             if tx.last_error != reason:
                 log.info("%s: %s", tx.label, reason)
-            self.journal.postpone(tx.id, reason, time.time() + self.config.retry.cap)
+            until = time.time() + self.config.retry.cap
+            self._record(tx, lambda: self.journal.postpone(tx.id, reason, until))
             return
         status, via = outcome
         if not net.is_success(status):
             self._failed_attempt(tx, f"N-EVENT-REPORT on {via}: {describe_status(status)}")
             return
         crash_point("scp.deliver.after_answer")
-        self.journal.mark_delivered(tx.id, via)
+        if not self._record_delivery(tx, via):
+            return
         log.info(
             "%s: report (event type %d: %d committed, %d failed) delivered to %s on %s",
             tx.label,
@@ -432,8 +511,8 @@ class StorageCommitmentSCP:
             f"gave up after {age:.0f} s and {tx.attempts} attempts"
             f" (last error: {tx.last_error or 'none'})"
         )
-        self.journal.mark_given_up(tx.id, error)
-        log.error("%s for %s: %s", tx.label, tx.calling_aet, error)
+        if self._record(tx, lambda: self.journal.mark_given_up(tx.id, error)):
+            log.error("%s for %s: %s", tx.label, tx.calling_aet, error)
         return True
 
     def _send_report(
@@ -483,9 +562,13 @@ class StorageCommitmentSCP:
             return association.n_event_report(report.event_type_id, report)
 
     def _failed_attempt(self, tx: Transaction, error: str) -> None:
-        attempts = tx.attempts + 1
+        with self._lock:
+            hold = self._holds.get(tx.id)
+        attempts = tx.attempts + 1 + (hold.unrecorded if hold else 0)
         delay = self.config.retry.delay(attempts)
-        self.journal.record_failed_attempt(tx.id, error, time.time() + delay)
+        next_at = time.time() + delay
+        if not self._record(tx, lambda: self.journal.record_failed_attempt(tx.id, error, next_at)):
+            return
         log.warning(
             "%s: delivery attempt %d failed: %s; next attempt in %.1f s",
             tx.label,
@@ -493,6 +576,64 @@ class StorageCommitmentSCP:
             error,
             delay,
         )
+
+    # -- when the journal cannot record ---------------------------------------------------------
+
+    def _record_delivery(self, tx: Transaction, via: str) -> bool:
+        """Record a delivered report; if the journal cannot, remember it in memory and retry
+        only the recording (on the retry schedule), never the delivery."""
+        return self._record(tx, lambda: self.journal.mark_delivered(tx.id, via), delivered_via=via)
+
+    def _record(
+        self, tx: Transaction, write: Callable[[], None], *, delivered_via: str | None = None
+    ) -> bool:
+        """Run one journal write about a delivery; False (and the transaction held back in
+        memory) if the journal's storage failed."""
+        try:
+            write()
+        except JOURNAL_ERRORS as exc:
+            self._hold(tx, exc, delivered_via)
+            return False
+        with self._lock:
+            self._holds.pop(tx.id, None)
+        self._journal_recovered()
+        return True
+
+    def _hold(self, tx: Transaction, exc: BaseException, delivered_via: str | None = None) -> None:
+        """Back off in memory by the retry schedule; one error line per outage, not per try."""
+        with self._lock:
+            hold = self._holds.setdefault(tx.id, _Hold(0.0))
+            hold.unrecorded += 1
+            if delivered_via is not None:
+                hold.delivered_via = delivered_via
+            delay = self.config.retry.delay(tx.attempts + hold.unrecorded)
+            hold.until = time.time() + delay
+            first = self._journal_error is None
+            self._journal_error = str(exc)
+        if first:
+            log.error(
+                "journal %s cannot record deliveries (%s): %s held back, retried on the retry"
+                " schedule (next in %.1f s) until storage is back",
+                self.journal.db.path,
+                exc,
+                tx.label,
+                delay,
+            )
+        else:
+            log.debug("%s: journal still failing (%s); next try in %.1f s", tx.label, exc, delay)
+
+    def _journal_recovered(self) -> None:
+        """A journal write succeeded: storage is back. Deliveries that were only waiting to be
+        recorded get recorded at once (without sending the report again)."""
+        with self._wake:
+            if self._journal_error is None:
+                return
+            self._journal_error = None
+            for hold in self._holds.values():
+                if hold.delivered_via is not None:
+                    hold.until = 0.0
+            self._wake.notify_all()
+        log.info("journal %s records again; held deliveries resume", self.journal.db.path)
 
     # -- for tests and tools ------------------------------------------------------------------
 

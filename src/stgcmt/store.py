@@ -6,6 +6,10 @@ fsyncs files and directories in a batch and marks rows durable with a synchronou
 anything is reported committed. After a crash, :meth:`InstanceStore.recover` re-checks every
 non-durable row against its SHA-256 and drops rows whose file did not survive intact, so the
 index never claims a file it does not have.
+
+Nothing a peer sends names a file: an instance's file is named by the SHA-256 of its UID, every
+UID is checked per PS3.5 9.1 before anything else happens, and every path read back from the
+index must lie under the store (a row pointing elsewhere is treated as missing, never opened).
 """
 
 from __future__ import annotations
@@ -23,15 +27,18 @@ from pathlib import Path
 
 from .db import Database, ensure_writable_dir
 from .faults import crash_point
-from .part10 import file_meta, index_attributes
+from .part10 import MalformedDataset, file_meta, scanned_attributes
 from .protocol import (
+    CANNOT_UNDERSTAND,
     CLASS_INSTANCE_CONFLICT,
+    DATASET_DOES_NOT_MATCH,
     NO_SUCH_OBJECT_INSTANCE,
     PROCESSING_FAILURE,
     RESOURCE_LIMITATION,
     SOP_CLASS_NOT_SUPPORTED,
     Reference,
     chunked,
+    is_valid_uid,
 )
 
 log = logging.getLogger(__name__)
@@ -83,6 +90,22 @@ class StoreOutcome:
     path: Path
 
 
+class StoreRefused(ValueError):
+    """A C-STORE refused before anything was written; ``status`` is the C-STORE status to
+    answer (0xA900, 0x0122 or 0xC000)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def shown(uid: object, limit: int = 80) -> str:
+    """A peer-supplied value for a log line: repr (no control characters reach the log),
+    truncated (a hostile value cannot flood it)."""
+    text = repr(uid)
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
 class InstanceStore:
     """Files under ``<data_dir>/instances`` fanned out by hash, index in ``index.sqlite``."""
 
@@ -98,6 +121,9 @@ class InstanceStore:
         self.root = self.data_dir / "instances"
         ensure_writable_dir(self.data_dir, "data dir")
         ensure_writable_dir(self.root, "instances directory")
+        self._real_root = os.path.realpath(self.root)
+        self._real_directories: dict[Path, bool] = {}
+        self._reported_outside: set[str] = set()
         self._directories: set[Path] = set()
         self.supported_classes = supported_classes
         self.overwrite_duplicates = overwrite_duplicates
@@ -111,10 +137,58 @@ class InstanceStore:
     # -- receiving ---------------------------------------------------------------------------
 
     def path_for(self, sop_instance_uid: str) -> Path:
-        """Fan out into 256 directories by hash: one huge directory gets slow to create files
-        in, while a deeper tree costs a directory creation (and its fsync) per early file."""
-        digest = hashlib.sha1(sop_instance_uid.encode()).hexdigest()
-        return self.root / digest[:2] / f"{sop_instance_uid}.dcm"
+        """Where a new instance's file goes: named by the SHA-256 of its UID, never by the UID
+        itself (a peer's UID must not choose a path). Fanned out into 256 directories: one
+        huge directory gets slow to create files in, while a deeper tree costs a directory
+        creation (and its fsync) per early file. Rows written before keep their own path."""
+        digest = hashlib.sha256(sop_instance_uid.encode()).hexdigest()
+        return self.root / digest[:2] / f"{digest}.dcm"
+
+    def checked_identity(
+        self,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        dataset: bytes,
+        abstract_syntax: str | None,
+    ) -> tuple[str | None, ...]:
+        """The index attributes of a C-STORE whose identity holds together, else raises
+        :class:`StoreRefused`. Cheapest checks first; none of them touches the disk."""
+        for name, uid in (("Class", sop_class_uid), ("Instance", sop_instance_uid)):
+            if not is_valid_uid(uid):
+                raise StoreRefused(
+                    CANNOT_UNDERSTAND, f"Affected SOP {name} UID {shown(uid)} is not a valid UID"
+                )
+        if abstract_syntax is not None and sop_class_uid != abstract_syntax:
+            raise StoreRefused(
+                DATASET_DOES_NOT_MATCH,
+                f"Affected SOP Class UID {shown(sop_class_uid)} sent on a presentation context"
+                f" for {shown(abstract_syntax)}",
+            )
+        if sop_class_uid not in self.supported_classes:
+            raise StoreRefused(
+                SOP_CLASS_NOT_SUPPORTED,
+                f"SOP Class {shown(sop_class_uid)} is not a Storage SOP Class we accept",
+            )
+        try:
+            ds_class, ds_instance, *attributes = scanned_attributes(dataset, transfer_syntax)
+        except MalformedDataset as exc:
+            raise StoreRefused(CANNOT_UNDERSTAND, str(exc)) from exc
+        for name, value, expected in (
+            ("Class", ds_class, sop_class_uid),
+            ("Instance", ds_instance, sop_instance_uid),
+        ):
+            if value is None or not is_valid_uid(value):
+                raise StoreRefused(
+                    CANNOT_UNDERSTAND,
+                    f"data set SOP {name} UID {shown(value)} is missing or not a valid UID",
+                )
+            if value != expected:
+                raise StoreRefused(
+                    DATASET_DOES_NOT_MATCH,
+                    f"data set SOP {name} UID {shown(value)} differs from the command's",
+                )
+        return tuple(attributes)
 
     def store(
         self,
@@ -123,10 +197,16 @@ class InstanceStore:
         transfer_syntax: str,
         dataset: bytes,
         source_aet: str,
+        *,
+        abstract_syntax: str | None = None,
     ) -> StoreOutcome:
-        """Write one received instance and index it. Raises ``ValueError`` for a dataset that
-        cannot be parsed and ``OSError`` for storage failures (the caller maps both to a
-        C-STORE status)."""
+        """Write one received instance and index it. Raises :class:`StoreRefused` (with the
+        status) for a C-STORE whose UIDs are invalid or do not match each other, the data set
+        or the presentation context's ``abstract_syntax`` (not checked when None), and
+        ``OSError`` for storage failures (the caller maps it to a C-STORE status)."""
+        attributes = self.checked_identity(
+            sop_class_uid, sop_instance_uid, transfer_syntax, dataset, abstract_syntax
+        )
         existing = self._lookup([sop_instance_uid]).get(sop_instance_uid)
         if existing is not None and existing.sop_class_uid != sop_class_uid:
             self._record_conflict(sop_instance_uid, sop_class_uid, source_aet)
@@ -134,7 +214,6 @@ class InstanceStore:
         if existing is not None and not self.overwrite_duplicates:
             return StoreOutcome("duplicate", existing.path)
 
-        attributes = index_attributes(dataset, transfer_syntax)
         content = file_meta(sop_class_uid, sop_instance_uid, transfer_syntax) + dataset
         try:
             self._check_quota(len(content))
@@ -160,6 +239,8 @@ class InstanceStore:
                 self._refused_for_space.add(sop_instance_uid)
             raise
         self._refused_for_space.discard(sop_instance_uid)
+        if existing is not None and existing.path != final:
+            existing.path.unlink(missing_ok=True)  # a replaced copy under its pre-hash name
         self._bytes += len(content) - (existing.size if existing else 0)
         return StoreOutcome("replaced" if existing else "stored", final)
 
@@ -231,10 +312,44 @@ class InstanceStore:
                 f" FROM instances WHERE sop_instance_uid IN ({marks})",
                 list(batch),
             ):
-                found[row[0]] = StoredInstance(
-                    row[0], row[1], self.data_dir / row[2], row[3], row[4], bool(row[5])
-                )
+                path = self._inside_store(row[0], row[2])
+                if path is not None:
+                    found[row[0]] = StoredInstance(
+                        row[0], row[1], path, row[3], row[4], bool(row[5])
+                    )
         return found
+
+    def _inside_store(self, sop_instance_uid: str, relative: str) -> Path | None:
+        """The file of an index row, or None (logged once per instance) if the row points
+        outside the store: such a row is treated as missing, its path never opened. Real
+        paths of directories are cached: there are 256 of them, and rows by the million."""
+        path = Path(relative)
+        full = self.data_dir / path
+        inside = (
+            not path.is_absolute()
+            and ".." not in path.parts
+            and path.parts[:1] == ("instances",)
+            and self._directory_inside(full.parent)
+        )
+        if inside:
+            return full
+        if sop_instance_uid not in self._reported_outside:
+            self._reported_outside.add(sop_instance_uid)
+            log.error(
+                "index row for instance %s points outside the store (%s): treated as missing",
+                shown(sop_instance_uid),
+                shown(relative),
+            )
+        return None
+
+    def _directory_inside(self, directory: Path) -> bool:
+        known = self._real_directories.get(directory)
+        if known is None:
+            real = os.path.realpath(directory)
+            known = real == self._real_root or real.startswith(self._real_root + os.sep)
+            if len(self._real_directories) < 4096:
+                self._real_directories[directory] = known
+        return known
 
     def count(self) -> int:
         return int(self.db.query("SELECT count(*) FROM instances")[0][0])
@@ -312,12 +427,16 @@ class InstanceStore:
             " FROM instances WHERE durable = 0"
         )
         for row in rows:
-            instance = StoredInstance(row[0], row[1], self.data_dir / row[2], row[3], row[4], False)
-            problem = file_problem(instance, "checksum")
+            path = self._inside_store(row[0], row[2])
+            if path is None:
+                problem: str | None = "it points outside the store"
+            else:
+                instance = StoredInstance(row[0], row[1], path, row[3], row[4], False)
+                problem = file_problem(instance, "checksum")
             if problem:
                 log.warning(
                     "instance %s did not survive a restart intact (%s): removed from the index",
-                    instance.sop_instance_uid,
+                    shown(row[0]),
                     problem,
                 )
                 with self.db.transaction() as conn:
