@@ -178,16 +178,17 @@ class InstanceStore:
             ("Class", ds_class, sop_class_uid),
             ("Instance", ds_instance, sop_instance_uid),
         ):
+            if value == expected:
+                continue  # as valid as the command's, checked above
             if value is None or not is_valid_uid(value):
                 raise StoreRefused(
                     CANNOT_UNDERSTAND,
                     f"data set SOP {name} UID {shown(value)} is missing or not a valid UID",
                 )
-            if value != expected:
-                raise StoreRefused(
-                    DATASET_DOES_NOT_MATCH,
-                    f"data set SOP {name} UID {shown(value)} differs from the command's",
-                )
+            raise StoreRefused(
+                DATASET_DOES_NOT_MATCH,
+                f"data set SOP {name} UID {shown(value)} differs from the command's",
+            )
         return tuple(attributes)
 
     def store(
