@@ -26,7 +26,7 @@ from stgcmt.store import sha256_of
 from conftest import FAST_RETRY, LOCALHOST, SECONDARY_CAPTURE, free_port, remote, write_instances
 
 N_ACTION_STATUSES = {0x0000, 0x0110, 0x0115, 0x0212, 0x0213}
-C_STORE_STATUSES = {0x0000, 0xC000, 0x0110}
+C_STORE_STATUSES = {0x0000, 0xC000, 0x0110, 0xA900}
 FUZZ = settings(
     max_examples=400,
     deadline=None,

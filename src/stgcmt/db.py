@@ -118,14 +118,20 @@ class Database:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            else:
                 self._conn.execute("COMMIT")
+            except BaseException:
+                self._roll_back()
+                raise
             finally:
                 if durable:
                     self._conn.execute(f"PRAGMA synchronous={self._synchronous}")
+
+    def _roll_back(self) -> None:
+        """Roll back what is left of a failed transaction. A failed COMMIT (disk full) may
+        leave it open, and SQLite may already have rolled it back itself: both must leave
+        the connection usable for the next transaction once storage is back."""
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
 
     def query(self, sql: str, params: tuple | list = ()) -> list[sqlite3.Row]:
         with self._lock:

@@ -121,8 +121,10 @@ class StorageCommitmentSCP:
             commitment=True,
             timeouts=config.timeouts,
             max_pdu=config.max_pdu,
-            # pynetdicom's own limit stays above ours so that ours, which logs, decides.
+            # The engine's own limit stays above ours so that ours, which logs, decides.
             max_associations=config.max_associations + 1,
+            max_pending_associations=config.max_pending_associations,
+            max_dataset_bytes=config.max_dataset_bytes,
             tls=config.tls,
         )
         self._remote_addresses = {r.aet: _addresses(r.host) for r in config.remotes}
