@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .db import Database, ensure_writable_dir
-from .faults import crash_point
-from .part10 import MalformedDataset, file_meta, scanned_attributes
-from .protocol import (
+from stgcmt.db import Database, ensure_writable_dir
+from stgcmt.faults import crash_point
+from stgcmt.part10 import MalformedDataset, file_meta, scanned_attributes
+from stgcmt.protocol import (
     CANNOT_UNDERSTAND,
     CLASS_INSTANCE_CONFLICT,
     DATASET_DOES_NOT_MATCH,

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 
-from .part10 import MalformedDataset, read_header
-from .protocol import (
+from stgcmt.part10 import MalformedDataset, read_header
+from stgcmt.protocol import (
     MISTYPED_ARGUMENT,
     PROCESSING_FAILURE,
     CommitmentReport,

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from . import codec
-from .config import TlsConfig
-from .dicom.storage_classes import STORAGE_SOP_CLASSES as STORAGE_SOP_CLASSES
-from .protocol import (
+from stgcmt import codec
+from stgcmt.config import TlsConfig
+from stgcmt.dicom.storage_classes import STORAGE_SOP_CLASSES as STORAGE_SOP_CLASSES
+from stgcmt.protocol import (
     STORAGE_COMMITMENT_PUSH_MODEL,
     SUCCESS,
     VERIFICATION,
@@ -28,7 +28,7 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from .engine.api import Link
+    from stgcmt.engine.api import Link
 
 
 TRANSFER_SYNTAXES: tuple[str, ...] = tuple(

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .db import open_readonly
-from .protocol import describe_status
+from stgcmt.db import open_readonly
+from stgcmt.protocol import describe_status
 
 STATE_WORDS = {
     "received": "received",

@@ -27,9 +27,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..config import Timeouts
-from .acse import PresentationContext, agreed_contexts
-from .dimse import (
+from stgcmt.config import Timeouts
+from stgcmt.engine.acse import PresentationContext, agreed_contexts
+from stgcmt.engine.dimse import (
     DEFAULT_MAX_DATA_SET_BYTES,
     MESSAGE_ID,
     MESSAGE_ID_BEING_RESPONDED_TO,
@@ -42,7 +42,7 @@ from .dimse import (
     is_response,
     response_to,
 )
-from .pdu import (
+from stgcmt.engine.pdu import (
     A_ABORT,
     A_ABORT_TYPE,
     A_ASSOCIATE_AC,

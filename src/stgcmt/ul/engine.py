@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from .. import codec
-from ..config import RemoteAE, Timeouts, TlsConfig
-from ..netapi import (
+from stgcmt import codec
+from stgcmt.config import RemoteAE, Timeouts, TlsConfig
+from stgcmt.netapi import (
     NON_STORAGE_SYNTAXES,
     STORAGE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
@@ -49,20 +49,20 @@ from ..netapi import (
     requested_contexts,
     server_ssl_context,
 )
-from ..protocol import (
+from stgcmt.protocol import (
     ACTION_TYPE_REQUEST_COMMITMENT,
     STORAGE_COMMITMENT_INSTANCE,
     STORAGE_COMMITMENT_PUSH_MODEL,
     VERIFICATION,
 )
-from .acse import (
+from stgcmt.engine.acse import (
     PresentationContext,
     answer_contexts,
     answer_roles,
     propose,
     user_information,
 )
-from .association import (
+from stgcmt.engine.association import (
     DEFAULT_MAX_PDU,
     Answer,
     Registry,
@@ -72,8 +72,8 @@ from .association import (
     max_pdu_too_small,
     tls_reason,
 )
-from .datasets import encode_data_set, read_part10_header
-from .dimse import (
+from stgcmt.engine.datasets import encode_data_set, read_part10_header
+from stgcmt.engine.dimse import (
     ACTION_TYPE_ID,
     AFFECTED_SOP_CLASS_UID,
     AFFECTED_SOP_INSTANCE_UID,
@@ -91,7 +91,7 @@ from .dimse import (
     CommandSet,
     Message,
 )
-from .pdu import (
+from stgcmt.engine.pdu import (
     A_ABORT,
     A_ASSOCIATE_AC,
     A_ASSOCIATE_RJ,

@@ -14,8 +14,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import Timeouts, TlsConfig
-from .scu import (
+from stgcmt.config import Timeouts, TlsConfig
+from stgcmt.scu import (
     DEFAULT_AET,
     DEFAULT_LISTEN_BIND,
     Reporter,
@@ -23,7 +23,7 @@ from .scu import (
     finish_due_actions,
     report_server,
 )
-from .scu_journal import PENDING, ScuJournal
+from stgcmt.scu_journal import PENDING, ScuJournal
 
 log = logging.getLogger("stgcmt.agent")
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .config import ConfigError, RemoteAE
-from .db import Database
-from .dicomfiles import LocalFile
-from .protocol import CommitmentReport, Reference
+from stgcmt.config import ConfigError, RemoteAE
+from stgcmt.db import Database
+from stgcmt.dicomfiles import LocalFile
+from stgcmt.protocol import CommitmentReport, Reference
 
 STORING = "storing"
 PENDING = "pending"

@@ -15,8 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .db import Database
-from .protocol import CommitmentReport, FailedReference, Reference
+from stgcmt.db import Database
+from stgcmt.protocol import CommitmentReport, FailedReference, Reference
 
 RECEIVED = "received"
 VERIFYING = "verifying"
