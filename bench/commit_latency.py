@@ -3,7 +3,7 @@
     python -m bench.commit_latency 100 1000 10000 100000
 
 Our SCP runs in this process with a fresh data directory; the requester and the report listener
-use stgcmt's own networking seam (``stgcmt.net``), so no pydicom-based peer adds its own
+use stgcmt's own networking seam (``stgcmt.ul``), so no pydicom-based peer adds its own
 encoding time. Every reference names an instance that is not stored (0112H): the
 figure is the protocol path (decode, journal, lookups, report), not fsync. Prints one line per
 count with the latency and this process's peak RSS (SCP and peers together).
@@ -20,10 +20,10 @@ from pathlib import Path
 
 from pydicom.uid import generate_uid
 
-from stgcmt import net
+from stgcmt import ul as net
 from stgcmt.config import RemoteAE, RetryPolicy, ScpConfig
-from stgcmt.protocol import CommitmentRequest, Reference
-from stgcmt.scp import StorageCommitmentSCP
+from stgcmt.dicom.commitment import CommitmentRequest, Reference
+from stgcmt.scp.service import StorageCommitmentSCP
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 LOCALHOST = "127.0.0.1"

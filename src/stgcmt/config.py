@@ -404,9 +404,7 @@ def load_scp_config(path: Path | None, **overrides: Any) -> ScpConfig:
     extra_remotes = overrides.pop("remotes", None) or ()
     retry = {k: v for k, v in (overrides.pop("retry", None) or {}).items() if v is not None}
     tls = {k: v for k, v in (overrides.pop("tls", None) or {}).items() if v is not None}
-    timeouts = {
-        k: v for k, v in (overrides.pop("timeouts", None) or {}).items() if v is not None
-    }
+    timeouts = {k: v for k, v in (overrides.pop("timeouts", None) or {}).items() if v is not None}
     given = {k: v for k, v in overrides.items() if v is not None}
     if "data_dir" in given:
         given["data_dir"] = Path(given["data_dir"])

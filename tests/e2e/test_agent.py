@@ -6,14 +6,14 @@ import signal
 import subprocess
 import sys
 
-from test_scu_journal import pending_transaction, refs
+from stgcmt.dicom.commitment import CommitmentReport
+from stgcmt.dicom.status import PROCESSING_FAILURE
+from stgcmt.scu.agent import Agent
+from stgcmt.scu.send import EXIT_PENDING, SendOptions, send
 
-from stgcmt.agent import Agent
-from stgcmt.protocol import PROCESSING_FAILURE, CommitmentReport
-from stgcmt.scu import EXIT_PENDING, SendOptions, send
-
-from conftest import LOCALHOST, free_port, remote, wait_for
-from pynetdicom_archive import Archive
+from support.common import LOCALHOST, free_port, remote, wait_for
+from support.pynetdicom_archive import Archive
+from support.scu import pending_transaction, refs
 
 SCU = "CT1"
 

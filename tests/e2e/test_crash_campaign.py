@@ -3,12 +3,7 @@ moments and at armed crash points), then every invariant of tools/crash_campaign
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-
-from crash_campaign import run_campaign  # noqa: E402
+from crash_campaign import run_campaign
 
 KILLS = 30
 

@@ -19,11 +19,18 @@ from pynetdicom import AE
 from pynetdicom import association as pynetdicom_association
 
 from stgcmt.config import ScpConfig
-from stgcmt.protocol import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
-from stgcmt.scp import StorageCommitmentSCP
-from stgcmt.store import sha256_of
+from stgcmt.dicom.uids import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
+from stgcmt.scp.service import StorageCommitmentSCP
+from stgcmt.storage.instances import sha256_of
 
-from conftest import FAST_RETRY, LOCALHOST, SECONDARY_CAPTURE, free_port, remote, write_instances
+from support.common import (
+    FAST_RETRY,
+    LOCALHOST,
+    SECONDARY_CAPTURE,
+    free_port,
+    remote,
+    write_instances,
+)
 
 N_ACTION_STATUSES = {0x0000, 0x0110, 0x0115, 0x0212, 0x0213}
 C_STORE_STATUSES = {0x0000, 0xC000, 0x0110, 0xA900}

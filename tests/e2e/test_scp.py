@@ -9,17 +9,17 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from stgcmt.config import RetryPolicy
-from stgcmt.protocol import (
+from stgcmt.dicom.commitment import Reference
+from stgcmt.dicom.status import (
     CLASS_INSTANCE_CONFLICT,
     DUPLICATE_TRANSACTION_UID,
     NO_SUCH_OBJECT_INSTANCE,
     PROCESSING_FAILURE,
     SOP_CLASS_NOT_SUPPORTED,
-    Reference,
 )
 
-from conftest import CT_IMAGE, SECONDARY_CAPTURE, free_port, remote, wait_for
-from pynetdicom_peer import Modality, refs_of, report_content
+from support.common import CT_IMAGE, SECONDARY_CAPTURE, free_port, remote, wait_for
+from support.pynetdicom_peer import Modality, refs_of, report_content
 
 REPORT_WAIT = 15
 
@@ -245,7 +245,7 @@ MALFORMED = {
 
 
 def _valid_information() -> Dataset:
-    from stgcmt.protocol import CommitmentRequest, build_action_information
+    from stgcmt.dicom.commitment import CommitmentRequest, build_action_information
 
     return build_action_information(
         CommitmentRequest("1.2.3.200", [Reference(SECONDARY_CAPTURE, "1.2.3.201")])

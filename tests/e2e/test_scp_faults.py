@@ -10,8 +10,8 @@ from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from stgcmt.config import Timeouts
 
-from conftest import LOCALHOST, remote
-from pynetdicom_peer import Modality, refs_of
+from support.common import LOCALHOST, remote
+from support.pynetdicom_peer import Modality, refs_of
 
 
 class FlakyListener:

@@ -6,10 +6,11 @@ import resource
 
 from pydicom.uid import generate_uid
 
-from stgcmt.protocol import NO_SUCH_OBJECT_INSTANCE, Reference
+from stgcmt.dicom.commitment import Reference
+from stgcmt.dicom.status import NO_SUCH_OBJECT_INSTANCE
 
-from conftest import SECONDARY_CAPTURE, remote
-from pynetdicom_peer import Modality, refs_of, report_content
+from support.common import SECONDARY_CAPTURE, remote
+from support.pynetdicom_peer import Modality, refs_of, report_content
 
 REFERENCES = 100_000
 

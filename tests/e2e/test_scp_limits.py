@@ -12,18 +12,17 @@ from pydicom import dcmread
 from pynetdicom import AE, evt
 
 from stgcmt.config import RemoteAE, TlsConfig
-from stgcmt.protocol import (
-    RESOURCE_LIMITATION,
+from stgcmt.dicom.commitment import CommitmentRequest, build_action_information
+from stgcmt.dicom.status import RESOURCE_LIMITATION
+from stgcmt.dicom.uids import (
     STORAGE_COMMITMENT_INSTANCE,
     STORAGE_COMMITMENT_PUSH_MODEL,
     VERIFICATION,
-    CommitmentRequest,
-    build_action_information,
 )
 
-from conftest import LOCALHOST, SECONDARY_CAPTURE, free_port, remote, write_instances
-from pynetdicom_peer import Modality, refs_of, report_content
-from tls_certs import CertificateAuthority
+from support.common import LOCALHOST, SECONDARY_CAPTURE, free_port, remote, write_instances
+from support.pynetdicom_peer import Modality, refs_of, report_content
+from support.tls_certs import CertificateAuthority
 
 REPORT_WAIT = 15
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from pynetdicom import AE
 
-from conftest import LOCALHOST, PYTHON, free_port, wait_for
-from pynetdicom_peer import Modality, refs_of
+from support.common import LOCALHOST, PYTHON, free_port, wait_for
+from support.pynetdicom_peer import Modality, refs_of
 
 START_TIMEOUT = 20
 

@@ -26,19 +26,17 @@ from pynetdicom.dimse_primitives import C_STORE, N_ACTION
 from pynetdicom.dsutils import encode
 
 from stgcmt.config import RetryPolicy
-from stgcmt.net import STORAGE_SOP_CLASSES
-from stgcmt.protocol import (
-    NO_SUCH_OBJECT_INSTANCE,
+from stgcmt.dicom.commitment import CommitmentRequest, Reference, build_action_information
+from stgcmt.dicom.status import NO_SUCH_OBJECT_INSTANCE
+from stgcmt.dicom.uids import (
     STORAGE_COMMITMENT_INSTANCE,
     STORAGE_COMMITMENT_PUSH_MODEL,
     VERIFICATION,
-    CommitmentRequest,
-    Reference,
-    build_action_information,
 )
-from stgcmt.store import InstanceStore
+from stgcmt.storage.instances import InstanceStore
+from stgcmt.ul import STORAGE_SOP_CLASSES
 
-from conftest import (
+from support.common import (
     CT_IMAGE,
     LOCALHOST,
     SECONDARY_CAPTURE,
@@ -47,7 +45,7 @@ from conftest import (
     remote,
     wait_for,
 )
-from pynetdicom_peer import Modality, refs_of, report_content
+from support.pynetdicom_peer import Modality, refs_of, report_content
 
 REPORT_WAIT = 15
 CANNOT_UNDERSTAND, DOES_NOT_MATCH, NOT_SUPPORTED = 0xC000, 0xA900, 0x0122

@@ -1,19 +1,18 @@
-"""``stgcmt.scu.send`` end to end over real sockets: against our SCP and a pynetdicom archive."""
+"""``stgcmt.scu.send.send`` end to end over real sockets: against our SCP and a pynetdicom
+archive."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
-from stgcmt import net
+from stgcmt import ul as net
 from stgcmt.config import Timeouts
-from stgcmt.protocol import NO_SUCH_OBJECT_INSTANCE, PROCESSING_FAILURE, describe_status
-from stgcmt.scu import EXIT_COMMITTED, EXIT_FAILED, EXIT_PENDING, SendOptions, UsageError, send
+from stgcmt.dicom.status import NO_SUCH_OBJECT_INSTANCE, PROCESSING_FAILURE, describe_status
+from stgcmt.scu.send import EXIT_COMMITTED, EXIT_FAILED, EXIT_PENDING, SendOptions, UsageError, send
 
-from conftest import LOCALHOST, free_port, make_dataset, remote, wait_for, write_instances
+from support.common import LOCALHOST, free_port, make_dataset, remote, wait_for, write_instances
+from support.scu import uids
 
 SCU = "CT1"
 
@@ -29,10 +28,6 @@ def scp_reporting_to(scp_factory, port: int | None, **overrides):
     if port is None:
         return scp_factory(accept_unknown=True, **overrides)
     return scp_factory(remotes=(remote(SCU, port),), **overrides)
-
-
-def uids(paths: list[Path]) -> set[str]:
-    return {dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths}
 
 
 # -- against our own SCP ----------------------------------------------------------------------

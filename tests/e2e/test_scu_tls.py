@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from stgcmt.agent import Agent
 from stgcmt.config import TlsConfig
-from stgcmt.scu import EXIT_COMMITTED, EXIT_PENDING, SendOptions, send
+from stgcmt.scu.agent import Agent
+from stgcmt.scu.send import EXIT_COMMITTED, EXIT_PENDING, SendOptions, send
 
-from conftest import LOCALHOST, free_port, remote
-from tls_certs import CertificateAuthority
+from support.common import LOCALHOST, free_port, remote
+from support.tls_certs import CertificateAuthority
 
 SCU = "CT1"
 
@@ -48,7 +48,7 @@ def test_plain_send_to_tls_archive_fails_cleanly(scp_factory, instances, scu_jou
     scp = scp_factory(remotes=(remote(SCU, free_port()),), tls=archive_tls)
     paths = instances(1)
     options = SendOptions(aet=SCU, timeout=5, on_commit="delete")
-    from stgcmt.net import AssociationError
+    from stgcmt.ul import AssociationError
 
     with pytest.raises(AssociationError):
         send(remote("STGCMT_SCP", scp.port), paths, scu_journal, options)

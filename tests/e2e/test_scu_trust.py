@@ -21,17 +21,12 @@ import pytest
 from pynetdicom import AE, build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
-from stgcmt.agent import Agent
 from stgcmt.config import ConfigError, RemoteAE
-from stgcmt.protocol import (
-    PROCESSING_FAILURE,
-    STORAGE_COMMITMENT_INSTANCE,
-    SUCCESS,
-    CommitmentReport,
-    Reference,
-    build_event_information,
-)
-from stgcmt.scu import (
+from stgcmt.dicom.commitment import CommitmentReport, Reference, build_event_information
+from stgcmt.dicom.status import PROCESSING_FAILURE, SUCCESS
+from stgcmt.dicom.uids import STORAGE_COMMITMENT_INSTANCE
+from stgcmt.scu.agent import Agent
+from stgcmt.scu.send import (
     EXIT_COMMITTED,
     EXIT_PENDING,
     SECURITY,
@@ -41,9 +36,9 @@ from stgcmt.scu import (
     ip_literal,
     send,
 )
-from stgcmt.scu_journal import ScuJournal, Transaction
+from stgcmt.storage.scu_journal import ScuJournal, Transaction
 
-from conftest import LOCALHOST, free_port, remote, wait_for
+from support.common import LOCALHOST, free_port, remote, wait_for
 
 SCU = "CT1"
 OTHER_HOST = "127.0.0.2"

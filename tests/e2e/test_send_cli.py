@@ -8,11 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_scu import uids
+from stgcmt.dicom.status import describe_status
 
-from stgcmt.protocol import describe_status
-
-from conftest import LOCALHOST, free_port, remote
+from support.common import LOCALHOST, free_port, remote
+from support.scu import uids
 
 SCU = "CT1"
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from stgcmt.db import Database, StorageUnavailable, ensure_writable_dir
-from stgcmt.store import InstanceStore
+from stgcmt.storage.instances import InstanceStore
+from stgcmt.storage.sqlite import Database, StorageUnavailable, ensure_writable_dir
 
-from conftest import LOCALHOST, PYTHON, free_port
+from support.common import LOCALHOST, PYTHON, free_port
 
 START_LIMIT = 15.0
 

@@ -6,51 +6,24 @@ Both come from Debian packages; on a bare CI machine running as root the set-up 
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from conftest import LOCALHOST, ensure_debian_package, free_port
-from interop.peers import Orthanc, ReportListener
-
-SCP_AET = "STGCMT_SCP"
-SCU_AET = "STGCMT_SCU"
-
-
-def find_command(command: str, package: str, *sbin: str) -> str:
-    """Like ``ensure_debian_package``, but also looks in sbin directories that a non-root
-    PATH may lack (Orthanc lives in /usr/sbin)."""
-
-    def in_sbin() -> str | None:
-        return next((c for c in sbin if os.access(c, os.X_OK)), None)
-
-    found = in_sbin()
-    if found:
-        return found
-    try:
-        return ensure_debian_package(command, package)
-    except pytest.fail.Exception:
-        found = in_sbin()  # installed, but its directory is not on PATH
-        if found:
-            return found
-        raise
-
-
-@dataclass
-class OrthancPeer:
-    """The running Orthanc plus the ports its config declares for our two AEs."""
-
-    server: Orthanc
-    scp_port: int
-    """Port our SCP must listen on: Orthanc knows it as modality ``stgcmt-scp``."""
-    scu_port: int
-    """Port our SCU listener must use: Orthanc knows it as modality ``stgcmt-scu``."""
+from support.common import LOCALHOST, ensure_debian_package, free_port
+from support.interop import (
+    SCP_AET,
+    SCU_AET,
+    Dcmtk,
+    Orthanc,
+    OrthancPeer,
+    ReportListener,
+    StoreScp,
+    find_command,
+    wait_listening,
+)
 
 
 @pytest.fixture(scope="session")
@@ -83,28 +56,6 @@ def scu_listener(orthanc: OrthancPeer) -> Iterator[ReportListener]:
         listener.stop()
 
 
-@dataclass
-class Dcmtk:
-    storescu: str
-    echoscu: str
-    storescp: str
-
-    @staticmethod
-    def env() -> dict[str, str]:
-        # DCMTK leaves Nagle on unless told; every small PDU would then wait for an ACK.
-        return {**os.environ, "TCP_NODELAY": "1"}
-
-    def run(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [getattr(self, tool), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=self.env(),
-            check=False,
-        )
-
-
 @pytest.fixture(scope="session")
 def dcmtk() -> Dcmtk:
     return Dcmtk(
@@ -112,29 +63,6 @@ def dcmtk() -> Dcmtk:
         echoscu=ensure_debian_package("echoscu", "dcmtk"),
         storescp=ensure_debian_package("storescp", "dcmtk"),
     )
-
-
-@dataclass
-class StoreScp:
-    aet: str
-    port: int
-    output: Path
-
-    def received(self) -> list[Path]:
-        return sorted(p for p in self.output.iterdir() if p.is_file())
-
-
-def wait_listening(port: int, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"storescp exited with status {process.returncode}")
-        try:
-            with socket.create_connection((LOCALHOST, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"storescp not listening on port {port} after {timeout} s")
 
 
 @pytest.fixture

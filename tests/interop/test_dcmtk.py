@@ -14,12 +14,20 @@ from pathlib import Path
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from stgcmt import net
-from stgcmt.protocol import EVENT_TYPE_ALL_COMMITTED, SUCCESS
+from stgcmt import ul as net
+from stgcmt.dicom.commitment import EVENT_TYPE_ALL_COMMITTED
+from stgcmt.dicom.status import SUCCESS
 
-from conftest import LOCALHOST, remote, wait_for, write_instances
-from interop.conftest import SCP_AET, SCU_AET, Dcmtk, StoreScp
-from interop.peers import ReportListener, references, request_commitment
+from support.common import LOCALHOST, remote, wait_for, write_instances
+from support.interop import (
+    SCP_AET,
+    SCU_AET,
+    Dcmtk,
+    ReportListener,
+    StoreScp,
+    references,
+    request_commitment,
+)
 
 STORESCU_AET = "STORESCU"
 MANY = 200

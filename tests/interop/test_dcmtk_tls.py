@@ -8,9 +8,9 @@ import pytest
 
 from stgcmt.config import TlsConfig
 
-from conftest import LOCALHOST, remote, write_instances
-from interop.conftest import SCP_AET, Dcmtk
-from tls_certs import CertificateAuthority
+from support.common import LOCALHOST, remote, write_instances
+from support.interop import SCP_AET, Dcmtk
+from support.tls_certs import CertificateAuthority
 
 STORESCU_AET = "STORESCU"
 

@@ -14,12 +14,12 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
-from engine.test_association import data_set_of, information
-from stgcmt.engine import api
-from stgcmt.netapi import ContextPlan, EventReport, Handlers, StoreRequest
-from stgcmt.protocol import STORAGE_COMMITMENT_INSTANCE
+from stgcmt.dicom.uids import STORAGE_COMMITMENT_INSTANCE
+from stgcmt.ul import engine as api
+from stgcmt.ul.seam import ContextPlan, EventReport, Handlers, StoreRequest
 
-from conftest import LOCALHOST, SECONDARY_CAPTURE, remote, wait_for, write_instances
+from support.common import LOCALHOST, SECONDARY_CAPTURE, remote, wait_for, write_instances
+from support.engine import data_set_of, information
 
 
 @pytest.mark.parametrize("max_pdu", [0, 4096])

@@ -18,22 +18,26 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 
-from stgcmt import net
-from stgcmt.journal import DELIVERED
-from stgcmt.protocol import (
+from stgcmt import ul as net
+from stgcmt.dicom.commitment import EVENT_TYPE_ALL_COMMITTED, EVENT_TYPE_FAILURES_EXIST, Reference
+from stgcmt.dicom.status import (
     CLASS_INSTANCE_CONFLICT,
-    EVENT_TYPE_ALL_COMMITTED,
-    EVENT_TYPE_FAILURES_EXIST,
     NO_SUCH_OBJECT_INSTANCE,
     SOP_CLASS_NOT_SUPPORTED,
-    STORAGE_COMMITMENT_PUSH_MODEL,
     SUCCESS,
-    Reference,
 )
+from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL
+from stgcmt.storage.scp_journal import DELIVERED
 
-from conftest import CT_IMAGE, LOCALHOST, wait_for, write_instances
-from interop.conftest import SCP_AET, SCU_AET, OrthancPeer
-from interop.peers import ReportListener, references, request_commitment
+from support.common import CT_IMAGE, LOCALHOST, wait_for, write_instances
+from support.interop import (
+    SCP_AET,
+    SCU_AET,
+    OrthancPeer,
+    ReportListener,
+    references,
+    request_commitment,
+)
 
 REPORT_WAIT = 30.0
 NOT_A_STORAGE_CLASS = "1.2.840.10008.5.1.4.1.1.999.1"

@@ -21,20 +21,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from stgcmt import net
+from stgcmt import ul as net
 from stgcmt.config import RemoteAE, Timeouts
-from stgcmt.protocol import (
+from stgcmt.dicom.commitment import (
     CommitmentReport,
     CommitmentRequest,
     Reference,
     build_action_information,
-    new_transaction_uid,
 )
+from stgcmt.dicom.uids import new_transaction_uid
 
-LOCALHOST = "127.0.0.1"
+from support.common import LOCALHOST, ensure_debian_package
+
 ORTHANC_AET = "ORTHANC"
 STARTUP_TIMEOUT = 30.0
 REST_TIMEOUT = 30.0
@@ -308,3 +310,82 @@ def request_commitment(local_aet: str, peer: RemoteAE, refs: list[Reference]) ->
         status = association.n_action(information)
     assert status is not None, "no N-ACTION response"
     return transaction_uid, status
+
+
+SCP_AET = "STGCMT_SCP"
+SCU_AET = "STGCMT_SCU"
+
+
+def find_command(command: str, package: str, *sbin: str) -> str:
+    """Like ``ensure_debian_package``, but also looks in sbin directories that a non-root
+    PATH may lack (Orthanc lives in /usr/sbin)."""
+
+    def in_sbin() -> str | None:
+        return next((c for c in sbin if os.access(c, os.X_OK)), None)
+
+    found = in_sbin()
+    if found:
+        return found
+    try:
+        return ensure_debian_package(command, package)
+    except pytest.fail.Exception:
+        found = in_sbin()  # installed, but its directory is not on PATH
+        if found:
+            return found
+        raise
+
+
+@dataclass
+class OrthancPeer:
+    """The running Orthanc plus the ports its config declares for our two AEs."""
+
+    server: Orthanc
+    scp_port: int
+    """Port our SCP must listen on: Orthanc knows it as modality ``stgcmt-scp``."""
+    scu_port: int
+    """Port our SCU listener must use: Orthanc knows it as modality ``stgcmt-scu``."""
+
+
+@dataclass
+class Dcmtk:
+    storescu: str
+    echoscu: str
+    storescp: str
+
+    @staticmethod
+    def env() -> dict[str, str]:
+        # DCMTK leaves Nagle on unless told; every small PDU would then wait for an ACK.
+        return {**os.environ, "TCP_NODELAY": "1"}
+
+    def run(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [getattr(self, tool), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env(),
+            check=False,
+        )
+
+
+@dataclass
+class StoreScp:
+    aet: str
+    port: int
+    output: Path
+
+    def received(self) -> list[Path]:
+        return sorted(p for p in self.output.iterdir() if p.is_file())
+
+
+def wait_listening(port: int, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"storescp exited with status {process.returncode}")
+        try:
+            with socket.create_connection((LOCALHOST, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"storescp not listening on port {port} after {timeout} s")

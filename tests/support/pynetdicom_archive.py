@@ -15,14 +15,14 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
-from stgcmt.protocol import (
-    NO_SUCH_OBJECT_INSTANCE,
-    STORAGE_COMMITMENT_INSTANCE,
+from stgcmt.dicom.commitment import (
     CommitmentReport,
     FailedReference,
     Reference,
     build_event_information,
 )
+from stgcmt.dicom.status import NO_SUCH_OBJECT_INSTANCE
+from stgcmt.dicom.uids import STORAGE_COMMITMENT_INSTANCE
 
 LOCALHOST = "127.0.0.1"
 STORAGE_CLASSES = ("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.2")

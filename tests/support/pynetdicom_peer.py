@@ -15,12 +15,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
-from stgcmt.protocol import (
-    STORAGE_COMMITMENT_INSTANCE,
-    CommitmentRequest,
-    Reference,
-    build_action_information,
-)
+from stgcmt.dicom.commitment import CommitmentRequest, Reference, build_action_information
+from stgcmt.dicom.uids import STORAGE_COMMITMENT_INSTANCE
 
 LOCALHOST = "127.0.0.1"
 

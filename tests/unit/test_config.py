@@ -11,7 +11,7 @@ from typing import get_type_hints
 
 import pytest
 
-from stgcmt import net
+from stgcmt import ul as net
 from stgcmt.config import (
     ConfigError,
     RemoteAE,
@@ -21,7 +21,7 @@ from stgcmt.config import (
     load_scp_config,
 )
 
-from conftest import LOCALHOST, free_port, wait_for
+from support.common import LOCALHOST, free_port, wait_for
 
 
 def test_remote_ae_parse():

@@ -11,11 +11,11 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from .. import __version__
-from ..config import ConfigError
-from ..db import StorageUnavailable
-from . import agent_cmd, scp_cmd, send_cmd, status_cmd
-from .common import EXIT_USAGE, fail
+from stgcmt import __version__
+from stgcmt.cli import agent_cmd, scp_cmd, send_cmd, status_cmd
+from stgcmt.cli.common import EXIT_USAGE, fail
+from stgcmt.config import ConfigError
+from stgcmt.storage.sqlite import StorageUnavailable
 
 COMMANDS = (scp_cmd, send_cmd, agent_cmd, status_cmd)
 

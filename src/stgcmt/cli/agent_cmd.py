@@ -7,13 +7,20 @@ import logging
 import signal
 import threading
 
-from ..agent import DEFAULT_PORT, Agent
-from ..config import ConfigError
-from ..logs import setup_logging
-from ..scu import DEFAULT_AET, DEFAULT_LISTEN_BIND
-from ..scu_journal import default_journal_path
-from .common import add_logging_flags, add_tls_flags, ae_title, fail, subcommand, tls_config
-from .send_cmd import add_journal_flag, add_reporter_flag
+from stgcmt.cli.common import (
+    add_logging_flags,
+    add_tls_flags,
+    ae_title,
+    fail,
+    subcommand,
+    tls_config,
+)
+from stgcmt.cli.send_cmd import add_journal_flag, add_reporter_flag
+from stgcmt.config import ConfigError
+from stgcmt.logs import setup_logging
+from stgcmt.scu.agent import DEFAULT_PORT, Agent
+from stgcmt.scu.send import DEFAULT_AET, DEFAULT_LISTEN_BIND
+from stgcmt.storage.scu_journal import default_journal_path
 
 log = logging.getLogger("stgcmt.cli")
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import (
+from stgcmt.config import (
     AT_LEAST_ONE,
     NOT_NEGATIVE,
     POSITIVE,

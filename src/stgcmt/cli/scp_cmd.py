@@ -8,11 +8,7 @@ import signal
 import threading
 from pathlib import Path
 
-from ..config import REPORT_ASSOC_CHOICES, VERIFY_CHOICES, ConfigError, load_scp_config
-from ..db import StorageUnavailable
-from ..logs import setup_logging
-from ..scp import StorageCommitmentSCP
-from .common import (
+from stgcmt.cli.common import (
     add_logging_flags,
     add_tls_flags,
     ae_title,
@@ -25,6 +21,10 @@ from .common import (
     subcommand,
     tls_overrides,
 )
+from stgcmt.config import REPORT_ASSOC_CHOICES, VERIFY_CHOICES, ConfigError, load_scp_config
+from stgcmt.logs import setup_logging
+from stgcmt.scp.service import StorageCommitmentSCP
+from stgcmt.storage.sqlite import StorageUnavailable
 
 log = logging.getLogger("stgcmt.cli")
 

@@ -13,10 +13,19 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..config import ConfigError
-from ..logs import setup_logging
-from ..net import AssociationError
-from ..scu import (
+from stgcmt.cli.common import (
+    EXIT_USAGE,
+    add_logging_flags,
+    add_tls_flags,
+    ae_title,
+    fail,
+    remote_ae,
+    subcommand,
+    tls_config,
+)
+from stgcmt.config import ConfigError
+from stgcmt.logs import setup_logging
+from stgcmt.scu.send import (
     DEFAULT_AET,
     DEFAULT_LISTEN_BIND,
     REPORT_ASSOC_CHOICES,
@@ -27,17 +36,8 @@ from ..scu import (
     UsageError,
     send,
 )
-from ..scu_journal import COMMITTED, ScuJournal, default_journal_path
-from .common import (
-    EXIT_USAGE,
-    add_logging_flags,
-    add_tls_flags,
-    ae_title,
-    fail,
-    remote_ae,
-    subcommand,
-    tls_config,
-)
+from stgcmt.storage.scu_journal import COMMITTED, ScuJournal, default_journal_path
+from stgcmt.ul import AssociationError
 
 log = logging.getLogger("stgcmt.cli")
 

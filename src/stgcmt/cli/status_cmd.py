@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..status import format_scp_status, format_scu_status, scp_status, scu_status
-from .common import at_least_one, fail, subcommand
+from stgcmt.cli.common import at_least_one, fail, subcommand
+from stgcmt.storage.queries import format_scp_status, format_scu_status, scp_status, scu_status
 
 EXAMPLES = """\
   stgcmt status --data-dir ./stgcmt-data          # the SCP's transactions and instances

@@ -16,10 +16,7 @@ from collections.abc import Iterable
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 
-from stgcmt.part10 import MalformedDataset, read_header
-from stgcmt.protocol import (
-    MISTYPED_ARGUMENT,
-    PROCESSING_FAILURE,
+from stgcmt.dicom.commitment import (
     CommitmentReport,
     CommitmentRequest,
     FailedReference,
@@ -32,6 +29,8 @@ from stgcmt.protocol import (
     parse_event_information,
     validate_request,
 )
+from stgcmt.dicom.part10 import MalformedDataset, read_header
+from stgcmt.dicom.status import MISTYPED_ARGUMENT, PROCESSING_FAILURE
 
 RETRIEVE_AE_TITLE = 0x00080054
 REFERENCED_SOP_CLASS_UID = 0x00081150

@@ -1,99 +1,28 @@
-"""Storage Commitment Push Model (PS3.4 Annex J): UIDs, status codes and datasets.
+"""Storage Commitment Push Model (PS3.4 Annex J): the N-ACTION Action Information and the
+N-EVENT-REPORT Event Information, as plain values and as pydicom datasets.
 
-Everything here is pure data: building and parsing the N-ACTION Action Information and the
-N-EVENT-REPORT Event Information, and naming status codes the way the standard does, so that
-logs and output read ``0x0112 no such object instance`` rather than a bare number.
+Pure data: the references, the request and report, and the checks an N-ACTION must pass.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 
-STORAGE_COMMITMENT_PUSH_MODEL = "1.2.840.10008.1.20.1"
-"""Storage Commitment Push Model SOP Class UID."""
-
-STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
-"""Well-known SOP Instance UID of the Storage Commitment Push Model."""
-
-VERIFICATION = "1.2.840.10008.1.1"
+from stgcmt.dicom.status import (
+    INVALID_ARGUMENT_VALUE,
+    MISTYPED_ARGUMENT,
+    PROCESSING_FAILURE,
+    RESOURCE_LIMITATION,
+)
+from stgcmt.dicom.uids import is_valid_uid
 
 ACTION_TYPE_REQUEST_COMMITMENT = 1
 EVENT_TYPE_ALL_COMMITTED = 1
 EVENT_TYPE_FAILURES_EXIST = 2
-
-# DIMSE status codes (PS3.7 Annex C) used by this service.
-SUCCESS = 0x0000
-PROCESSING_FAILURE = 0x0110
-NO_SUCH_ACTION_TYPE = 0x0123
-NO_SUCH_OBJECT_INSTANCE = 0x0112
-NO_SUCH_ARGUMENT = 0x0114
-INVALID_ARGUMENT_VALUE = 0x0115
-INVALID_OBJECT_INSTANCE = 0x0117
-NO_SUCH_SOP_CLASS = 0x0118
-CLASS_INSTANCE_CONFLICT = 0x0119
-NOT_AUTHORIZED = 0x0124
-DUPLICATE_TRANSACTION_UID = 0x0131
-RESOURCE_LIMITATION = 0x0213
-MISTYPED_ARGUMENT = 0x0212
-SOP_CLASS_NOT_SUPPORTED = 0x0122
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-
-_STATUS_WORDS = {
-    SUCCESS: "success",
-    PROCESSING_FAILURE: "processing failure",
-    NO_SUCH_OBJECT_INSTANCE: "no such object instance",
-    NO_SUCH_ARGUMENT: "no such argument",
-    INVALID_ARGUMENT_VALUE: "invalid argument value",
-    INVALID_OBJECT_INSTANCE: "invalid object instance",
-    NO_SUCH_SOP_CLASS: "no such SOP class",
-    CLASS_INSTANCE_CONFLICT: "class-instance conflict",
-    SOP_CLASS_NOT_SUPPORTED: "referenced SOP class not supported",
-    NO_SUCH_ACTION_TYPE: "no such action type",
-    NOT_AUTHORIZED: "not authorized",
-    DUPLICATE_TRANSACTION_UID: "duplicate transaction UID",
-    MISTYPED_ARGUMENT: "mistyped argument",
-    RESOURCE_LIMITATION: "resource limitation",
-    OUT_OF_RESOURCES: "out of resources",
-    DATASET_DOES_NOT_MATCH: "data set does not match SOP class",
-    CANNOT_UNDERSTAND: "cannot understand",
-}
-
-
-def describe_status(code: int | None) -> str:
-    """Render a status or Failure Reason as hex plus words, e.g. ``0x0112 no such object
-    instance``, so administrators never have to look numbers up."""
-    if code is None:
-        return "no status (no response)"
-    words = _STATUS_WORDS.get(code)
-    if words is None:
-        if 0xA700 <= code <= 0xA7FF:
-            words = "out of resources"
-        elif 0xA900 <= code <= 0xA9FF:
-            words = "data set does not match SOP class"
-        elif 0xC000 <= code <= 0xCFFF:
-            words = "cannot understand"
-        elif code in (0xB000, 0xB006, 0xB007):
-            words = "warning"
-        else:
-            words = "unknown status"
-    return f"0x{code:04X} {words}"
-
-
-_UID = re.compile(r"(?:0|[1-9][0-9]*+)(?:\.(?:0|[1-9][0-9]*+))++")
-"""Possessive quantifiers: no backtracking, it is checked 200,000 times for a large request."""
-
-
-def is_valid_uid(value: object) -> bool:
-    """A UID per PS3.5 9.1: dotted numeric components, no leading zeros, at most 64 chars."""
-    return isinstance(value, str) and len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 class Reference(NamedTuple):
@@ -139,10 +68,6 @@ class InvalidRequest(ValueError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-def new_transaction_uid() -> str:
-    return str(generate_uid())
 
 
 def build_action_information(request: CommitmentRequest) -> Dataset:
@@ -218,7 +143,7 @@ def validate_request(
     transaction_uid: str | None, references: Sequence[RawReference] | None, max_references: int
 ) -> CommitmentRequest:
     """The checks an N-ACTION's Action Information must pass, on plain values: the pydicom
-    reader and the fast reader (``stgcmt.codec``) both end here, so both answer alike."""
+    reader and the fast reader (``stgcmt.dicom.codec``) both end here, so both answer alike."""
     if not transaction_uid:
         raise InvalidRequest(INVALID_ARGUMENT_VALUE, "Transaction UID (0008,1195) is missing")
     if not is_valid_uid(transaction_uid):

@@ -13,12 +13,11 @@ from io import BytesIO
 
 from pydicom import dcmread
 
+from stgcmt.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.1"
-"""pydicom's implementation root, as stgcmt files have always carried."""
-IMPLEMENTATION_VERSION = "STGCMT_010"
 
 SOP_CLASS_UID = 0x00080016
 SOP_INSTANCE_UID = 0x00080018
@@ -60,7 +59,7 @@ def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -
             _element(0x0002, 0x0003, b"UI", sop_instance_uid.encode()),
             _element(0x0002, 0x0010, b"UI", transfer_syntax.encode()),
             _element(0x0002, 0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode()),
-            _element(0x0002, 0x0013, b"SH", IMPLEMENTATION_VERSION.encode()),
+            _element(0x0002, 0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.encode()),
         )
     )
     group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(elements))

@@ -1,8 +1,8 @@
 """The Storage Commitment SCP service: an archive that commits only what it durably holds.
 
-It receives C-STORE into the :class:`~stgcmt.store.InstanceStore`, journals each N-ACTION
-durably before answering it, verifies the references (making committed instances durable), and
-delivers the N-EVENT-REPORT on the requesting association or a new one, retrying with
+It receives C-STORE into the :class:`~stgcmt.storage.instances.InstanceStore`, journals each
+N-ACTION durably before answering it, verifies the references (making committed instances
+durable), and delivers the N-EVENT-REPORT on the requesting association or a new one, retrying with
 exponential backoff until delivered or given up. A restart resumes every unfinished transaction.
 """
 
@@ -18,19 +18,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from stgcmt import net
+from stgcmt import ul as net
 from stgcmt.config import RemoteAE, ScpConfig
-from stgcmt.faults import crash_point
-from stgcmt.journal import (
-    DELIVERED,
-    RECEIVED,
-    REPORT_PENDING,
-    VERIFYING,
-    CommitmentJournal,
-    Transaction,
-)
-from stgcmt.protocol import (
+from stgcmt.dicom.commitment import (
     ACTION_TYPE_REQUEST_COMMITMENT,
+    CommitmentReport,
+    CommitmentRequest,
+    InvalidRequest,
+)
+from stgcmt.dicom.status import (
     CANNOT_UNDERSTAND,
     DUPLICATE_TRANSACTION_UID,
     INVALID_OBJECT_INSTANCE,
@@ -38,15 +34,20 @@ from stgcmt.protocol import (
     NO_SUCH_SOP_CLASS,
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
-    STORAGE_COMMITMENT_INSTANCE,
-    STORAGE_COMMITMENT_PUSH_MODEL,
     SUCCESS,
-    CommitmentReport,
-    CommitmentRequest,
-    InvalidRequest,
     describe_status,
 )
-from stgcmt.store import InstanceStore, StoreRefused, is_out_of_space, shown
+from stgcmt.dicom.uids import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
+from stgcmt.faults import crash_point
+from stgcmt.storage.instances import InstanceStore, StoreRefused, is_out_of_space, shown
+from stgcmt.storage.scp_journal import (
+    DELIVERED,
+    RECEIVED,
+    REPORT_PENDING,
+    VERIFYING,
+    CommitmentJournal,
+    Transaction,
+)
 
 log = logging.getLogger("stgcmt.scp")
 

@@ -5,7 +5,7 @@ as the sender's AE title, matches every report against the shared journal, and p
 delete/move requested at send time. All of its memory is the journal, so a restart loses
 nothing: on start it finishes the file actions a crash left due and waits for every pending
 transaction. Only the archive a transaction was sent to (or a named ``--reporter``) may report
-for it (see :class:`~stgcmt.scu.TrustPolicy`).
+for it (see :class:`~stgcmt.scu.send.TrustPolicy`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stgcmt.config import Timeouts, TlsConfig
-from stgcmt.scu import (
+from stgcmt.scu.send import (
     DEFAULT_AET,
     DEFAULT_LISTEN_BIND,
     Reporter,
@@ -23,7 +23,7 @@ from stgcmt.scu import (
     finish_due_actions,
     report_server,
 )
-from stgcmt.scu_journal import PENDING, ScuJournal
+from stgcmt.storage.scu_journal import PENDING, ScuJournal
 
 log = logging.getLogger("stgcmt.agent")
 

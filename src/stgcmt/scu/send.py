@@ -3,7 +3,7 @@ copies only for what the archive has committed.
 
 :func:`send` stores files with C-STORE, requests commitment with N-ACTION and waits for the
 N-EVENT-REPORT on the sending association, on its own listener, or through a journal shared with
-a running :class:`~stgcmt.agent.Agent`. :class:`ReportHandler` is the single place where a
+a running :class:`~stgcmt.scu.agent.Agent`. :class:`ReportHandler` is the single place where a
 report is matched to the journal and acted upon, whichever association it arrives on, so the
 rules (claim exactly once, act only on committed files that were sent, always answer) hold
 for every path.
@@ -32,22 +32,20 @@ from itertools import count
 from pathlib import Path
 from typing import Any, Literal
 
-from stgcmt import net
+from stgcmt import ul as net
 from stgcmt.config import ConfigError, RemoteAE, Timeouts, TlsConfig, validate_aet
-from stgcmt.dicomfiles import GroupBy, LocalFile, Skipped, scan, split
-from stgcmt.faults import crash_point
-from stgcmt.protocol import (
+from stgcmt.dicom.commitment import (
     EVENT_TYPE_ALL_COMMITTED,
     EVENT_TYPE_FAILURES_EXIST,
-    PROCESSING_FAILURE,
-    STORAGE_COMMITMENT_PUSH_MODEL,
-    SUCCESS,
     CommitmentRequest,
     InvalidRequest,
-    describe_status,
-    new_transaction_uid,
 )
-from stgcmt.scu_journal import (
+from stgcmt.dicom.status import PROCESSING_FAILURE, SUCCESS, describe_status
+from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, new_transaction_uid
+from stgcmt.faults import crash_point
+from stgcmt.scu.dicomfiles import GroupBy, LocalFile, Skipped, scan, split
+from stgcmt.storage.instances import _fsync_path
+from stgcmt.storage.scu_journal import (
     ABORTED,
     COMMITTED,
     FAILED,
@@ -60,7 +58,6 @@ from stgcmt.scu_journal import (
     ScuJournal,
     Transaction,
 )
-from stgcmt.store import _fsync_path
 
 log = logging.getLogger("stgcmt.scu")
 

@@ -25,10 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from stgcmt.db import Database, ensure_writable_dir
-from stgcmt.faults import crash_point
-from stgcmt.part10 import MalformedDataset, file_meta, scanned_attributes
-from stgcmt.protocol import (
+from stgcmt.dicom.commitment import Reference, chunked
+from stgcmt.dicom.part10 import MalformedDataset, file_meta, scanned_attributes
+from stgcmt.dicom.status import (
     CANNOT_UNDERSTAND,
     CLASS_INSTANCE_CONFLICT,
     DATASET_DOES_NOT_MATCH,
@@ -36,10 +35,10 @@ from stgcmt.protocol import (
     PROCESSING_FAILURE,
     RESOURCE_LIMITATION,
     SOP_CLASS_NOT_SUPPORTED,
-    Reference,
-    chunked,
-    is_valid_uid,
 )
+from stgcmt.dicom.uids import is_valid_uid
+from stgcmt.faults import crash_point
+from stgcmt.storage.sqlite import Database, ensure_writable_dir
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stgcmt.db import open_readonly
-from stgcmt.protocol import describe_status
+from stgcmt.dicom.status import describe_status
+from stgcmt.storage.sqlite import open_readonly
 
 STATE_WORDS = {
     "received": "received",

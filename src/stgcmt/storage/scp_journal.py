@@ -15,8 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from stgcmt.db import Database
-from stgcmt.protocol import CommitmentReport, FailedReference, Reference
+from stgcmt.dicom.commitment import CommitmentReport, FailedReference, Reference
+from stgcmt.storage.sqlite import Database
 
 RECEIVED = "received"
 VERIFYING = "verifying"

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Literal
 
 from stgcmt.config import ConfigError, RemoteAE
-from stgcmt.db import Database
-from stgcmt.dicomfiles import LocalFile
-from stgcmt.protocol import CommitmentReport, Reference
+from stgcmt.dicom.commitment import CommitmentReport, Reference
+from stgcmt.scu.dicomfiles import LocalFile
+from stgcmt.storage.sqlite import Database
 
 STORING = "storing"
 PENDING = "pending"

@@ -7,10 +7,7 @@ is our own asyncio upper layer and DIMSE (``stgcmt.engine``); nothing engine-spe
 
 from __future__ import annotations
 
-from stgcmt.ul.engine import Association
-from stgcmt.ul.engine import Link
-from stgcmt.ul.engine import Server
-from stgcmt.ul.engine import open_association
+from stgcmt.ul.engine import Association, Link, Server, open_association
 from stgcmt.ul.seam import (
     MAX_CONTEXTS,
     STORAGE_SOP_CLASSES,

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from stgcmt.engine.pdu import (
+from stgcmt.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from stgcmt.ul.pdu import (
     ABSTRACT_SYNTAX_NOT_SUPPORTED,
     ACCEPTANCE,
     TRANSFER_SYNTAXES_NOT_SUPPORTED,
@@ -16,10 +17,6 @@ from stgcmt.engine.pdu import (
     RoleSelectionItem,
     UserInformationItem,
 )
-
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.7883.1.10"
-"""stgcmt's Implementation Class UID (under pydicom's root, fixed for this engine)."""
-IMPLEMENTATION_VERSION_NAME = "STGCMT_010"
 
 MAX_CONTEXT_ID = 255
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from stgcmt.config import Timeouts
-from stgcmt.engine.acse import PresentationContext, agreed_contexts
-from stgcmt.engine.dimse import (
+from stgcmt.ul.acse import PresentationContext, agreed_contexts
+from stgcmt.ul.dimse import (
     DEFAULT_MAX_DATA_SET_BYTES,
     MESSAGE_ID,
     MESSAGE_ID_BEING_RESPONDED_TO,
@@ -42,7 +42,7 @@ from stgcmt.engine.dimse import (
     is_response,
     response_to,
 )
-from stgcmt.engine.pdu import (
+from stgcmt.ul.pdu import (
     A_ABORT,
     A_ABORT_TYPE,
     A_ASSOCIATE_AC,

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
-from stgcmt.engine.pdu import (
+from stgcmt.ul.pdu import (
     PDV_HEADER_LENGTH,
     PDUError,
     PresentationDataValueItem,

@@ -1,5 +1,5 @@
 """The seam's classes on our own upper layer: the same :class:`Server`, :func:`open_association`,
-:class:`Association` and :class:`Link` as ``stgcmt.net``'s pynetdicom engine, so services do
+:class:`Association` and :class:`Link` as ``stgcmt.ul``'s pynetdicom engine, so services do
 not change.
 
 The services are synchronous and threaded; the engine is one asyncio loop in a daemon thread.
@@ -22,9 +22,59 @@ from typing import Any, TypeVar
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from stgcmt import codec
 from stgcmt.config import RemoteAE, Timeouts, TlsConfig
-from stgcmt.netapi import (
+from stgcmt.dicom import codec
+from stgcmt.dicom.commitment import ACTION_TYPE_REQUEST_COMMITMENT
+from stgcmt.dicom.datasets import encode_data_set, read_part10_header
+from stgcmt.dicom.uids import (
+    STORAGE_COMMITMENT_INSTANCE,
+    STORAGE_COMMITMENT_PUSH_MODEL,
+    VERIFICATION,
+)
+from stgcmt.ul.acse import (
+    PresentationContext,
+    answer_contexts,
+    answer_roles,
+    propose,
+    user_information,
+)
+from stgcmt.ul.association import (
+    DEFAULT_MAX_PDU,
+    Answer,
+    Registry,
+    TlsGate,
+    UpperLayer,
+    advertised_max_pdu,
+    max_pdu_too_small,
+    tls_reason,
+)
+from stgcmt.ul.dimse import (
+    ACTION_TYPE_ID,
+    AFFECTED_SOP_CLASS_UID,
+    AFFECTED_SOP_INSTANCE_UID,
+    COMMAND_DATA_SET_TYPE,
+    COMMAND_FIELD,
+    DATA_SET_PRESENT,
+    DEFAULT_MAX_DATA_SET_BYTES,
+    EVENT_TYPE_ID,
+    NO_DATA_SET,
+    PRIORITY,
+    REQUESTED_SOP_CLASS_UID,
+    REQUESTED_SOP_INSTANCE_UID,
+    STATUS,
+    CommandField,
+    CommandSet,
+    Message,
+)
+from stgcmt.ul.pdu import (
+    A_ABORT,
+    A_ASSOCIATE_AC,
+    A_ASSOCIATE_RJ,
+    A_ASSOCIATE_RQ,
+    APPLICATION_CONTEXT_NAME,
+    RoleSelectionItem,
+)
+from stgcmt.ul.seam import (
     NON_STORAGE_SYNTAXES,
     STORAGE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
@@ -48,56 +98,6 @@ from stgcmt.netapi import (
     rejected,
     requested_contexts,
     server_ssl_context,
-)
-from stgcmt.protocol import (
-    ACTION_TYPE_REQUEST_COMMITMENT,
-    STORAGE_COMMITMENT_INSTANCE,
-    STORAGE_COMMITMENT_PUSH_MODEL,
-    VERIFICATION,
-)
-from stgcmt.engine.acse import (
-    PresentationContext,
-    answer_contexts,
-    answer_roles,
-    propose,
-    user_information,
-)
-from stgcmt.engine.association import (
-    DEFAULT_MAX_PDU,
-    Answer,
-    Registry,
-    TlsGate,
-    UpperLayer,
-    advertised_max_pdu,
-    max_pdu_too_small,
-    tls_reason,
-)
-from stgcmt.engine.datasets import encode_data_set, read_part10_header
-from stgcmt.engine.dimse import (
-    ACTION_TYPE_ID,
-    AFFECTED_SOP_CLASS_UID,
-    AFFECTED_SOP_INSTANCE_UID,
-    COMMAND_DATA_SET_TYPE,
-    COMMAND_FIELD,
-    DATA_SET_PRESENT,
-    DEFAULT_MAX_DATA_SET_BYTES,
-    EVENT_TYPE_ID,
-    NO_DATA_SET,
-    PRIORITY,
-    REQUESTED_SOP_CLASS_UID,
-    REQUESTED_SOP_INSTANCE_UID,
-    STATUS,
-    CommandField,
-    CommandSet,
-    Message,
-)
-from stgcmt.engine.pdu import (
-    A_ABORT,
-    A_ASSOCIATE_AC,
-    A_ASSOCIATE_RJ,
-    A_ASSOCIATE_RQ,
-    APPLICATION_CONTEXT_NAME,
-    RoleSelectionItem,
 )
 
 log = logging.getLogger("stgcmt.engine")
@@ -154,7 +154,7 @@ def _encode(information: Information, transfer_syntax: str) -> bytes:
 
 
 class Link:
-    """An established association, seen from a service (see ``stgcmt.net.Link``)."""
+    """An established association, seen from a service (see ``stgcmt.ul.Link``)."""
 
     def __init__(self, association: UpperLayer, peer: PeerInfo) -> None:
         self._association = association
@@ -317,7 +317,7 @@ STOP_GRACE = 2.0
 
 
 class Server(ServerBase):
-    """A listening AE (see ``stgcmt.net.Server``)."""
+    """A listening AE (see ``stgcmt.ul.Server``)."""
 
     def __init__(
         self,
@@ -448,7 +448,7 @@ class Server(ServerBase):
 
 
 class Association(AssociationBase):
-    """An association we opened (see ``stgcmt.net.Association``); releases on exit."""
+    """An association we opened (see ``stgcmt.ul.Association``); releases on exit."""
 
     def __init__(self, association: UpperLayer, link: Link) -> None:
         self._association = association

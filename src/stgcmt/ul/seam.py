@@ -1,7 +1,7 @@
 """The seam's vocabulary: what the services and the networking engines share.
 
 Services build :class:`Handlers` and :class:`ContextPlan` and receive :class:`StoreRequest`,
-:class:`ActionRequest` and :class:`EventReport`; an engine (``stgcmt.net`` on pynetdicom, or our
+:class:`ActionRequest` and :class:`EventReport`; an engine (``stgcmt.ul`` on pynetdicom, or our
 own asyncio upper layer) turns DICOM traffic into these and back. Nothing here does I/O.
 """
 
@@ -16,19 +16,15 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from stgcmt import codec
 from stgcmt.config import TlsConfig
+from stgcmt.dicom import codec
+from stgcmt.dicom.commitment import CommitmentReport, CommitmentRequest
+from stgcmt.dicom.status import SUCCESS
 from stgcmt.dicom.storage_classes import STORAGE_SOP_CLASSES as STORAGE_SOP_CLASSES
-from stgcmt.protocol import (
-    STORAGE_COMMITMENT_PUSH_MODEL,
-    SUCCESS,
-    VERIFICATION,
-    CommitmentReport,
-    CommitmentRequest,
-)
+from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION
 
 if TYPE_CHECKING:
-    from stgcmt.engine.api import Link
+    from stgcmt.ul.engine import Link
 
 
 TRANSFER_SYNTAXES: tuple[str, ...] = tuple(

@@ -8,8 +8,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 
-from stgcmt import codec
-from stgcmt.protocol import (
+from stgcmt.dicom import codec
+from stgcmt.dicom.commitment import (
     CommitmentReport,
     CommitmentRequest,
     FailedReference,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydicom.dataset import Dataset
 
-from stgcmt.protocol import (
+from stgcmt.dicom.commitment import (
     CommitmentReport,
     CommitmentRequest,
     FailedReference,
@@ -13,11 +13,11 @@ from stgcmt.protocol import (
     Reference,
     build_action_information,
     build_event_information,
-    describe_status,
-    is_valid_uid,
     parse_action_information,
     parse_event_information,
 )
+from stgcmt.dicom.status import describe_status
+from stgcmt.dicom.uids import is_valid_uid
 
 
 def test_status_words():

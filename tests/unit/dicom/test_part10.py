@@ -10,9 +10,9 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from stgcmt.part10 import MalformedDataset, file_meta, index_attributes
+from stgcmt.dicom.part10 import MalformedDataset, file_meta, index_attributes
 
-from conftest import make_dataset
+from support.common import make_dataset
 
 EXPLICIT, IMPLICIT = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
 

@@ -3,7 +3,7 @@
 from pydicom._uid_dict import UID_dictionary
 
 from stgcmt.dicom.storage_classes import STORAGE_SOP_CLASS_NAMES, STORAGE_SOP_CLASSES
-from stgcmt.protocol import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION, is_valid_uid
+from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION, is_valid_uid
 
 # Newer than the registry in the pydicom we pin (PS3.6 2024+).
 NEWER_THAN_PYDICOM = {

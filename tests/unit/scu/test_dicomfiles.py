@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from stgcmt.dicomfiles import scan, split
+from stgcmt.scu.dicomfiles import scan, split
 
-from conftest import make_dataset, write_instances
+from support.common import make_dataset, write_instances
 
 
 def test_scan_walks_folders_and_skips_what_cannot_be_sent(tmp_path):

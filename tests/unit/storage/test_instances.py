@@ -8,11 +8,11 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from stgcmt.net import STORAGE_SOP_CLASSES
-from stgcmt.protocol import Reference
-from stgcmt.store import InstanceStore
+from stgcmt.dicom.commitment import Reference
+from stgcmt.storage.instances import InstanceStore
+from stgcmt.ul import STORAGE_SOP_CLASSES
 
-from conftest import CT_IMAGE, SECONDARY_CAPTURE, make_dataset
+from support.common import CT_IMAGE, SECONDARY_CAPTURE, make_dataset
 
 
 def _encoded(ds) -> bytes:

@@ -5,31 +5,12 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from stgcmt.dicomfiles import scan
-from stgcmt.protocol import (
-    NO_SUCH_OBJECT_INSTANCE,
-    CommitmentReport,
-    FailedReference,
-    Reference,
-)
-from stgcmt.scu import finish_due_actions, move_without_overwrite
-from stgcmt.scu_journal import ScuJournal, default_journal_path
+from stgcmt.dicom.commitment import CommitmentReport, FailedReference, Reference
+from stgcmt.dicom.status import NO_SUCH_OBJECT_INSTANCE
+from stgcmt.scu.send import finish_due_actions, move_without_overwrite
+from stgcmt.storage.scu_journal import ScuJournal, default_journal_path
 
-from conftest import write_instances
-
-
-def pending_transaction(journal: ScuJournal, folder: Path, count: int, **create) -> list:
-    """A transaction whose files were all stored and requested; returns its files."""
-    files = scan(write_instances(folder, count)).files
-    tx = journal.create("1.2.3.9", "CT1", "ARCHIVE@127.0.0.1:104", files, **create)
-    for seq in range(count):
-        journal.record_store(tx.id, seq, 0, True)
-    journal.mark_requested(tx.id)
-    return files
-
-
-def refs(files) -> list[Reference]:
-    return [Reference(f.sop_class_uid, f.sop_instance_uid) for f in files]
+from support.scu import pending_transaction, refs
 
 
 def test_default_location_follows_xdg(monkeypatch, tmp_path):

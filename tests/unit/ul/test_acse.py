@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from stgcmt.engine.acse import (
+from stgcmt.ul.acse import (
     PresentationContext,
     agreed_contexts,
     answer_contexts,
     answer_roles,
     propose,
 )
-from stgcmt.engine.pdu import (
+from stgcmt.ul.pdu import (
     PresentationContextItemAC,
     PresentationContextItemRQ,
     RoleSelectionItem,

@@ -8,20 +8,19 @@ import time
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from engine.conftest import FAST, RawAcceptor, RawPeer
 from stgcmt.config import Timeouts, TlsConfig
-from stgcmt.engine import api
-from stgcmt.engine.acse import (
+from stgcmt.dicom.uids import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
-    propose,
-    user_information,
+    STORAGE_COMMITMENT_PUSH_MODEL,
+    VERIFICATION,
 )
-from stgcmt.engine.association import State
-from stgcmt.engine.dimse import (
+from stgcmt.ul import engine as api
+from stgcmt.ul.acse import propose, user_information
+from stgcmt.ul.association import State
+from stgcmt.ul.dimse import (
     AFFECTED_SOP_CLASS_UID,
     COMMAND_DATA_SET_TYPE,
     COMMAND_FIELD,
@@ -33,7 +32,7 @@ from stgcmt.engine.dimse import (
     encode_command_set,
     fragments,
 )
-from stgcmt.engine.pdu import (
+from stgcmt.ul.pdu import (
     A_ABORT,
     A_ASSOCIATE_AC,
     A_ASSOCIATE_RJ,
@@ -43,7 +42,7 @@ from stgcmt.engine.pdu import (
     P_DATA_TF,
     RoleSelectionItem,
 )
-from stgcmt.netapi import (
+from stgcmt.ul.seam import (
     NON_STORAGE_SYNTAXES,
     ActionRequest,
     AssociationError,
@@ -53,29 +52,19 @@ from stgcmt.netapi import (
     Rejection,
     StoreRequest,
 )
-from stgcmt.protocol import (
-    STORAGE_COMMITMENT_PUSH_MODEL,
-    VERIFICATION,
-    CommitmentRequest,
-    Reference,
-    build_action_information,
-)
 
-from conftest import LOCALHOST, SECONDARY_CAPTURE, free_port, remote, wait_for, write_instances
-from tls_certs import CertificateAuthority
+from support.common import (
+    LOCALHOST,
+    SECONDARY_CAPTURE,
+    free_port,
+    remote,
+    wait_for,
+    write_instances,
+)
+from support.engine import FAST, RawAcceptor, RawPeer, data_set_of, information
+from support.tls_certs import CertificateAuthority
 
 STORE_PLAN = ContextPlan(storage=[(SECONDARY_CAPTURE, ExplicitVRLittleEndian)], echo=True)
-
-
-def data_set_of(path: Path) -> bytes:
-    """A file's data set as sent (test files have a 132-byte preamble and a short meta)."""
-    data = path.read_bytes()
-    meta_length = int.from_bytes(data[140:144], "little")  # (0002,0000) UL value
-    return data[144 + meta_length :]
-
-
-def information(uid: str = "1.2.3.9") -> Dataset:
-    return build_action_information(CommitmentRequest(uid, [Reference(SECONDARY_CAPTURE, "1.2")]))
 
 
 def echo_rq(context_id: int = 1, message_id: int = 1) -> bytes:

@@ -7,7 +7,7 @@ from io import BytesIO
 import pytest
 from pydicom.filereader import read_dataset
 
-from stgcmt.engine.dimse import (
+from stgcmt.ul.dimse import (
     ACTION_TYPE_ID,
     AFFECTED_SOP_CLASS_UID,
     AFFECTED_SOP_INSTANCE_UID,
@@ -30,7 +30,7 @@ from stgcmt.engine.dimse import (
     fragments,
     response_to,
 )
-from stgcmt.engine.pdu import (
+from stgcmt.ul.pdu import (
     P_DATA_TF,
     PDUError,
     PDUReader,

@@ -11,14 +11,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.conftest import FAST
-from stgcmt.engine import api
-from stgcmt.engine.acse import propose, user_information
-from stgcmt.engine.pdu import A_ASSOCIATE_RQ, P_DATA_TF, PresentationDataValueItem
-from stgcmt.netapi import NON_STORAGE_SYNTAXES, ContextPlan, Handlers
-from stgcmt.protocol import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION
+from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION
+from stgcmt.ul import engine as api
+from stgcmt.ul.acse import propose, user_information
+from stgcmt.ul.pdu import A_ASSOCIATE_RQ, P_DATA_TF, PresentationDataValueItem
+from stgcmt.ul.seam import NON_STORAGE_SYNTAXES, ContextPlan, Handlers
 
-from conftest import LOCALHOST, remote, wait_for
+from support.common import LOCALHOST, remote, wait_for
+from support.engine import FAST
 
 FUZZ = settings(
     max_examples=300,

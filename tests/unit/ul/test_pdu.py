@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from pynetdicom import pdu as pynetdicom_pdu
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 
-from stgcmt.engine.pdu import (
+from stgcmt.ul.pdu import (
     A_ABORT,
     A_ASSOCIATE_AC,
     A_ASSOCIATE_RJ,

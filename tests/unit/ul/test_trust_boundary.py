@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from engine.conftest import FAST, RawAcceptor, RawPeer
 from stgcmt.config import Timeouts, TlsConfig
-from stgcmt.engine import api
-from stgcmt.engine.acse import propose, user_information
-from stgcmt.engine.dimse import (
+from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION
+from stgcmt.ul import engine as api
+from stgcmt.ul.acse import propose, user_information
+from stgcmt.ul.dimse import (
     AFFECTED_SOP_CLASS_UID,
     AFFECTED_SOP_INSTANCE_UID,
     COMMAND_DATA_SET_TYPE,
@@ -34,7 +34,7 @@ from stgcmt.engine.dimse import (
     encode_command_set,
     fragments,
 )
-from stgcmt.engine.pdu import (
+from stgcmt.ul.pdu import (
     A_ABORT,
     A_ASSOCIATE_AC,
     A_ASSOCIATE_RJ,
@@ -42,17 +42,17 @@ from stgcmt.engine.pdu import (
     P_DATA_TF,
     PresentationDataValueItem,
 )
-from stgcmt.netapi import (
+from stgcmt.ul.seam import (
     NON_STORAGE_SYNTAXES,
     STORAGE_SOP_CLASSES,
     AssociationError,
     ContextPlan,
     Handlers,
 )
-from stgcmt.protocol import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION
 
-from conftest import LOCALHOST, SECONDARY_CAPTURE, remote, wait_for
-from tls_certs import CertificateAuthority
+from support.common import LOCALHOST, SECONDARY_CAPTURE, remote, wait_for
+from support.engine import FAST, RawAcceptor, RawPeer
+from support.tls_certs import CertificateAuthority
 
 IMPLICIT = "1.2.840.10008.1.2"
 MiB = 1 << 20
