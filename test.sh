@@ -35,4 +35,8 @@ if [ "$#" -gt 0 ]; then
   run_pytest "$@"
   exit 0
 fi
+# Static checks first: lint, types (strict for the pure DICOM package), then the suite (which
+# also checks the import rules between layers, tests/unit/test_layers.py).
+.venv/bin/ruff check src tests tools bench
+.venv/bin/python -m mypy
 run_pytest

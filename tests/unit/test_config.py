@@ -258,6 +258,8 @@ def test_scp_cli_exits_3_on_bad_config(tmp_path: Path, text: str, message: str):
         ("--retry-start", "0"),
         ("--max-associations", "0"),
         ("--max-pdu", "-1"),
+        ("--max-pdu", "6"),
+        ("--max-dataset-bytes", "0"),
         ("--max-pending-associations", "0"),
         ("--acse-timeout", "0"),
         ("--pdu-timeout", "-3"),
