@@ -16,10 +16,12 @@ from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, 
 from pathlib import Path
 from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type_hints
 
-ReportAssoc = Literal["new", "same", "auto"]
+ReportRoute = Literal["new", "same", "auto"]
+"""How the SCP routes a report to the requester: a new association, the requesting one, or
+the requesting one while it is open and else a new one."""
 VerifyPolicy = Literal["exists", "size", "checksum"]
 
-REPORT_ASSOC_CHOICES: tuple[str, ...] = ("new", "same", "auto")
+REPORT_ROUTE_CHOICES: tuple[str, ...] = ("new", "same", "auto")
 VERIFY_CHOICES: tuple[str, ...] = ("exists", "size", "checksum")
 
 
@@ -130,7 +132,7 @@ class ScpConfig:
     port: int = 11112
     data_dir: Path = Path("stgcmt-data")
     remotes: tuple[RemoteAE, ...] = ()
-    report_assoc: ReportAssoc = "new"
+    report_assoc: ReportRoute = "new"
     verify: VerifyPolicy = "checksum"
     accept_unknown: bool = False
     overwrite_duplicates: bool = False
@@ -209,6 +211,10 @@ RANGES: dict[tuple[str, str], Range] = {
     ("ScpConfig", "max_references"): AT_LEAST_ONE,
     ("ScpConfig", "max_associations"): AT_LEAST_ONE,
     ("ScpConfig", "max_pending_associations"): AT_LEAST_ONE,
+    # 0 advertises the default; below 1,024 a PDU carries almost nothing (DCMTK's floor is
+    # 4,096); the field is 4 bytes on the wire.
+    ("ScpConfig", "max_pdu"): Range(1024, 0xFFFFFFFF),
+    ("ScpConfig", "max_dataset_bytes"): Range(1024),
     ("Timeouts", "*"): POSITIVE,
     ("RetryPolicy", "*"): POSITIVE,
 }

@@ -26,16 +26,8 @@ from stgcmt.dicom.commitment import CommitmentReport, Reference, build_event_inf
 from stgcmt.dicom.status import PROCESSING_FAILURE, SUCCESS
 from stgcmt.dicom.uids import STORAGE_COMMITMENT_INSTANCE
 from stgcmt.scu.agent import Agent
-from stgcmt.scu.send import (
-    EXIT_COMMITTED,
-    EXIT_PENDING,
-    SECURITY,
-    Reporter,
-    Resolver,
-    SendOptions,
-    ip_literal,
-    send,
-)
+from stgcmt.scu.reports import SECURITY, Reporter, Resolver, ip_literal
+from stgcmt.scu.send import EXIT_COMMITTED, EXIT_PENDING, SendOptions, send
 from stgcmt.storage.scu_journal import ScuJournal, Transaction
 
 from support.common import LOCALHOST, free_port, remote, wait_for

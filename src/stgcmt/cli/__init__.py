@@ -15,7 +15,7 @@ from stgcmt import __version__
 from stgcmt.cli import agent_cmd, scp_cmd, send_cmd, status_cmd
 from stgcmt.cli.common import EXIT_USAGE, fail
 from stgcmt.config import ConfigError
-from stgcmt.storage.sqlite import StorageUnavailable
+from stgcmt.scp import StorageUnavailable
 
 COMMANDS = (scp_cmd, send_cmd, agent_cmd, status_cmd)
 

@@ -18,9 +18,7 @@ from stgcmt.cli.common import (
 from stgcmt.cli.send_cmd import add_journal_flag, add_reporter_flag
 from stgcmt.config import ConfigError
 from stgcmt.logs import setup_logging
-from stgcmt.scu.agent import DEFAULT_PORT, Agent
-from stgcmt.scu.send import DEFAULT_AET, DEFAULT_LISTEN_BIND
-from stgcmt.storage.scu_journal import default_journal_path
+from stgcmt.scu import DEFAULT_AET, DEFAULT_LISTEN_BIND, DEFAULT_PORT, Agent, default_journal_path
 
 log = logging.getLogger("stgcmt.cli")
 

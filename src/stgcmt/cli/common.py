@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from stgcmt.config import (
     AT_LEAST_ONE,
@@ -119,4 +120,5 @@ def tls_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 def tls_config(args: argparse.Namespace) -> TlsConfig:
     """The TLS settings given on the command line (for commands without a config file)."""
-    return TlsConfig(**{k: v for k, v in tls_overrides(args).items() if v is not None})
+    given: dict[str, Any] = {k: v for k, v in tls_overrides(args).items() if v is not None}
+    return TlsConfig(**given)

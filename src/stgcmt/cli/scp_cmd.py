@@ -21,10 +21,9 @@ from stgcmt.cli.common import (
     subcommand,
     tls_overrides,
 )
-from stgcmt.config import REPORT_ASSOC_CHOICES, VERIFY_CHOICES, ConfigError, load_scp_config
+from stgcmt.config import REPORT_ROUTE_CHOICES, VERIFY_CHOICES, ConfigError, load_scp_config
 from stgcmt.logs import setup_logging
-from stgcmt.scp.service import StorageCommitmentSCP
-from stgcmt.storage.sqlite import StorageUnavailable
+from stgcmt.scp import StorageCommitmentSCP, StorageUnavailable
 
 log = logging.getLogger("stgcmt.cli")
 
@@ -53,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--report-assoc",
-        choices=REPORT_ASSOC_CHOICES,
+        choices=REPORT_ROUTE_CHOICES,
         help="where reports go: new association (default, IHE), the requesting one, or auto",
     )
     p.add_argument(
@@ -115,8 +114,8 @@ def add_limit_flags(p: argparse.ArgumentParser) -> None:
         "--max-pdu",
         type=count,
         metavar="N",
-        help="Maximum PDU Length we advertise; longer P-DATA-TF PDUs are aborted (default 65536;"
-        " 0 advertises the default, never unlimited)",
+        help="Maximum PDU Length we advertise, 1024 to 4294967295 (never unlimited); longer"
+        " P-DATA-TF PDUs are aborted (default 65536)",
     )
     p.add_argument(
         "--max-pending-associations",

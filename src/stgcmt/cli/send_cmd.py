@@ -25,19 +25,21 @@ from stgcmt.cli.common import (
 )
 from stgcmt.config import ConfigError
 from stgcmt.logs import setup_logging
-from stgcmt.scu.send import (
+from stgcmt.scu import (
+    COMMITTED,
     DEFAULT_AET,
     DEFAULT_LISTEN_BIND,
-    REPORT_ASSOC_CHOICES,
+    REPORT_WAIT_CHOICES,
+    AssociationError,
     ProgressCallback,
     Reporter,
+    ScuJournal,
     SendOptions,
     SendResult,
     UsageError,
+    default_journal_path,
     send,
 )
-from stgcmt.storage.scu_journal import COMMITTED, ScuJournal, default_journal_path
-from stgcmt.ul import AssociationError
 
 log = logging.getLogger("stgcmt.cli")
 
@@ -103,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--report-assoc",
-        choices=REPORT_ASSOC_CHOICES,
+        choices=REPORT_WAIT_CHOICES,
         default="any",
         help="where a report is accepted: new association, the sending one, or any (default)",
     )

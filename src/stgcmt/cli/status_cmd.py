@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from stgcmt import scp, scu
 from stgcmt.cli.common import at_least_one, fail, subcommand
-from stgcmt.storage.queries import format_scp_status, format_scu_status, scp_status, scu_status
 
 EXAMPLES = """\
   stgcmt status --data-dir ./stgcmt-data          # the SCP's transactions and instances
@@ -30,13 +30,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if (args.data_dir is None) == (args.journal is None):
         return fail(args, "give --data-dir or --journal")
-    if args.journal is not None:
-        read, render, where = scu_status, format_scu_status, args.journal
-    else:
-        read, render, where = scp_status, format_scp_status, args.data_dir
+    scu_side = args.journal is not None
     try:
-        status = read(where, args.limit)
+        if scu_side:
+            status = scu.status(args.journal, args.limit)
+        else:
+            status = scp.status(args.data_dir, args.limit)
     except FileNotFoundError as exc:
         return fail(args, str(exc))
-    print(json.dumps(status, indent=2) if args.json else render(status))
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(scu.format_status(status) if scu_side else scp.format_status(status))
     return 0

@@ -5,7 +5,7 @@ as the sender's AE title, matches every report against the shared journal, and p
 delete/move requested at send time. All of its memory is the journal, so a restart loses
 nothing: on start it finishes the file actions a crash left due and waits for every pending
 transaction. Only the archive a transaction was sent to (or a named ``--reporter``) may report
-for it (see :class:`~stgcmt.scu.send.TrustPolicy`).
+for it (see :class:`~stgcmt.scu.reports.TrustPolicy`).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stgcmt.config import Timeouts, TlsConfig
-from stgcmt.scu.send import (
+from stgcmt.scu.files import finish_due_actions
+from stgcmt.scu.reports import (
     DEFAULT_AET,
     DEFAULT_LISTEN_BIND,
     Reporter,
     ReportHandler,
-    finish_due_actions,
     report_server,
 )
 from stgcmt.storage.scu_journal import PENDING, ScuJournal

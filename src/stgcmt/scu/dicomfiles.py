@@ -18,7 +18,7 @@ from typing import Literal
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-log = logging.getLogger("stgcmt.scu")
+log = logging.getLogger("stgcmt.scu.dicomfiles")
 
 GroupBy = Literal["study", "series"] | None
 

@@ -1,0 +1,262 @@
+"""Report delivery: the N-EVENT-REPORT sent on the association the transaction's route allows
+(the requesting one, any open one of that AE, or a new one), retried with exponential backoff
+until delivered or given up; when the journal cannot record, deliveries are held back in memory
+on the same schedule so a full or read-only disk cannot turn into a report storm."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from stgcmt import ul
+from stgcmt.config import RemoteAE, ScpConfig
+from stgcmt.dicom.commitment import CommitmentReport
+from stgcmt.dicom.status import describe_status
+from stgcmt.faults import crash_point
+from stgcmt.scp.requesters import Requesters
+from stgcmt.storage.scp_journal import REPORT_PENDING, CommitmentJournal, Transaction
+
+log = logging.getLogger("stgcmt.scp")
+
+DELIVERY_THREADS = 4
+JOURNAL_ERRORS = (sqlite3.Error, OSError)
+"""What a journal write raises when its storage fails (disk full, read-only, I/O error)."""
+
+
+@dataclass
+class _Hold:
+    """A transaction whose delivery bookkeeping the journal could not record: delivery waits
+    in memory (the journal's own schedule cannot be updated) so a full or read-only disk
+    cannot turn into a report storm."""
+
+    until: float
+    unrecorded: int = 0
+    """Attempts (or recordings) since the journal last recorded one: they extend the retry
+    schedule as recorded attempts would."""
+    delivered_via: str | None = None
+    """Set when the report was delivered and only recording that failed: it is never sent
+    again for this, only the recording is retried."""
+
+
+class Delivery:
+    """Sends due reports on a small thread pool. ``wake`` is the SCP's condition (its lock
+    guards this state; it is notified when a delivery ends or held deliveries may resume)."""
+
+    def __init__(
+        self,
+        config: ScpConfig,
+        journal: CommitmentJournal,
+        requesters: Requesters,
+        wake: threading.Condition,
+    ) -> None:
+        self.config = config
+        self.journal = journal
+        self.requesters = requesters
+        self._wake = wake
+        self._stopping = False
+        self._in_flight: set[int] = set()
+        self._holds: dict[int, _Hold] = {}
+        self._journal_error: str | None = None  # set while the journal cannot record
+        self._pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="stgcmt-report")
+
+    def stop(self) -> None:
+        """No new delivery starts; wait for those under way."""
+        with self._wake:
+            self._stopping = True
+        self._pool.shutdown(wait=True)
+
+    def deliver_due(self, unanswered: set[int], reassociated: set[str]) -> float:
+        """Start every delivery that is due; returns when the next one is due (epoch)."""
+        now = time.time()
+        next_due = now + 60.0
+        for tx in self.journal.in_state(REPORT_PENDING):
+            if tx.id in unanswered:
+                continue
+            with self._wake:
+                hold = self._holds.get(tx.id)
+            if hold is not None and hold.until > now:
+                next_due = min(next_due, hold.until)
+                continue
+            if hold is not None and hold.delivered_via is not None:
+                if not self._record_delivery(tx, hold.delivered_via):
+                    next_due = min(next_due, hold.until)  # the hold was extended in place
+                continue
+            due = tx.next_attempt_at or now
+            if due <= now or tx.calling_aet in reassociated:
+                self._submit(tx)
+            else:
+                next_due = min(next_due, due)
+        return next_due
+
+    def _submit(self, tx: Transaction) -> None:
+        with self._wake:
+            if tx.id in self._in_flight or self._stopping:
+                return
+            self._in_flight.add(tx.id)
+        self._pool.submit(self._deliver_safely, tx)
+
+    def _deliver_safely(self, tx: Transaction) -> None:
+        try:
+            self._deliver(tx)
+        except JOURNAL_ERRORS as exc:
+            self._hold(tx, exc)
+        except Exception as exc:
+            log.exception("%s: delivery error", tx.label)
+            self._failed_attempt(tx, f"internal error: {exc}")
+        finally:
+            with self._wake:
+                self._in_flight.discard(tx.id)
+                self._wake.notify_all()
+
+    def _deliver(self, tx: Transaction) -> None:
+        if self._give_up_if_too_old(tx):
+            return
+        report = self.journal.report(tx, self.config.aet)
+        try:
+            outcome = self._send_report(tx, report)
+        except (ul.AssociationError, OSError) as exc:
+            self._failed_attempt(tx, str(exc))
+            return
+        if outcome is None:
+            reason = f"waiting for {tx.calling_aet} to associate again (no address to report to)"
+            if tx.last_error != reason:
+                log.info("%s: %s", tx.label, reason)
+            until = time.time() + self.config.retry.cap
+            self._record(tx, lambda: self.journal.postpone(tx.id, reason, until))
+            return
+        status, via = outcome
+        if not ul.is_success(status):
+            self._failed_attempt(tx, f"N-EVENT-REPORT on {via}: {describe_status(status)}")
+            return
+        crash_point("scp.deliver.after_answer")
+        if not self._record_delivery(tx, via):
+            return
+        log.info(
+            "%s: report (event type %d: %d committed, %d failed) delivered to %s on %s",
+            tx.label,
+            report.event_type_id,
+            len(report.committed),
+            len(report.failed),
+            tx.calling_aet,
+            via,
+        )
+
+    def _give_up_if_too_old(self, tx: Transaction) -> bool:
+        age = time.time() - tx.received_at
+        if age <= self.config.retry.give_up_after:
+            return False
+        error = (
+            f"gave up after {age:.0f} s and {tx.attempts} attempts"
+            f" (last error: {tx.last_error or 'none'})"
+        )
+        if self._record(tx, lambda: self.journal.mark_given_up(tx.id, error)):
+            log.error("%s for %s: %s", tx.label, tx.calling_aet, error)
+        return True
+
+    def _send_report(
+        self, tx: Transaction, report: CommitmentReport
+    ) -> tuple[int | None, str] | None:
+        """Send on the association the mode allows; (status, where) or None when there is no
+        way to reach the requester now. Raises AssociationError if a new one fails."""
+        remote = self.config.remote(tx.calling_aet)
+        link = self.requesters.link_for(tx, known=remote is not None)
+        if link is not None:
+            status = link.n_event_report(report.event_type_id, report)
+            if status is not None or tx.report_assoc != "auto" or remote is None:
+                return status, f"the association {link.peer} opened"
+            log.info("%s: requesting association closed under the report", tx.label)
+        if tx.report_assoc == "same" or remote is None:
+            return None
+        status = self._report_on_new_association(remote, report)
+        return status, f"a new association to {remote}"
+
+    def _report_on_new_association(self, remote: RemoteAE, report: CommitmentReport) -> int | None:
+        """Open an association asking for the SCP role (IHE RAD-10) and send the report."""
+        with ul.open_association(
+            self.config.aet,
+            remote,
+            ul.ContextPlan(commitment="scp"),
+            timeouts=self.config.timeouts,
+            max_pdu=self.config.max_pdu,
+            tls=self.config.tls,
+        ) as association:
+            return association.n_event_report(report.event_type_id, report)
+
+    def _failed_attempt(self, tx: Transaction, error: str) -> None:
+        with self._wake:
+            hold = self._holds.get(tx.id)
+        attempts = tx.attempts + 1 + (hold.unrecorded if hold else 0)
+        delay = self.config.retry.delay(attempts)
+        next_at = time.time() + delay
+        if not self._record(tx, lambda: self.journal.record_failed_attempt(tx.id, error, next_at)):
+            return
+        log.warning(
+            "%s: delivery attempt %d failed: %s; next attempt in %.1f s",
+            tx.label,
+            attempts,
+            error,
+            delay,
+        )
+
+    # -- when the journal cannot record ---------------------------------------------------------
+
+    def _record_delivery(self, tx: Transaction, via: str) -> bool:
+        """Record a delivered report; if the journal cannot, remember it in memory and retry
+        only the recording (on the retry schedule), never the delivery."""
+        return self._record(tx, lambda: self.journal.mark_delivered(tx.id, via), delivered_via=via)
+
+    def _record(
+        self, tx: Transaction, write: Callable[[], None], *, delivered_via: str | None = None
+    ) -> bool:
+        """Run one journal write about a delivery; False (and the transaction held back in
+        memory) if the journal's storage failed."""
+        try:
+            write()
+        except JOURNAL_ERRORS as exc:
+            self._hold(tx, exc, delivered_via)
+            return False
+        with self._wake:
+            self._holds.pop(tx.id, None)
+        self.journal_recovered()
+        return True
+
+    def _hold(self, tx: Transaction, exc: BaseException, delivered_via: str | None = None) -> None:
+        """Back off in memory by the retry schedule; one error line per outage, not per try."""
+        with self._wake:
+            hold = self._holds.setdefault(tx.id, _Hold(0.0))
+            hold.unrecorded += 1
+            if delivered_via is not None:
+                hold.delivered_via = delivered_via
+            delay = self.config.retry.delay(tx.attempts + hold.unrecorded)
+            hold.until = time.time() + delay
+            first = self._journal_error is None
+            self._journal_error = str(exc)
+        if first:
+            log.error(
+                "journal %s cannot record deliveries (%s): %s held back, retried on the retry"
+                " schedule (next in %.1f s) until storage is back",
+                self.journal.db.path,
+                exc,
+                tx.label,
+                delay,
+            )
+        else:
+            log.debug("%s: journal still failing (%s); next try in %.1f s", tx.label, exc, delay)
+
+    def journal_recovered(self) -> None:
+        """A journal write succeeded: storage is back. Deliveries that were only waiting to be
+        recorded get recorded at once (without sending the report again)."""
+        with self._wake:
+            if self._journal_error is None:
+                return
+            self._journal_error = None
+            for hold in self._holds.values():
+                if hold.delivered_via is not None:
+                    hold.until = 0.0
+            self._wake.notify_all()
+        log.info("journal %s records again; held deliveries resume", self.journal.db.path)
