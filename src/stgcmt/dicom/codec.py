@@ -29,7 +29,13 @@ from stgcmt.dicom.commitment import (
     parse_event_information,
     validate_request,
 )
-from stgcmt.dicom.part10 import MalformedDataset, read_header
+from stgcmt.dicom.elements import (
+    UNDEFINED_LENGTH,
+    MalformedDataset,
+    flat_items,
+    read_header,
+    sequence_end,
+)
 from stgcmt.dicom.status import MISTYPED_ARGUMENT, PROCESSING_FAILURE
 
 RETRIEVE_AE_TITLE = 0x00080054
@@ -39,8 +45,6 @@ TRANSACTION_UID = 0x00081195
 FAILURE_REASON = 0x00081197
 FAILED_SOP_SEQUENCE = 0x00081198
 REFERENCED_SOP_SEQUENCE = 0x00081199
-_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_UNDEFINED = 0xFFFFFFFF
 
 
 class _Unexpected(Exception):
@@ -150,8 +154,8 @@ def _elements(data: memoryview, implicit: bool) -> Iterable[tuple[int, memoryvie
     offset = 0
     while offset < len(data):
         tag, _, length, offset = read_header(data, offset, implicit)
-        if length == _UNDEFINED:
-            end = _undefined_end(data, offset, implicit)
+        if length == UNDEFINED_LENGTH:
+            end = sequence_end(data, offset)
             yield tag, data[offset:end]
             offset = end + 8  # past the Sequence Delimitation Item
             continue
@@ -161,68 +165,24 @@ def _elements(data: memoryview, implicit: bool) -> Iterable[tuple[int, memoryvie
         offset += length
 
 
-def _undefined_end(data: memoryview, offset: int, implicit: bool) -> int:
-    """Offset of the Sequence Delimitation Item closing an undefined-length sequence."""
-    while True:
-        tag, _, length, start = read_header(data, offset, True)
-        if tag == _SEQUENCE_END:
-            return offset
-        if tag != _ITEM:
-            raise _Unexpected
-        if length == _UNDEFINED:
-            raise _Unexpected  # undefined-length items: rare here, pydicom handles them
-        offset = start + length
-
-
-_TAG = struct.Struct("<I").unpack_from
-_ITEM_KEY, _CLASS_KEY, _INSTANCE_KEY, _REASON_KEY = (
-    struct.unpack("<I", struct.pack("<HH", tag >> 16, tag & 0xFFFF))[0]
-    for tag in (_ITEM, REFERENCED_SOP_CLASS_UID, REFERENCED_SOP_INSTANCE_UID, FAILURE_REASON)
-)
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
-                       b"UR", b"UT", b"UV"})  # fmt: skip
 RawItem = tuple[str | None, str | None, int | None]
 
 
 def _items(value: memoryview, implicit: bool) -> list[RawItem]:
     """(class UID, instance UID, Failure Reason) of each defined-length item: a tight loop, as
     a request can hold 100,000 of them."""
-    data = bytes(value)
-    items: list[RawItem] = []
-    offset, end = 0, len(data)
-    while offset < end:
-        if offset + 8 > end or _TAG(data, offset)[0] != _ITEM_KEY:
-            raise _Unexpected
-        length = _TAG(data, offset + 4)[0]
-        if length == _UNDEFINED or offset + 8 + length > end:
-            raise _Unexpected
-        items.append(_item(data, offset + 8, offset + 8 + length, implicit))
-        offset += 8 + length
-    return items
+    return [
+        (
+            _ascii(found.get(REFERENCED_SOP_CLASS_UID)),
+            _ascii(found.get(REFERENCED_SOP_INSTANCE_UID)),
+            _reason(found.get(FAILURE_REASON)),
+        )
+        for found in flat_items(bytes(value), implicit)
+    ]
 
 
-def _item(data: bytes, offset: int, end: int, implicit: bool) -> RawItem:
-    found = {}
-    while offset < end:
-        if offset + 8 > end:
-            raise MalformedDataset("item element header is truncated")
-        key = _TAG(data, offset)[0]
-        if implicit:
-            length, offset = _TAG(data, offset + 4)[0], offset + 8
-        elif data[offset + 4 : offset + 6] in _LONG_VRS:
-            length, offset = _TAG(data, offset + 8)[0], offset + 12
-        else:
-            length, offset = _SHORT_AT(data, offset + 6)[0], offset + 8
-        if length == _UNDEFINED or offset + length > end:
-            raise _Unexpected
-        found[key] = data[offset : offset + length]
-        offset += length
-    reason = found.get(_REASON_KEY)
-    return (
-        _ascii(found.get(_CLASS_KEY)),
-        _ascii(found.get(_INSTANCE_KEY)),
-        _SHORT_AT(reason, 0)[0] if reason is not None and len(reason) == 2 else None,
-    )
+def _reason(value: bytes | None) -> int | None:
+    return _SHORT_AT(value, 0)[0] if value is not None and len(value) == 2 else None
 
 
 def _ascii(value: bytes | None) -> str | None:

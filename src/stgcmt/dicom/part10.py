@@ -13,7 +13,17 @@ from io import BytesIO
 
 from pydicom import dcmread
 
+from stgcmt.dicom.elements import (
+    LONG_VRS,
+    UNDEFINED_LENGTH,
+    MalformedDataset,
+    read_header,
+    skip_undefined,
+    tag_text,
+)
 from stgcmt.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+__all__ = ["MalformedDataset", "file_meta", "index_attributes", "scanned_attributes"]
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
@@ -30,22 +40,11 @@ SCANNED_TAGS = (*IDENTITY_TAGS, *INDEX_TAGS)
 _SCANNED = frozenset(SCANNED_TAGS)
 _LAST_INDEX_TAG = max(SCANNED_TAGS)
 
-# VRs whose explicit encoding has a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
-_UNDEFINED = 0xFFFFFFFF
-_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-
-
-class MalformedDataset(ValueError):
-    """The dataset's encoding is broken (an element runs past the end, for instance)."""
-
 
 def _element(tag_group: int, tag_element: int, vr: bytes, value: bytes) -> bytes:
     if len(value) % 2:
         value += b"\x00" if vr in (b"UI", b"OB") else b" "
-    if vr in _LONG_VRS:
+    if vr in LONG_VRS:
         return struct.pack("<HH2s2xI", tag_group, tag_element, vr, len(value)) + value
     return struct.pack("<HH2sH", tag_group, tag_element, vr, len(value)) + value
 
@@ -83,57 +82,24 @@ def scanned_attributes(dataset: bytes, transfer_syntax: str) -> tuple[str | None
     return tuple(found.get(tag) for tag in SCANNED_TAGS)
 
 
-def _scan(data: memoryview, implicit: bool) -> dict[int, str]:
+def _scan(data: memoryview, implicit: bool) -> dict[int, str | None]:
     """Walk top-level elements up to the last tag we want; sequences are skipped whole."""
-    found: dict[int, str] = {}
+    found: dict[int, str | None] = {}
     offset, end = 0, len(data)
     while offset < end:
         tag, vr, length, offset = read_header(data, offset, implicit)
         if tag > _LAST_INDEX_TAG:
             break
-        if length == _UNDEFINED:
-            offset = _skip_undefined(data, offset, implicit)
+        if length == UNDEFINED_LENGTH:
+            offset = skip_undefined(data, offset, implicit)
             continue
         if offset + length > end:
-            raise MalformedDataset(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) is truncated")
+            raise MalformedDataset(f"element {tag_text(tag)} is truncated")
         if tag in _SCANNED:
             text = bytes(data[offset : offset + length]).decode("ascii", "replace")
-            found[tag] = text.strip(" \x00") or None  # type: ignore[assignment]
+            found[tag] = text.strip(" \x00") or None
         offset += length
     return found
-
-
-def read_header(data: memoryview, offset: int, implicit: bool) -> tuple[int, bytes, int, int]:
-    """(tag, VR or b'', value length, offset of the value)."""
-    if offset + 8 > len(data):
-        raise MalformedDataset("element header is truncated")
-    group, element = struct.unpack_from("<HH", data, offset)
-    tag = group << 16 | element
-    if implicit or group == 0xFFFE:
-        (length,) = struct.unpack_from("<I", data, offset + 4)
-        return tag, b"", length, offset + 8
-    vr = bytes(data[offset + 4 : offset + 6])
-    if vr in _LONG_VRS:
-        if offset + 12 > len(data):
-            raise MalformedDataset("element header is truncated")
-        (length,) = struct.unpack_from("<I", data, offset + 8)
-        return tag, vr, length, offset + 12
-    (length,) = struct.unpack_from("<H", data, offset + 6)
-    return tag, vr, length, offset + 8
-
-
-def _skip_undefined(data: memoryview, offset: int, implicit: bool) -> int:
-    """Skip an undefined-length sequence (or item): nested items may be undefined too."""
-    while True:
-        tag, _, length, offset = read_header(data, offset, implicit)
-        if tag in (_SEQUENCE_END, _ITEM_END):
-            return offset
-        if length == _UNDEFINED:
-            offset = _skip_undefined(data, offset, implicit)
-        elif offset + length <= len(data):
-            offset += length
-        else:
-            raise MalformedDataset("sequence content is truncated")
 
 
 def _index_attributes_with_pydicom(dataset: bytes, transfer_syntax: str) -> tuple[str | None, ...]:
