@@ -17,6 +17,7 @@ from stgcmt.dicom.status import (
     PROCESSING_FAILURE,
     SOP_CLASS_NOT_SUPPORTED,
 )
+from stgcmt.storage.queries import SqliteScpQueries
 
 from support.common import CT_IMAGE, SECONDARY_CAPTURE, free_port, remote, wait_for
 from support.pynetdicom_peer import Modality, refs_of, report_content
@@ -64,7 +65,7 @@ def test_committed_instances_are_durable_and_intact(scp_factory, modality, insta
     modality.store(scp.port, paths)
     modality.commit(scp.port, refs_of(paths), "1.2.3.101")
     assert modality.wait_report(REPORT_WAIT)
-    rows = scp.store.db.query("SELECT path, durable FROM instances")
+    rows = SqliteScpQueries(scp.config.data_dir).instances()
     assert len(rows) == 2 and all(row["durable"] == 1 for row in rows)
     for path in paths:  # the archived file carries the dataset exactly as sent
         stored = scp.store.path_for(path.stem)
@@ -136,8 +137,8 @@ def test_same_instance_uid_with_other_class_is_recorded_as_conflict(
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = path.stem
     ds.save_as(twin)
     assert modality.store(scp.port, [twin]) == [0]
-    conflicts = scp.store.db.query("SELECT sop_class_uid FROM class_conflicts")
-    assert [row[0] for row in conflicts] == [CT_IMAGE]
+    conflicts = SqliteScpQueries(scp.config.data_dir).class_conflicts()
+    assert [row["sop_class_uid"] for row in conflicts] == [CT_IMAGE]
     modality.commit(scp.port, [Reference(CT_IMAGE, path.stem)], "1.2.3.106")
     assert modality.wait_report(REPORT_WAIT)
     assert report_content(modality.reports[0][1])[1] == {path.stem: CLASS_INSTANCE_CONFLICT}
@@ -167,7 +168,7 @@ def test_report_target_down_then_up(scp_factory, modality, instances):
     modality.commit(scp.port, refs_of(paths), "1.2.3.108")
 
     def failed_attempts():
-        rows = scp.journal.db.query("SELECT attempts, last_error FROM transactions")
+        rows = SqliteScpQueries(scp.config.data_dir).transactions()
         return rows and rows[0]["attempts"] >= 2 and rows[0]
 
     row = wait_for(failed_attempts, 10)

@@ -19,6 +19,7 @@ from stgcmt.dicom.uids import (
     STORAGE_COMMITMENT_PUSH_MODEL,
     VERIFICATION,
 )
+from stgcmt.storage.queries import SqliteScpQueries
 
 from support.common import LOCALHOST, SECONDARY_CAPTURE, free_port, remote, write_instances
 from support.pynetdicom_peer import Modality, refs_of, report_content
@@ -67,7 +68,7 @@ def _commit_after_full(scp, modality, stored, refused):
     for path in stored:  # what was stored before the disk filled is intact
         kept = dcmread(scp.store.path_for(path.stem))
         assert kept.SOPInstanceUID == path.stem
-    assert scp.store.db.query("PRAGMA integrity_check")[0][0] == "ok"
+    assert SqliteScpQueries(scp.config.data_dir).integrity_problems() == []
 
 
 def test_store_quota_gives_out_of_resources_and_0213(scp_factory, tmp_path):

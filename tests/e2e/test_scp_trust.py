@@ -34,6 +34,8 @@ from stgcmt.dicom.uids import (
     VERIFICATION,
 )
 from stgcmt.storage.instances import InstanceStore
+from stgcmt.storage.interfaces import InstanceRow
+from stgcmt.storage.queries import SqliteScpQueries
 from stgcmt.ul import STORAGE_SOP_CLASSES
 
 from support.common import (
@@ -130,10 +132,9 @@ def _committed_instance(scp, modality: Modality, tmp_path: Path) -> tuple[Path, 
     assert modality.commit(scp.port, refs_of([source]), "1.2.3.900") == 0
     assert modality.wait_report(REPORT_WAIT)
     assert report_content(modality.reports[-1][1])[0] == {ds.SOPInstanceUID}
-    row = scp.store.db.query(
-        "SELECT path FROM instances WHERE sop_instance_uid = ?", (ds.SOPInstanceUID,)
-    )[0]
-    stored = scp.config.data_dir / row[0]
+    row = SqliteScpQueries(scp.config.data_dir).instance(ds.SOPInstanceUID)
+    assert row is not None
+    stored = scp.config.data_dir / row["path"]
     return stored, hashlib.sha256(stored.read_bytes()).hexdigest()
 
 
@@ -251,7 +252,7 @@ def test_n_action_for_another_sop_class_refused_with_0118(scp_factory, instances
     finally:
         assoc.release()
     assert response is not None and int(response.Status) == 0x0118
-    assert scp.journal.db.query("SELECT count(*) FROM transactions")[0][0] == 0
+    assert SqliteScpQueries(scp.config.data_dir).transactions() == []
     assert "is not Storage Commitment Push Model" in caplog.text
 
 
@@ -268,22 +269,23 @@ def test_index_rows_outside_the_store_are_never_used(scp_factory, tmp_path, capl
         "1.2.3.922": ("instances/ab/../../../outside.dcm", 0),
     }
     seed = InstanceStore(data_dir, supported_classes=STORAGE_SOP_CLASSES)
-    with seed.db.transaction() as conn:
-        for uid, (path, durable) in rows.items():
-            conn.execute(
-                "INSERT INTO instances (sop_instance_uid, sop_class_uid, transfer_syntax, path,"
-                " size, sha256, received_at, durable) VALUES (?,?,?,?,?,?,?,?)",
-                (
-                    uid,
-                    SECONDARY_CAPTURE,
-                    ExplicitVRLittleEndian,
-                    path,
-                    outside.stat().st_size,
-                    digest,
-                    time.time(),
-                    durable,
-                ),
+    for uid, (path, durable) in rows.items():
+        seed.index.put(
+            InstanceRow(
+                uid,
+                SECONDARY_CAPTURE,
+                None,
+                None,
+                None,
+                ExplicitVRLittleEndian,
+                path,
+                outside.stat().st_size,
+                digest,
+                None,
+                time.time(),
+                bool(durable),
             )
+        )
     seed.close()
 
     modality = Modality("MODALITY")

@@ -3,8 +3,11 @@ archive."""
 
 from __future__ import annotations
 
+import logging
+import re
+
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from stgcmt import ul as net
 from stgcmt.config import Timeouts
@@ -58,6 +61,37 @@ def test_report_on_same_association_without_listener(scp_factory, instances, scu
     assert scu_journal.get(1).report_via.startswith("same association")
 
 
+def test_per_study_n_actions_share_one_association_with_reports_on_it(
+    scp_factory, instances, scu_journal, caplog
+):
+    """Three transactions, one association: every C-STORE and all three N-ACTIONs go on the
+    same association (one request at a time), and the SCP reports each on it."""
+    caplog.set_level(logging.INFO, "stgcmt.scp")
+    scp = scp_reporting_to(scp_factory, free_port(), report_assoc="same")
+    paths = [p for _ in range(3) for p in instances(2, study=generate_uid())]
+    opts = options(report_assoc="same", group_by="study", on_commit="delete")
+
+    result = send(remote("STGCMT_SCP", scp.port), paths, scu_journal, opts)
+
+    assert result.exit_status == EXIT_COMMITTED
+    assert [tx.state for tx in result.transactions] == ["committed"] * 3
+    assert not any(p.exists() for p in paths)
+    assert all(scu_journal.get(n).report_via.startswith("same association") for n in (1, 2, 3))
+    messages = [r.getMessage() for r in caplog.records if r.name == "stgcmt.scp"]
+    requesters = {m.split()[2].rstrip(":") for m in messages if m.startswith("N-ACTION from ")}
+    reported_on = {
+        re.search(r"on the association (\S+) opened", m).group(1)
+        for m in messages
+        if " delivered to " in m
+    }
+    closed = [m for m in messages if m.startswith("association from ")]
+    assert sum(m.startswith("N-ACTION from ") for m in messages) == 3
+    assert len(requesters) == 1, requesters
+    assert reported_on == requesters
+    assert sum(" delivered to " in m for m in messages) == 3
+    assert len(closed) == 1 and closed[0].endswith("6 stored"), closed
+
+
 def test_lost_instances_are_reported_failed_and_kept(scp_factory, instances, scu_journal):
     """The archive answers C-STORE success, then loses two instances before the N-ACTION."""
     scp = scp_reporting_to(scp_factory, None)
@@ -68,8 +102,7 @@ def test_lost_instances_are_reported_failed_and_kept(scp_factory, instances, scu
         if done == total:
             for uid in uids(lost):
                 scp.store.path_for(uid).unlink()
-                with scp.store.db.transaction() as conn:
-                    conn.execute("DELETE FROM instances WHERE sop_instance_uid = ?", (uid,))
+                scp.store.index.remove(uid)
 
     opts = options(on_commit="delete")
     result = send(remote("STGCMT_SCP", scp.port), paths, scu_journal, opts, lose_after_last_store)

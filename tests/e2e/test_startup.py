@@ -108,7 +108,7 @@ def test_read_only_existing_data_dir_refuses_to_start(tmp_path: Path):
 
 def test_read_only_database_refuses_to_start(tmp_path: Path):
     data_dir = tmp_path / "data"
-    InstanceStore(data_dir, supported_classes=frozenset()).db.close()
+    InstanceStore(data_dir, supported_classes=frozenset()).close()
     with read_only_file(data_dir / "index.sqlite"):
         result, listened = _run_scp(tmp_path, data_dir)
         assert result.returncode == 3 and not listened, result.stderr

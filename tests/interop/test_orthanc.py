@@ -27,6 +27,7 @@ from stgcmt.dicom.status import (
     SUCCESS,
 )
 from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL
+from stgcmt.storage.queries import SqliteScpQueries
 from stgcmt.storage.scp_journal import DELIVERED
 
 from support.common import CT_IMAGE, LOCALHOST, wait_for, write_instances
@@ -87,7 +88,7 @@ def test_orthanc_stores_with_commitment(
     assert report["Failures"] == []
 
     # committed means durable in our index
-    durable = scp.store.db.query("SELECT count(*) FROM instances WHERE durable = 1")[0][0]
+    durable = sum(row["durable"] for row in SqliteScpQueries(scp.config.data_dir).instances())
     assert durable == 5
     # Orthanc released the N-ACTION association at once: the report went on a new one,
     # whatever the configured mode

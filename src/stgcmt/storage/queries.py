@@ -21,30 +21,99 @@ STATE_WORDS = {
 }
 
 
+class SqliteScpQueries:
+    """Read-only views of an SCP data dir (``index.sqlite`` and ``commitment.sqlite``): each
+    call opens the databases read-only and closes them again."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.index_path = self.data_dir / "index.sqlite"
+        self.journal_path = self.data_dir / "commitment.sqlite"
+
+    def status(self, limit: int = 50) -> dict[str, Any]:
+        """Counts by state, the instance count, and the most recent transactions (active
+        first)."""
+        journal = open_readonly(self.journal_path)
+        index = open_readonly(self.index_path)
+        try:
+            counts = dict(
+                journal.execute("SELECT state, count(*) FROM transactions GROUP BY state")
+            )
+            rows = journal.execute(
+                "SELECT id, transaction_uid, calling_aet, state, n_refs, n_committed, n_failed,"
+                " attempts, last_error, received_at, updated_at, next_attempt_at, delivered_via"
+                " FROM transactions ORDER BY state IN ('delivered', 'given_up'), id DESC"
+                " LIMIT ?",
+                (limit,),
+            ).fetchall()
+            instances = index.execute("SELECT count(*), sum(durable) FROM instances").fetchone()
+        finally:
+            journal.close()
+            index.close()
+        return {
+            "data_dir": str(self.data_dir),
+            "instances": instances[0],
+            "instances_durable": instances[1] or 0,
+            "transactions_by_state": {state: counts.get(state, 0) for state in STATE_WORDS},
+            "transactions": [dict(row) for row in rows],
+        }
+
+    def instances(self) -> list[dict[str, Any]]:
+        """Every index row, all columns (``path`` is the blob name)."""
+        return _rows(self.index_path, "SELECT * FROM instances ORDER BY rowid")
+
+    def instance(self, sop_instance_uid: str) -> dict[str, Any] | None:
+        rows = _rows(
+            self.index_path,
+            "SELECT * FROM instances WHERE sop_instance_uid = ?",
+            (sop_instance_uid,),
+        )
+        return rows[0] if rows else None
+
+    def class_conflicts(self) -> list[dict[str, Any]]:
+        return _rows(self.index_path, "SELECT * FROM class_conflicts ORDER BY rowid")
+
+    def transactions(self) -> list[dict[str, Any]]:
+        """Every journal transaction, all columns, oldest first."""
+        return _rows(self.journal_path, "SELECT * FROM transactions ORDER BY id")
+
+    def active_transactions(self) -> int:
+        rows = _rows(
+            self.journal_path,
+            "SELECT count(*) AS n FROM transactions WHERE state NOT IN ('delivered', 'given_up')",
+        )
+        return int(rows[0]["n"])
+
+    def committed_instances(self) -> set[str]:
+        rows = _rows(
+            self.journal_path,
+            "SELECT DISTINCT r.sop_instance_uid FROM refs r JOIN transactions t ON t.id = r.tx_id"
+            " WHERE t.state = 'delivered' AND r.failure_reason = 0",
+        )
+        return {row["sop_instance_uid"] for row in rows}
+
+    def integrity_problems(self) -> list[str]:
+        return _integrity(self.index_path) + _integrity(self.journal_path)
+
+
 def scp_status(data_dir: Path, limit: int = 50) -> dict[str, Any]:
     """Counts by state, the instance count, and the most recent transactions (active first)."""
-    data_dir = Path(data_dir)
-    journal = open_readonly(data_dir / "commitment.sqlite")
-    index = open_readonly(data_dir / "index.sqlite")
+    return SqliteScpQueries(data_dir).status(limit)
+
+
+def _rows(path: Path, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
+    conn = open_readonly(path)
     try:
-        counts = dict(journal.execute("SELECT state, count(*) FROM transactions GROUP BY state"))
-        rows = journal.execute(
-            "SELECT id, transaction_uid, calling_aet, state, n_refs, n_committed, n_failed,"
-            " attempts, last_error, received_at, updated_at, next_attempt_at, delivered_via"
-            " FROM transactions ORDER BY state IN ('delivered', 'given_up'), id DESC LIMIT ?",
-            (limit,),
-        ).fetchall()
-        instances = index.execute("SELECT count(*), sum(durable) FROM instances").fetchone()
+        return [dict(row) for row in conn.execute(sql, params)]
     finally:
-        journal.close()
-        index.close()
-    return {
-        "data_dir": str(data_dir),
-        "instances": instances[0],
-        "instances_durable": instances[1] or 0,
-        "transactions_by_state": {state: counts.get(state, 0) for state in STATE_WORDS},
-        "transactions": [dict(row) for row in rows],
-    }
+        conn.close()
+
+
+def _integrity(path: Path) -> list[str]:
+    """``PRAGMA integrity_check``'s findings for one database, each prefixed by its name."""
+    rows = _rows(path, "PRAGMA integrity_check")
+    found = [str(next(iter(row.values()))) for row in rows]
+    return [] if found == ["ok"] else [f"{path.name}: {problem}" for problem in found]
 
 
 def _when(timestamp: float | None) -> str:
@@ -85,42 +154,66 @@ def _dash(value: Any) -> str:
 SCU_TX_STATES = ("storing", "pending", "committed", "failed", "aborted")
 
 
+class SqliteScuQueries:
+    """Read-only views of an SCU journal."""
+
+    def __init__(self, journal_path: Path) -> None:
+        self.journal_path = Path(journal_path)
+
+    def status(self, limit: int = 50) -> dict[str, Any]:
+        """Counts by state, and the most recent transactions (pending first) with every
+        file's state, Failure Reason and what was done with it."""
+        conn = open_readonly(self.journal_path)
+        try:
+            counts = dict(conn.execute("SELECT state, count(*) FROM transactions GROUP BY state"))
+            file_counts = dict(conn.execute("SELECT state, count(*) FROM files GROUP BY state"))
+            rows = conn.execute(
+                "SELECT id, transaction_uid, local_aet, archive, state, on_commit, move_dir,"
+                " n_files, n_committed, n_failed, created_at, requested_at, reported_at,"
+                " report_via, last_error FROM transactions ORDER BY state != 'pending', id DESC"
+                " LIMIT ?",
+                (limit,),
+            ).fetchall()
+            transactions = [
+                dict(row)
+                | {
+                    "files": [
+                        dict(f)
+                        for f in conn.execute(
+                            "SELECT path, sop_instance_uid, state, store_status, store_error,"
+                            " failure_reason, action, action_note FROM files WHERE tx_id = ?"
+                            " ORDER BY seq",
+                            (row["id"],),
+                        )
+                    ]
+                }
+                for row in rows
+            ]
+        finally:
+            conn.close()
+        return {
+            "journal": str(self.journal_path),
+            "transactions_by_state": {state: counts.get(state, 0) for state in SCU_TX_STATES},
+            "files_by_state": file_counts,
+            "transactions": transactions,
+        }
+
+    def transactions(self) -> list[dict[str, Any]]:
+        return _rows(self.journal_path, "SELECT * FROM transactions ORDER BY id")
+
+    def due_actions(self) -> int:
+        """Committed files whose delete/move is not done yet."""
+        rows = _rows(self.journal_path, "SELECT count(*) AS n FROM files WHERE action = 'due'")
+        return int(rows[0]["n"])
+
+    def integrity_problems(self) -> list[str]:
+        return _integrity(self.journal_path)
+
+
 def scu_status(journal_path: Path, limit: int = 50) -> dict[str, Any]:
     """The SCU journal: counts by state, and the most recent transactions (pending first) with
     every file's state, Failure Reason and what was done with it."""
-    conn = open_readonly(Path(journal_path))
-    try:
-        counts = dict(conn.execute("SELECT state, count(*) FROM transactions GROUP BY state"))
-        file_counts = dict(conn.execute("SELECT state, count(*) FROM files GROUP BY state"))
-        rows = conn.execute(
-            "SELECT id, transaction_uid, local_aet, archive, state, on_commit, move_dir, n_files,"
-            " n_committed, n_failed, created_at, requested_at, reported_at, report_via,"
-            " last_error FROM transactions ORDER BY state != 'pending', id DESC LIMIT ?",
-            (limit,),
-        ).fetchall()
-        transactions = [
-            dict(row)
-            | {
-                "files": [
-                    dict(f)
-                    for f in conn.execute(
-                        "SELECT path, sop_instance_uid, state, store_status, store_error,"
-                        " failure_reason, action, action_note FROM files WHERE tx_id = ?"
-                        " ORDER BY seq",
-                        (row["id"],),
-                    )
-                ]
-            }
-            for row in rows
-        ]
-    finally:
-        conn.close()
-    return {
-        "journal": str(journal_path),
-        "transactions_by_state": {state: counts.get(state, 0) for state in SCU_TX_STATES},
-        "files_by_state": file_counts,
-        "transactions": transactions,
-    }
+    return SqliteScuQueries(journal_path).status(limit)
 
 
 def format_scu_status(status: dict[str, Any], files_shown: int = 20) -> str:

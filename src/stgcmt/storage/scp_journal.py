@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stgcmt.dicom.commitment import CommitmentReport, FailedReference, Reference
+from stgcmt.storage.interfaces import JournalTransaction
 from stgcmt.storage.sqlite import Database
 
 RECEIVED = "received"
@@ -61,29 +62,19 @@ BATCH = 1000
 
 
 @dataclass(frozen=True)
-class Transaction:
-    id: int
-    transaction_uid: str
+class Transaction(JournalTransaction):
+    """An N-ACTION as the SCP journal holds it (shared columns in :class:`JournalTransaction`)."""
+
     calling_aet: str
     peer_host: str | None
     report_assoc: str
     duplicate_of: int | None
-    state: str
     received_at: float
-    updated_at: float
     n_refs: int
-    n_committed: int | None
-    n_failed: int | None
     attempts: int
     next_attempt_at: float | None
-    last_error: str | None
     delivered_at: float | None
     delivered_via: str | None
-
-    @property
-    def label(self) -> str:
-        """How logs name a transaction: its UID and journal number."""
-        return f"transaction {self.transaction_uid} (#{self.id})"
 
 
 _COLUMNS = ", ".join(Transaction.__dataclass_fields__)
@@ -94,6 +85,7 @@ class CommitmentJournal:
         # Commits that make a promise (the request, the verdict, the delivery) are durable;
         # progress in between (states, per-batch results) need not be.
         self.db = Database(path, SCHEMA)
+        self.path = path
 
     def record_request(
         self,
@@ -148,6 +140,15 @@ class CommitmentJournal:
             f"SELECT {_COLUMNS} FROM transactions WHERE state IN ({marks}) ORDER BY id", states
         )
         return [Transaction(*row) for row in rows]
+
+    def latest_finished(self, transaction_uid: str) -> Transaction | None:
+        """The newest transaction with this UID that is delivered or given up, if any."""
+        rows = self.db.query(
+            "SELECT id FROM transactions WHERE transaction_uid = ? AND state IN (?, ?)"
+            " ORDER BY id DESC LIMIT 1",
+            (transaction_uid, DELIVERED, GIVEN_UP),
+        )
+        return self.get(rows[0][0]) if rows else None
 
     def set_state(self, tx_id: int, state: str) -> None:
         with self.db.transaction() as conn:

@@ -24,11 +24,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from stgcmt.config import ConfigError, RemoteAE
 from stgcmt.dicom.commitment import CommitmentReport, Reference
-from stgcmt.scu.dicomfiles import LocalFile
+from stgcmt.storage.interfaces import JournalTransaction
 from stgcmt.storage.sqlite import Database
 
 STORING = "storing"
@@ -44,6 +44,27 @@ STORE_FAILED = "store_failed"
 FILE_STATES = (QUEUED, STORED, STORE_FAILED, PENDING, COMMITTED, FAILED)
 
 OnCommit = Literal["keep", "delete", "move"]
+
+
+class LocalFile(Protocol):
+    """What the journal records of a file to send (``stgcmt.scu.dicomfiles.LocalFile``; a
+    Protocol so that storage does not import the SCU service)."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def relpath(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def mtime_ns(self) -> int: ...
+    @property
+    def sop_class_uid(self) -> str: ...
+    @property
+    def sop_instance_uid(self) -> str: ...
+    @property
+    def transfer_syntax(self) -> str: ...
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS transactions (
@@ -98,33 +119,24 @@ def default_journal_path() -> Path:
 
 
 @dataclass(frozen=True)
-class Transaction:
-    id: int
-    transaction_uid: str
+class Transaction(JournalTransaction):
+    """A sending as the SCU journal holds it (shared columns in :class:`JournalTransaction`)."""
+
     local_aet: str
     archive: str
     on_commit: str
     move_dir: str | None
-    state: str
     created_at: float
-    updated_at: float
     requested_at: float | None
     reported_at: float | None
     report_via: str | None
     n_files: int
-    n_committed: int | None
-    n_failed: int | None
-    last_error: str | None
     archive_aet: str | None = None
     """The archive asked (its AE title, host and port): only it may report for this
     transaction. None only when an old journal's ``archive`` text could not be parsed: then
     no report is accepted for it."""
     archive_host: str | None = None
     archive_port: int | None = None
-
-    @property
-    def label(self) -> str:
-        return f"transaction {self.transaction_uid} (#{self.id})"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -149,3 +149,9 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def chunked(items: Sequence, size: int) -> Iterable[Sequence]:
+    """Slices of ``items`` of at most ``size`` elements (bounded batches for SQL lookups)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -10,6 +10,7 @@ from pydicom.filewriter import write_dataset
 
 from stgcmt.dicom.commitment import Reference
 from stgcmt.storage.instances import InstanceStore
+from stgcmt.storage.queries import SqliteScpQueries
 from stgcmt.ul import STORAGE_SOP_CLASSES
 
 from support.common import CT_IMAGE, SECONDARY_CAPTURE, make_dataset
@@ -37,11 +38,11 @@ def _store(store: InstanceStore, ds) -> None:
 def test_store_indexes_and_verify_makes_durable(store):
     ds = make_dataset(patient_id="P42")
     _store(store, ds)
-    row = store.db.query("SELECT * FROM instances")[0]
+    row = SqliteScpQueries(store.data_dir).instances()[0]
     assert (row["patient_id"], row["durable"]) == ("P42", 0)
     assert row["study_instance_uid"] == ds.StudyInstanceUID
     assert store.verify([Reference(SECONDARY_CAPTURE, ds.SOPInstanceUID)], "checksum") == [0]
-    assert store.db.query("SELECT durable FROM instances")[0][0] == 1
+    assert SqliteScpQueries(store.data_dir).instances()[0]["durable"] == 1
     assert list(store.root.glob("*/.*.part")) == []
 
 

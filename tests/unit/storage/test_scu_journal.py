@@ -7,7 +7,7 @@ from pathlib import Path
 
 from stgcmt.dicom.commitment import CommitmentReport, FailedReference, Reference
 from stgcmt.dicom.status import NO_SUCH_OBJECT_INSTANCE
-from stgcmt.scu.send import finish_due_actions, move_without_overwrite
+from stgcmt.scu.files import finish_due_actions, move_without_overwrite
 from stgcmt.storage.scu_journal import ScuJournal, default_journal_path
 
 from support.scu import pending_transaction, refs
