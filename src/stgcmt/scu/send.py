@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +76,6 @@ ReportWait = Literal["new", "same", "any"]
 association, or either."""
 REPORT_WAIT_CHOICES: tuple[str, ...] = ("new", "same", "any")
 ANY_SAME_ASSOC_WAIT = 10.0
-MAX_WAITING_ASSOCIATIONS = 8
 
 
 class UsageError(ValueError):
@@ -243,9 +241,8 @@ class _Sender:
         return assoc
 
     def _store_and_request(self) -> None:
-        """Store everything, then request commitment. The last storage association carries
-        the first N-ACTION; each further transaction gets its own association (see
-        :meth:`_request_all`)."""
+        """Store everything, then request commitment: the last storage association carries
+        every N-ACTION (see :meth:`_request_all`)."""
         try:
             self._request_all(self._store_all())
         finally:
@@ -312,16 +309,17 @@ class _Sender:
         return self._open(contexts)
 
     def _request_all(self, first: ul.Association) -> None:
-        """One N-ACTION per association: pynetdicom, waiting for an N-ACTION response, takes a
-        report arriving first for an earlier transaction as an invalid response and aborts.
-        Each association stays open for its same-association wait, at most
-        ``MAX_WAITING_ASSOCIATIONS`` at a time (archives limit concurrent associations)."""
+        """Every N-ACTION of the run on one association, the last storage association (a new
+        one only if it was lost), one after another: we negotiate no asynchronous operations,
+        so each waits for its response. Reports for any of them may arrive in between on the
+        same association; the engine answers them meanwhile. The association then stays open
+        for the same-association wait, counted from the last N-ACTION."""
         if not first.accepts_commitment:
             self._commitment_unsupported()
             return
-        waiting: deque[tuple[ul.Association, int, float]] = deque()
-        reuse: ul.Association | None = first
         self._deadline = time.monotonic() + self.options.timeout
+        assoc = first
+        requested: list[tuple[ul.Association, list[int]]] = [(first, [])]
         for tx, _ in self.txs:
             crash_point("scu.send.after_store")
             references = self.journal.mark_requested(tx.id)
@@ -329,20 +327,18 @@ class _Sender:
                 self.journal.close_unrequested(tx.id, FAILED, "no file could be stored", None)
                 log.error("%s: nothing stored, no commitment requested", tx.label)
                 continue
-            assoc = reuse if reuse is not None and reuse.is_open else self._open([])
-            reuse = None
+            if not assoc.is_open:
+                assoc = self._open([])
+                requested.append((assoc, []))
             crash_point("scu.send.after_pending")
             request = CommitmentRequest(tx.transaction_uid, references)
             status = assoc.n_action(request)
             self._after_n_action(tx, len(references), status)
-            same_deadline = min(time.monotonic() + self.options.same_wait, self._deadline)
-            waiting.append((assoc, tx.id, same_deadline))
-            while len(waiting) >= MAX_WAITING_ASSOCIATIONS:
-                self._release_after_wait(*waiting.popleft())
-        if reuse is not None:
-            reuse.release()
-        while waiting:
-            self._release_after_wait(*waiting.popleft())
+            requested[-1][1].append(tx.id)
+        same_deadline = min(time.monotonic() + self.options.same_wait, self._deadline)
+        for opened, tx_ids in requested:
+            if opened.is_open:
+                self._release_after_wait(opened, tx_ids, same_deadline)
 
     def _commitment_unsupported(self) -> None:
         error = (
@@ -354,10 +350,12 @@ class _Sender:
             self.journal.close_unrequested(tx.id, FAILED, error, None)
             log.error("%s: %s", tx.label, error)
 
-    def _release_after_wait(self, assoc: ul.Association, tx_id: int, deadline: float) -> None:
-        """Keep an association open for a report on it until its transaction is settled or
+    def _release_after_wait(
+        self, assoc: ul.Association, tx_ids: list[int], deadline: float
+    ) -> None:
+        """Keep an association open for a report on it until its transactions are settled or
         the same-association wait is over."""
-        self.handler.wait_settled([tx_id], deadline, lambda: not assoc.is_open)
+        self.handler.wait_settled(tx_ids, deadline, lambda: not assoc.is_open)
         self.handler.wait_answered(assoc)
         assoc.release()
 
