@@ -4,7 +4,6 @@ a file's data set straight from disk."""
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -12,6 +11,10 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
+
+from stgcmt.dicom.elements import LONG_VRS, MalformedDataset, read_header
+
+__all__ = ["MalformedDataset", "Part10Header", "encode_data_set", "read_part10_header"]
 
 
 def encode_data_set(ds: Dataset, transfer_syntax: str) -> bytes:
@@ -33,32 +36,29 @@ class Part10Header:
 
 
 _PREAMBLE = 128
-_ELEMENT = struct.Struct("<HH2s")
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT"}
 _WANTED = {0x0002: "sop_class_uid", 0x0003: "sop_instance_uid", 0x0010: "transfer_syntax"}
 
 
 def read_part10_header(f: BinaryIO) -> Part10Header:
-    """Read the File Meta Information (Explicit VR Little Endian, group 0002) and leave ``f``
-    at the first byte of the data set. Raises ValueError if ``f`` is not a Part 10 file."""
+    """Read the File Meta Information (Explicit VR Little Endian, group 0002) from the open
+    binary stream ``f`` and leave it at the first byte of the data set. Raises ValueError
+    (:class:`MalformedDataset` if an element header is truncated) if ``f`` is not a Part 10
+    file."""
     if f.read(_PREAMBLE + 4)[_PREAMBLE:] != b"DICM":
         raise ValueError("not a DICOM Part 10 file (no DICM prefix)")
     found: dict[str, str] = {}
     while True:
         start = f.tell()
-        header = f.read(_ELEMENT.size)
-        if len(header) < _ELEMENT.size or _ELEMENT.unpack(header)[0] != 0x0002:
+        header = f.read(8)
+        if len(header) < 6 or header[:2] != b"\x02\x00":
             f.seek(start)
             break
-        _, element, vr = _ELEMENT.unpack(header)
-        if vr in _LONG_VRS:
-            f.read(2)
-            (length,) = struct.unpack("<L", f.read(4))
-        else:
-            (length,) = struct.unpack("<H", f.read(2))
+        if header[4:6] in LONG_VRS:
+            header += f.read(4)
+        tag, _, length, _ = read_header(header, 0, False)
         value = f.read(length)
-        if element in _WANTED:
-            found[_WANTED[element]] = value.decode("ascii", "replace").rstrip("\0 ")
+        if tag & 0xFFFF in _WANTED:
+            found[_WANTED[tag & 0xFFFF]] = value.decode("ascii", "replace").rstrip("\0 ")
     missing = set(_WANTED.values()) - set(found)
     if missing:
         raise ValueError(f"file meta information lacks {', '.join(sorted(missing))}")
