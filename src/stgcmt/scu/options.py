@@ -1,0 +1,71 @@
+"""What a ``send`` run may be asked to do, checked before anything is sent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from stgcmt.config import ConfigError, Timeouts, TlsConfig
+from stgcmt.scu.dicomfiles import GroupBy
+from stgcmt.scu.reports import DEFAULT_AET, DEFAULT_LISTEN_BIND, Reporter
+from stgcmt.storage.scu_journal import OnCommit
+
+ReportWait = Literal["new", "same", "any"]
+"""Where ``send`` waits for a report: a new association to its listener, the sending
+association, or either."""
+REPORT_WAIT_CHOICES: tuple[str, ...] = ("new", "same", "any")
+ANY_SAME_ASSOC_WAIT = 10.0
+
+
+class UsageError(ValueError):
+    """Options that cannot work together, or nothing to send; the message says why."""
+
+
+@dataclass
+class SendOptions:
+    aet: str = DEFAULT_AET
+    report_assoc: ReportWait = "any"
+    same_assoc_wait: float | None = None
+    """How long the sending association waits for a report on it (default: the whole
+    ``timeout`` with 'same', 10 s with 'any')."""
+    timeout: float = 60.0
+    on_commit: OnCommit = "keep"
+    move_dir: Path | None = None
+    group_by: GroupBy = None
+    max_refs: int | None = None
+    listen_port: int | None = None
+    listen_bind: str = DEFAULT_LISTEN_BIND
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    """DICOM TLS for the associations we open and for our listener."""
+    reporters: tuple[Reporter, ...] = ()
+    """Who else may report on a new association, besides the archive we send to."""
+
+    def checked(self) -> SendOptions:
+        if self.report_assoc not in REPORT_WAIT_CHOICES:
+            raise UsageError(f"report_assoc must be one of {', '.join(REPORT_WAIT_CHOICES)}")
+        if self.report_assoc == "new" and self.listen_port is None:
+            raise UsageError(
+                "reports on a new association need a listener: give --listen PORT"
+                " (or use --report-assoc same/any)"
+            )
+        if self.on_commit == "move" and self.move_dir is None:
+            raise UsageError("moving committed files needs a target directory")
+        if self.max_refs is not None and self.max_refs < 1:
+            raise UsageError("--max-refs must be at least 1")
+        if self.timeout < 0 or (self.same_assoc_wait or 0) < 0:
+            raise UsageError("waiting times cannot be negative")
+        try:
+            self.tls.checked()
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        return self
+
+    @property
+    def same_wait(self) -> float:
+        if self.report_assoc == "new":
+            return 0.0
+        default = self.timeout if self.report_assoc == "same" else ANY_SAME_ASSOC_WAIT
+        wait = default if self.same_assoc_wait is None else self.same_assoc_wait
+        return min(wait, self.timeout)
