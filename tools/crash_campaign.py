@@ -32,7 +32,6 @@ import random
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,8 @@ from pathlib import Path
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from stgcmt.storage.queries import SqliteScpQueries, SqliteScuQueries
 
 LOCALHOST = "127.0.0.1"
 SCP_AET, SCU_AET = "ARCHIVE", "MODALITY"
@@ -169,6 +170,8 @@ class Campaign:
         self.rng = random.Random(seed)
         self.data = workdir / "archive"
         self.journal = workdir / "scu-journal.sqlite"
+        self.scp_queries = SqliteScpQueries(self.data)
+        self.scu_queries = SqliteScuQueries(self.journal)
         self.originals = workdir / "originals"
         self.outbox = workdir / "outbox"
         for folder in (self.originals, self.outbox):
@@ -288,11 +291,7 @@ class Campaign:
         self.ensure_running()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            active = query(
-                self.data / "commitment.sqlite",
-                "SELECT count(*) FROM transactions WHERE state NOT IN ('delivered', 'given_up')",
-            )[0][0]
-            if not active:
+            if not self.scp_queries.active_transactions():
                 break
             time.sleep(0.2)
         # the agent finishes due deletions at start: restart it once more to be sure
@@ -302,13 +301,14 @@ class Campaign:
 
     def check(self) -> Summary:
         s = self.summary
+        problems = self.scp_queries.integrity_problems()
         for name in ("index.sqlite", "commitment.sqlite"):
             s.check(
-                query(self.data / name, "PRAGMA integrity_check")[0][0] == "ok",
+                not [p for p in problems if p.startswith(f"{name}:")],
                 f"{name} fails integrity_check",
             )
         s.check(
-            query(self.journal, "PRAGMA integrity_check")[0][0] == "ok",
+            not self.scu_queries.integrity_problems(),
             "SCU journal fails integrity_check",
         )
         committed = self._check_committed_instances_intact()
@@ -318,28 +318,17 @@ class Campaign:
 
     def _check_committed_instances_intact(self) -> set[str]:
         s = self.summary
-        rows = query(
-            self.data / "commitment.sqlite",
-            "SELECT DISTINCT r.sop_instance_uid FROM refs r JOIN transactions t ON t.id = r.tx_id"
-            " WHERE t.state = 'delivered' AND r.failure_reason = 0",
-        )
-        committed = {row[0] for row in rows}
-        index = {
-            row[0]: row
-            for row in query(
-                self.data / "index.sqlite",
-                "SELECT sop_instance_uid, path, sha256, durable FROM instances",
-            )
-        }
+        committed = self.scp_queries.committed_instances()
+        index = {row["sop_instance_uid"]: row for row in self.scp_queries.instances()}
         for uid in committed:
             row = index.get(uid)
             s.check(row is not None, f"committed {uid} missing from the index")
             if row is None:
                 continue
-            stored = self.data / row[1]
-            s.check(row[3] == 1, f"committed {uid} not durable")
+            stored = self.data / row["path"]
+            s.check(row["durable"] == 1, f"committed {uid} not durable")
             s.check(
-                stored.exists() and sha256(stored) == row[2],
+                stored.exists() and sha256(stored) == row["sha256"],
                 f"committed {uid}: file missing or SHA-256 differs from the index",
             )
             s.check(
@@ -350,17 +339,18 @@ class Campaign:
 
     def _check_every_request_reported(self) -> None:
         s = self.summary
-        scp = query(
-            self.data / "commitment.sqlite",
-            "SELECT transaction_uid, state, duplicate_of FROM transactions",
-        )
+        scp = [
+            (tx["transaction_uid"], tx["state"], tx["duplicate_of"])
+            for tx in self.scp_queries.transactions()
+        ]
         delivered = Counter(uid for uid, state, dup in scp if state == "delivered" and not dup)
         for uid, state, dup in scp:
             s.check(state in ("delivered", "given_up"), f"SCP transaction {uid} left {state}")
             if not dup:
                 s.check(delivered[uid] <= 1, f"transaction {uid} delivered {delivered[uid]} times")
         acknowledged = {uid for uid, _, _ in scp}
-        for uid, state in query(self.journal, "SELECT transaction_uid, state FROM transactions"):
+        for tx in self.scu_queries.transactions():
+            uid, state = tx["transaction_uid"], tx["state"]
             if uid in acknowledged:
                 s.check(
                     state in ("committed", "failed"),
@@ -372,20 +362,12 @@ class Campaign:
         for uid, path in self.sent_paths.items():
             if not path.exists():
                 s.check(uid in committed, f"{path.name} deleted but {uid} was never committed")
-        due = query(self.journal, "SELECT count(*) FROM files WHERE action = 'due'")
-        s.check(due[0][0] == 0, f"{due[0][0]} delete/move actions still due after settling")
+        due = self.scu_queries.due_actions()
+        s.check(due == 0, f"{due} delete/move actions still due after settling")
 
     def stop(self) -> None:
         for service in (self.scp, self.agent):
             service.stop()
-
-
-def query(path: Path, sql: str) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
 
 
 def sha256(path: Path) -> str:
