@@ -13,7 +13,7 @@ import pytest
 
 from stgcmt.config import ScpConfig
 from stgcmt.scp.service import StorageCommitmentSCP
-from stgcmt.ul import engine as api
+from stgcmt import ul as api
 from stgcmt.ul.seam import Handlers
 
 from support.common import (
@@ -82,7 +82,7 @@ def engine_server() -> Iterator[Callable[..., api.Server]]:
 
     def start(handlers: Handlers | None = None, aet: str = "ENGINE", **kwargs) -> api.Server:
         kwargs.setdefault("timeouts", FAST)
-        server = api.Server(aet, LOCALHOST, 0, handlers or Handlers(), **kwargs).start()
+        server = api.listen(aet, LOCALHOST, 0, handlers or Handlers(), **kwargs).start()
         started.append(server)
         return server
 

@@ -15,7 +15,7 @@ from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from stgcmt.dicom.uids import STORAGE_COMMITMENT_INSTANCE
-from stgcmt.ul import engine as api
+from stgcmt import ul as api
 from stgcmt.ul.seam import ContextPlan, EventReport, Handlers, StoreRequest
 
 from support.common import LOCALHOST, SECONDARY_CAPTURE, remote, wait_for, write_instances

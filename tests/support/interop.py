@@ -253,7 +253,7 @@ class ReportListener:
 
     def __post_init__(self) -> None:
         self._received = threading.Condition()
-        self._server = net.Server(
+        self._server = net.listen(
             self.aet,
             LOCALHOST,
             self.port_wanted,

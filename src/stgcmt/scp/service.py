@@ -59,7 +59,7 @@ class StorageCommitmentSCP:
         )
         self._admission = Admission(self.config, lambda: self._server.active_associations)
         self._worker = threading.Thread(target=self._run, name="stgcmt-commitment", daemon=True)
-        self._server = ul.Server(
+        self._server = ul.listen(
             config.aet,
             config.bind,
             config.port,

@@ -326,7 +326,7 @@ def report_server(
     tls: TlsConfig | None = None,
 ) -> ul.Server:
     """A listener for reports on new associations (requester SCP role, or no role item)."""
-    return ul.Server(
+    return ul.listen(
         handler.aet,
         bind,
         port,

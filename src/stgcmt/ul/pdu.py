@@ -464,7 +464,7 @@ PDU = (
     | A_ABORT
 )
 
-_DECODERS = {
+_DECODERS: dict[int, Callable[[bytes], PDU]] = {
     A_ASSOCIATE_RQ_TYPE: A_ASSOCIATE_RQ.decode,
     A_ASSOCIATE_AC_TYPE: A_ASSOCIATE_AC.decode,
     A_ASSOCIATE_RJ_TYPE: A_ASSOCIATE_RJ.decode,

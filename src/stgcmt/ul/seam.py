@@ -2,37 +2,34 @@
 
 Services build :class:`Handlers` and :class:`ContextPlan` and receive :class:`StoreRequest`,
 :class:`ActionRequest` and :class:`EventReport`; an engine (``stgcmt.ul`` on pynetdicom, or our
-own asyncio upper layer) turns DICOM traffic into these and back. Nothing here does I/O.
+own asyncio upper layer) turns DICOM traffic into these and back. :class:`Link`,
+:class:`Association` and :class:`Server` are Protocols: exactly what the services use, which
+the engine's classes satisfy structurally. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import itertools
-import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Self
+from pathlib import Path
+from typing import Literal, Protocol, Self
 
 from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from stgcmt.config import TlsConfig
 from stgcmt.dicom import codec
 from stgcmt.dicom.commitment import CommitmentReport, CommitmentRequest
 from stgcmt.dicom.status import SUCCESS
 from stgcmt.dicom.storage_classes import STORAGE_SOP_CLASSES as STORAGE_SOP_CLASSES
 from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION
 
-if TYPE_CHECKING:
-    from stgcmt.ul.engine import Link
-
-
 TRANSFER_SYNTAXES: tuple[str, ...] = tuple(
     dict.fromkeys([ExplicitVRLittleEndian, *AllTransferSyntaxes, ImplicitVRLittleEndian])
 )
 """Accepted for storage, in order of preference when one context offers several: Explicit VR
 Little Endian first, then the others (compressed ones stored as received), Implicit last."""
-NON_STORAGE_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
+NON_STORAGE_SYNTAXES: tuple[str, ...] = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
 MAX_CONTEXTS = 128
 
 _ids = itertools.count(1)
@@ -64,12 +61,45 @@ class PeerInfo:
         return f"{self.calling_aet}@{self.host}:{self.port}"
 
 
+RejectionReason = Literal[
+    "no-reason",
+    "application-context",
+    "calling-aet",
+    "called-aet",
+    "provider-no-reason",
+    "protocol-version",
+    "temporary-congestion",
+    "congestion",
+]
+
+REJECTIONS: dict[RejectionReason, tuple[int, int, bool, str]] = {
+    # reason: (source, reason/diag, always transient, words), PS3.8 Table 9-21
+    "no-reason": (1, 1, False, "no reason given"),
+    "application-context": (1, 2, False, "application context name not supported"),
+    "calling-aet": (1, 3, False, "calling AE title not recognised"),
+    "called-aet": (1, 7, False, "called AE title not recognised"),
+    "provider-no-reason": (2, 1, False, "no reason given"),
+    "protocol-version": (2, 2, False, "protocol version not supported"),
+    "temporary-congestion": (3, 1, True, "temporary congestion"),
+    "congestion": (3, 2, True, "local limit exceeded"),  # provider (presentation) limit
+}
+"""The one table of A-ASSOCIATE-RJ reasons: built from by the engine when it rejects, read
+back by :func:`rejected` when a peer rejects us."""
+
+REJECTION_WORDS = {(source, reason): words for source, reason, _, words in REJECTIONS.values()}
+
+
 @dataclass(frozen=True)
 class Rejection:
-    """An A-ASSOCIATE-RJ to send: permanent by default, from the service user."""
+    """An A-ASSOCIATE-RJ to send: permanent by default (congestion is always transient)."""
 
-    reason: Literal["calling-aet", "called-aet", "no-reason", "congestion"]
+    reason: RejectionReason
     transient: bool = False
+
+    def codes(self) -> tuple[int, int, int]:
+        """(result, source, reason/diag) of the A-ASSOCIATE-RJ PDU."""
+        source, reason, transient, _ = REJECTIONS[self.reason]
+        return (2 if self.transient or transient else 1), source, reason
 
 
 @dataclass
@@ -123,6 +153,22 @@ Information = Dataset | CommitmentRequest | CommitmentReport
 engine encodes them, fast), or a pydicom Dataset (for tests that need odd content)."""
 
 
+class Link(Protocol):
+    """An established association, seen from a service: what arrived came on it, and a
+    report can be sent back on it."""
+
+    @property
+    def peer(self) -> PeerInfo: ...
+
+    @property
+    def is_open(self) -> bool: ...
+
+    def n_event_report(self, event_type_id: int, information: Information) -> int | None:
+        """Send an N-EVENT-REPORT for the Storage Commitment instance; the peer's status, or
+        None if none came (timeout, abort)."""
+        ...
+
+
 @dataclass
 class Handlers:
     """What a service does with what arrives. Unset handlers mean "not offered"."""
@@ -164,34 +210,6 @@ def plan_storage_associations(
     return [unique[i : i + size] for i in range(0, len(unique), size)] or [[]]
 
 
-def server_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
-    """TLS for associations we accept; with ``require_client_cert`` a peer without a
-    certificate from our CA fails the handshake."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.cert is not None:
-        context.load_cert_chain(str(tls.cert), str(tls.key))
-    if tls.ca is not None:
-        context.load_verify_locations(str(tls.ca))
-        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
-    return context
-
-
-def client_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
-    """TLS for associations we open: the peer must present a certificate from our CA (when one
-    is given); our own certificate is offered for peers that require client certificates."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = False
-    if tls.ca is not None:
-        context.load_verify_locations(str(tls.ca))
-    else:
-        context.verify_mode = ssl.CERT_NONE
-    if tls.cert is not None:
-        context.load_cert_chain(str(tls.cert), str(tls.key))
-    return context
-
-
 def is_success(status: int | None) -> bool:
     return status is not None and (status == SUCCESS or (status & 0xF000) == 0xB000)
 
@@ -199,7 +217,7 @@ def is_success(status: int | None) -> bool:
 def requested_contexts(plan: ContextPlan) -> list[tuple[str, tuple[str, ...]]]:
     """(abstract syntax, transfer syntaxes) to propose: one context per storage pair, then
     Storage Commitment, then Verification when asked for (or when nothing else is)."""
-    contexts = [(uid, (ts,)) for uid, ts in plan.storage]
+    contexts: list[tuple[str, tuple[str, ...]]] = [(uid, (ts,)) for uid, ts in plan.storage]
     if plan.commitment:
         contexts.append((STORAGE_COMMITMENT_PUSH_MODEL, NON_STORAGE_SYNTAXES))
     if plan.echo or not contexts:
@@ -209,84 +227,73 @@ def requested_contexts(plan: ContextPlan) -> list[tuple[str, tuple[str, ...]]]:
     return contexts
 
 
-class ServerBase:
-    """What both engines' servers share: the context manager."""
-
-    def start(self) -> Self:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class AssociationBase:
-    """What both engines' associations share: identity, the report sender, the commitment
-    check after negotiation, and release (or abort, on an exception) as a context manager."""
-
-    link: Any
+class Association(Protocol):
+    """An association we opened; as a context manager it releases on exit, or aborts if
+    the block raised."""
 
     @property
-    def peer(self) -> PeerInfo:
-        return self.link.peer
+    def peer(self) -> PeerInfo: ...
 
     @property
-    def is_open(self) -> bool:
-        return bool(self.link.is_open)
+    def is_open(self) -> bool: ...
 
     @property
-    def accepts_commitment(self) -> bool:
-        raise NotImplementedError
+    def accepts_commitment(self) -> bool: ...
 
-    def n_event_report(self, event_type_id: int, information: Information) -> int | None:
-        return self.link.n_event_report(event_type_id, information)
+    def accepts(self, sop_class_uid: str, transfer_syntax: str) -> bool: ...
 
-    def release(self) -> None:
-        raise NotImplementedError
+    def c_echo(self) -> int | None: ...
 
-    def abort(self) -> None:
-        raise NotImplementedError
+    def c_store(self, path: Path) -> int | None:
+        """One Part 10 file's data set; None if no response came (outcome unknown) or the
+        file cannot be sent on this association; OSError if it cannot be read."""
+        ...
 
-    def checked(self, plan: ContextPlan, remote: object) -> Self:
-        """Release and raise if the plan needs Storage Commitment and the peer rejected it."""
-        if plan.commitment and plan.require_commitment and not self.accepts_commitment:
-            self.release()
-            raise AssociationError(no_commitment(remote))
-        return self
+    def n_action(self, information: Information) -> int | None: ...
 
-    def __enter__(self) -> Self:
-        return self
+    def n_event_report(self, event_type_id: int, information: Information) -> int | None: ...
 
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            self.release()
-        else:
-            self.abort()
+    def release(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class Server(Protocol):
+    """A listening AE; as a context manager it starts and stops."""
+
+    def start(self) -> Self: ...
+
+    def stop(self) -> None: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def active_associations(self) -> int:
+        """Associations being served (the one being negotiated included)."""
+        ...
+
+    @property
+    def pending_connections(self) -> int:
+        """Connections that have not sent an A-ASSOCIATE-RQ yet (or not finished TLS)."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 # The sentences an AssociationError carries, the same whichever engine runs.
-
-_REJECTION_WORDS = {
-    (1, 1): "no reason given",
-    (1, 2): "application context name not supported",
-    (1, 3): "calling AE title not recognised",
-    (1, 7): "called AE title not recognised",
-    (2, 1): "no reason given",
-    (2, 2): "protocol version not supported",
-    (3, 1): "temporary congestion",
-    (3, 2): "local limit exceeded",
-}
 
 
 def rejected(remote: object, result: int, source: int, reason: int) -> str:
     """An A-ASSOCIATE-RJ, in words (PS3.8 9.3.4)."""
     transient = " (transient)" if result == 2 else ""
-    words = _REJECTION_WORDS.get((source, reason), "see the peer's log")
+    words = REJECTION_WORDS.get((source, reason), "see the peer's log")
     return f"{remote} rejected the association{transient}: {words}"
 
 

@@ -17,9 +17,10 @@ from stgcmt.dicom.uids import (
     STORAGE_COMMITMENT_PUSH_MODEL,
     VERIFICATION,
 )
-from stgcmt.ul import engine as api
+from stgcmt import ul as api
 from stgcmt.ul.acse import propose, user_information
 from stgcmt.ul.association import State
+from stgcmt.ul.engine import run
 from stgcmt.ul.dimse import (
     AFFECTED_SOP_CLASS_UID,
     COMMAND_DATA_SET_TYPE,
@@ -383,7 +384,7 @@ def test_release_collision_as_acceptor(engine_server) -> None:
     server = engine_server()
     peer, _ = raw_associate(server.port)
     [upper] = list(server._associations)
-    releasing = threading.Thread(target=api.run, args=(upper.release(),))
+    releasing = threading.Thread(target=run, args=(upper.release(),))
     releasing.start()
     assert isinstance(peer.receive(), A_RELEASE_RQ)
     peer.send(A_RELEASE_RQ().encode())  # both released at once; the requester answers first

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION
-from stgcmt.ul import engine as api
+from stgcmt import ul as api
 from stgcmt.ul.acse import propose, user_information
 from stgcmt.ul.pdu import A_ASSOCIATE_RQ, P_DATA_TF, PresentationDataValueItem
 from stgcmt.ul.seam import NON_STORAGE_SYNTAXES, ContextPlan, Handlers
@@ -49,7 +49,7 @@ def server():
     handlers = Handlers(
         n_action=lambda link, request: (0, None), n_event_report=lambda link, report: 0
     )
-    started = api.Server("ENGINE", LOCALHOST, 0, handlers, timeouts=FAST, storage=True).start()
+    started = api.listen("ENGINE", LOCALHOST, 0, handlers, timeouts=FAST, storage=True).start()
     before = rss()
     yield started
     try:

@@ -14,7 +14,7 @@ import pytest
 
 from stgcmt.config import Timeouts, TlsConfig
 from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION
-from stgcmt.ul import engine as api
+from stgcmt import ul as api
 from stgcmt.ul.acse import propose, user_information
 from stgcmt.ul.dimse import (
     AFFECTED_SOP_CLASS_UID,
