@@ -11,8 +11,10 @@ never changes what a request means, only how quickly it is understood.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import BinaryIO, cast
 
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 
@@ -68,7 +70,8 @@ def _header(tag: int, vr: bytes, implicit: bool) -> bytes:
     return struct.pack("<HH2s", group, element, vr)
 
 
-def _length(vr: bytes, implicit: bool):  # -> the packer of the element's length field
+def _length(vr: bytes, implicit: bool) -> Callable[[int], bytes]:
+    """The packer of the element's length field."""
     return _LONG if implicit or vr == b"SQ" else _SHORT
 
 
@@ -131,7 +134,7 @@ def encode(information: CommitmentRequest | CommitmentReport, implicit: bool) ->
     return encode_report(information, implicit)
 
 
-def as_dataset(information: CommitmentRequest | CommitmentReport):  # -> pydicom Dataset
+def as_dataset(information: CommitmentRequest | CommitmentReport) -> Dataset:
     """The same content as a pydicom Dataset (for engines that encode with pydicom)."""
     if isinstance(information, CommitmentRequest):
         return build_action_information(information)
@@ -267,10 +270,10 @@ def _required(value: str | None) -> str:
     return value
 
 
-def _pydicom(data: bytes, implicit: bool, little_endian: bool):  # -> Dataset
+def _pydicom(data: bytes, implicit: bool, little_endian: bool) -> Dataset:
     """Decode every element now, so malformed bytes fail here with a status to answer."""
     try:
-        ds = read_dataset(DicomBytesIO(data), implicit, little_endian)
+        ds = read_dataset(cast(BinaryIO, DicomBytesIO(data)), implicit, little_endian)
         for _ in ds.iterall():
             pass
         return ds
