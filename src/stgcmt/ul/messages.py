@@ -1,7 +1,7 @@
 """Typed views of the DIMSE command sets the engine sends and answers (PS3.7 §9.3, §10.3).
 
 A command set on the wire is a :data:`~.dimse.CommandSet` (element -> value) and stays one on
-the hot path: these frozen dataclasses only *build* one (:meth:`command`) and *read* one
+the hot path: these slotted dataclasses only *build* one (:meth:`command`) and *read* one
 (:meth:`from_command`), so the engine names fields instead of tags. The Message ID is set by
 the association when the request is sent.
 """
@@ -50,7 +50,7 @@ def _us(command: CommandSet, element: int) -> int | None:
     return value if isinstance(value, int) else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CStoreRq:
     affected_sop_class_uid: str
     affected_sop_instance_uid: str
@@ -67,14 +67,18 @@ class CStoreRq:
 
     @classmethod
     def from_command(cls, command: CommandSet) -> CStoreRq:
+        get = command.get  # the hot path: every C-STORE received
+        sop_class = get(AFFECTED_SOP_CLASS_UID, "")
+        sop_instance = get(AFFECTED_SOP_INSTANCE_UID, "")
+        priority = get(PRIORITY, 0)
         return cls(
-            _text(command, AFFECTED_SOP_CLASS_UID),
-            _text(command, AFFECTED_SOP_INSTANCE_UID),
-            _us(command, PRIORITY) or 0,
+            sop_class if isinstance(sop_class, str) else "",
+            sop_instance if isinstance(sop_instance, str) else "",
+            priority if isinstance(priority, int) else 0,
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NActionRq:
     """N-ACTION-RQ; by default the Storage Commitment request (Action Type 1)."""
 
@@ -102,7 +106,7 @@ class NActionRq:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NEventReportRq:
     """N-EVENT-REPORT-RQ; by default for the Storage Commitment instance."""
 
@@ -130,7 +134,7 @@ class NEventReportRq:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CEchoRq:
     affected_sop_class_uid: str = VERIFICATION
 
@@ -142,7 +146,7 @@ class CEchoRq:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Response:
     """Any response (C-STORE-RSP, C-ECHO-RSP, N-ACTION-RSP, N-EVENT-REPORT-RSP): what the
     engine reads of one. ``status`` is None when the peer sent none that fits a US."""
