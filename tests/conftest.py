@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from stgcmt import ul as api
 from stgcmt.config import ScpConfig
 from stgcmt.scp.service import StorageCommitmentSCP
-from stgcmt import ul as api
 from stgcmt.ul.seam import Handlers
 
 from support.common import (

@@ -14,8 +14,8 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
-from stgcmt.dicom.uids import STORAGE_COMMITMENT_INSTANCE
 from stgcmt import ul as api
+from stgcmt.dicom.uids import STORAGE_COMMITMENT_INSTANCE
 from stgcmt.ul.seam import ContextPlan, EventReport, Handlers, StoreRequest
 
 from support.common import LOCALHOST, SECONDARY_CAPTURE, remote, wait_for, write_instances

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from stgcmt import ul as api
 from stgcmt.config import Timeouts, TlsConfig
 from stgcmt.dicom.uids import (
     IMPLEMENTATION_CLASS_UID,
@@ -17,10 +18,8 @@ from stgcmt.dicom.uids import (
     STORAGE_COMMITMENT_PUSH_MODEL,
     VERIFICATION,
 )
-from stgcmt import ul as api
 from stgcmt.ul.acse import propose, user_information
 from stgcmt.ul.association import State
-from stgcmt.ul.engine import run
 from stgcmt.ul.dimse import (
     AFFECTED_SOP_CLASS_UID,
     COMMAND_DATA_SET_TYPE,
@@ -33,6 +32,7 @@ from stgcmt.ul.dimse import (
     encode_command_set,
     fragments,
 )
+from stgcmt.ul.engine import run
 from stgcmt.ul.pdu import (
     A_ABORT,
     A_ASSOCIATE_AC,

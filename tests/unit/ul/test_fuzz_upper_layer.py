@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION
 from stgcmt import ul as api
+from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION
 from stgcmt.ul.acse import propose, user_information
 from stgcmt.ul.pdu import A_ASSOCIATE_RQ, P_DATA_TF, PresentationDataValueItem
 from stgcmt.ul.seam import NON_STORAGE_SYNTAXES, ContextPlan, Handlers

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
+from stgcmt import ul as api
 from stgcmt.config import Timeouts, TlsConfig
 from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION
-from stgcmt import ul as api
 from stgcmt.ul.acse import propose, user_information
 from stgcmt.ul.dimse import (
     AFFECTED_SOP_CLASS_UID,
