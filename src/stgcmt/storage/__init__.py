@@ -1,2 +1,4 @@
-"""Storage: the instance index and files, the SCP and SCU journals, read-only queries and the
-fsync helpers. Imports pure DICOM code only, never networking."""
+"""Storage: interfaces (``interfaces``), the instance store (``instances``) over an index
+(``sqlite_index``) and a blob store (``files``), the SCP and SCU journals, read-only queries,
+the SQLite plumbing (``sqlite``) and fsync helpers (``fsync``). Imports pure DICOM code only,
+never networking or the services."""

@@ -24,11 +24,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 from stgcmt.config import ConfigError, RemoteAE
 from stgcmt.dicom.commitment import CommitmentReport, Reference
-from stgcmt.storage.interfaces import JournalTransaction
+from stgcmt.storage.interfaces import JournalFile, JournalTransaction
 from stgcmt.storage.sqlite import Database
 
 STORING = "storing"
@@ -44,26 +44,6 @@ STORE_FAILED = "store_failed"
 FILE_STATES = (QUEUED, STORED, STORE_FAILED, PENDING, COMMITTED, FAILED)
 
 OnCommit = Literal["keep", "delete", "move"]
-
-
-class LocalFile(Protocol):
-    """What the journal records of a file to send (``stgcmt.scu.dicomfiles.LocalFile``; a
-    Protocol so that storage does not import the SCU service)."""
-
-    @property
-    def path(self) -> Path: ...
-    @property
-    def relpath(self) -> str: ...
-    @property
-    def size(self) -> int: ...
-    @property
-    def mtime_ns(self) -> int: ...
-    @property
-    def sop_class_uid(self) -> str: ...
-    @property
-    def sop_instance_uid(self) -> str: ...
-    @property
-    def transfer_syntax(self) -> str: ...
 
 
 SCHEMA = """
@@ -205,7 +185,7 @@ class ScuJournal:
         transaction_uid: str,
         local_aet: str,
         archive: RemoteAE | str,
-        files: Sequence[LocalFile],
+        files: Sequence[JournalFile],
         on_commit: OnCommit = "keep",
         move_dir: Path | None = None,
     ) -> Transaction:
