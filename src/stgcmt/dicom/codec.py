@@ -178,14 +178,12 @@ def _items(value: memoryview, implicit: bool) -> list[RawItem]:
         (
             _ascii(found.get(REFERENCED_SOP_CLASS_UID)),
             _ascii(found.get(REFERENCED_SOP_INSTANCE_UID)),
-            _reason(found.get(FAILURE_REASON)),
+            None
+            if (reason := found.get(FAILURE_REASON)) is None or len(reason) != 2
+            else _SHORT_AT(reason, 0)[0],
         )
         for found in flat_items(bytes(value), implicit)
     ]
-
-
-def _reason(value: bytes | None) -> int | None:
-    return _SHORT_AT(value, 0)[0] if value is not None and len(value) == 2 else None
 
 
 def _ascii(value: bytes | None) -> str | None:
