@@ -1,0 +1,124 @@
+"""The file :class:`~stgcmt.storage.interfaces.BlobStore`: Part 10 files under
+``<data_dir>/instances``, fanned out by the SHA-256 of the instance UID.
+
+A blob's name is its path relative to the data dir (``instances/ab/ab….dcm``), which is what the
+index has always held. Names read back from the index are untrusted: one that is absolute,
+contains ``..``, is not under ``instances/`` or whose directory resolves outside the store (a
+symlink) is refused by :meth:`FileBlobStore.contains` and never opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from stgcmt.storage.fsync import fsync_files_and_directories
+from stgcmt.storage.sqlite import ensure_writable_dir
+
+ROOT_NAME = "instances"
+_REAL_DIRECTORY_CACHE = 4096
+
+
+class FileBlobStore:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.root = self.data_dir / ROOT_NAME
+        ensure_writable_dir(self.root, "instances directory")
+        self._real_root = os.path.realpath(self.root)
+        self._real_directories: dict[Path, bool] = {}
+        self._directories: set[Path] = set()
+
+    def name_for(self, sop_instance_uid: str) -> str:
+        """Named by the SHA-256 of the UID, never by the UID itself (a peer's UID must not
+        choose a path). Fanned out into 256 directories: one huge directory gets slow to
+        create files in, while a deeper tree costs a directory creation (and its fsync) per
+        early file. Rows written before keep their own name."""
+        digest = hashlib.sha256(sop_instance_uid.encode()).hexdigest()
+        return f"{ROOT_NAME}/{digest[:2]}/{digest}.dcm"
+
+    def path(self, name: str) -> Path:
+        """The file of a blob name (check :meth:`contains` first for names from the index)."""
+        return self.data_dir / name
+
+    def path_for(self, sop_instance_uid: str) -> Path:
+        return self.data_dir / self.name_for(sop_instance_uid)
+
+    def put(self, name: str, content: bytes) -> None:
+        """Temp file beside the final one, then rename: never a half-written instance under
+        its real name. (Not one shared temp directory: create/delete cycles in one directory
+        slow file creation down on some file systems.)"""
+        final = self.data_dir / name
+        parent = final.parent
+        if parent not in self._directories:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._directories.add(parent)
+        temp = parent / f".{final.name}.{os.getpid()}.{threading.get_ident()}.part"
+        try:
+            temp.write_bytes(content)
+            os.replace(temp, final)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    def contains(self, name: str) -> bool:
+        """Real paths of directories are cached: there are 256 of them, and rows by the
+        million."""
+        path = Path(name)
+        return (
+            not path.is_absolute()
+            and ".." not in path.parts
+            and path.parts[:1] == (ROOT_NAME,)
+            and self._directory_inside((self.data_dir / path).parent)
+        )
+
+    def _directory_inside(self, directory: Path) -> bool:
+        known = self._real_directories.get(directory)
+        if known is None:
+            real = os.path.realpath(directory)
+            known = real == self._real_root or real.startswith(self._real_root + os.sep)
+            if len(self._real_directories) < _REAL_DIRECTORY_CACHE:
+                self._real_directories[directory] = known
+        return known
+
+    def locate(self, name: str) -> str:
+        return str(self.data_dir / name)
+
+    def size(self, name: str) -> int:
+        return (self.data_dir / name).stat().st_size
+
+    def sha256(self, name: str) -> str:
+        return sha256_of(self.data_dir / name)
+
+    def open(self, name: str) -> IO[bytes]:
+        return open(self.data_dir / name, "rb")
+
+    def sync(self, names: Sequence[str]) -> None:
+        """fsync the files, then their directories and the store's root."""
+        files = [self.data_dir / name for name in names]
+        directories = {self.root}
+        for path in files:
+            directories.update((path.parent, path.parent.parent))
+        fsync_files_and_directories(files, directories)
+
+    def remove(self, name: str) -> None:
+        (self.data_dir / name).unlink(missing_ok=True)
+
+    def recover(self) -> int:
+        """Remove temp files of writes a crash interrupted."""
+        removed = 0
+        for leftover in self.root.glob("*/.*.part"):
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

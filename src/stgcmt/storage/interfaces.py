@@ -1,0 +1,311 @@
+"""What the services need from storage, independent of SQLite and of files on a local disk.
+
+These are :class:`typing.Protocol` classes, not ABCs: an implementation conforms by its shape
+(mypy checks it where it is assigned, see the conformance block at the end), needs no import of
+this module, and pays nothing at run time (no ABC machinery, no ``super()`` chain on the receive
+path). A second backend (PostgreSQL) or blob store (object storage) implements the same methods;
+:class:`~stgcmt.storage.instances.InstanceStore` and the services do not change.
+
+Failures: methods raise ``OSError`` for storage that is unavailable or full (``errno.ENOSPC`` /
+``EDQUOT`` when it is full: the C-STORE answer and the 0213H Failure Reason depend on it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+from stgcmt.dicom.commitment import CommitmentReport, Reference
+
+if TYPE_CHECKING:  # the journals' row types are plain dataclasses any backend returns
+    from stgcmt.config import RemoteAE
+    from stgcmt.storage.scp_journal import Transaction as ScpTransaction
+    from stgcmt.storage.scu_journal import FileRow, OnCommit, ReportOutcome
+    from stgcmt.storage.scu_journal import Transaction as ScuTransaction
+
+# -- rows -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedInstance:
+    """What the index says about one instance. ``blob`` is the :class:`BlobStore`'s name for its
+    bytes as the index holds it: untrusted until :meth:`BlobStore.contains` says it is inside."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    blob: str
+    size: int
+    sha256: str
+    durable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    """One instance as :meth:`InstanceIndex.put` records it."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    patient_id: str | None
+    transfer_syntax: str
+    blob: str
+    size: int
+    sha256: str
+    source_aet: str | None
+    received_at: float
+    durable: bool = False
+
+
+@dataclass(frozen=True)
+class JournalTransaction:
+    """What both journals' transactions have in common: the journal's number, the Transaction
+    UID, a state, counts once known, the last error, and when it last changed. Each journal's
+    ``Transaction`` extends it with its own columns (the SCP's requester and delivery, the SCU's
+    archive and file action)."""
+
+    id: int
+    transaction_uid: str
+    state: str
+    updated_at: float
+    n_committed: int | None
+    n_failed: int | None
+    last_error: str | None
+
+    @property
+    def label(self) -> str:
+        """How logs name a transaction: its UID and journal number."""
+        return f"transaction {self.transaction_uid} (#{self.id})"
+
+
+# -- the instance store's parts -------------------------------------------------------------
+
+
+class InstanceIndex(Protocol):
+    """The instance rows and the SOP Class conflicts."""
+
+    def lookup(self, uids: Sequence[str]) -> dict[str, IndexedInstance]: ...
+
+    def put(self, row: InstanceRow) -> None:
+        """Insert or replace one row (raises OSError, ENOSPC when the index is full)."""
+
+    def record_conflict(self, sop_instance_uid: str, sop_class_uid: str, aet: str) -> None:
+        """Remember an instance UID received under a second SOP Class (kept once)."""
+
+    def mark_durable(self, uids: Sequence[str]) -> None:
+        """Mark rows durable with a commit that has reached stable storage when it returns."""
+
+    def non_durable(self) -> list[IndexedInstance]:
+        """Rows not yet made durable: what recovery must re-check after a crash."""
+
+    def remove(self, sop_instance_uid: str) -> None: ...
+
+    def count(self) -> int: ...
+
+    def total_bytes(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    """Instance bytes, named by a name derived from the SOP Instance UID (never the UID itself).
+
+    Every name read back from the index is untrusted: :meth:`contains` must hold before any
+    other method is given it (a name pointing outside the store is never opened)."""
+
+    def name_for(self, sop_instance_uid: str) -> str: ...
+
+    def put(self, name: str, content: bytes) -> None:
+        """Store atomically: under ``name`` there is the old content or the new, never a part."""
+
+    def contains(self, name: str) -> bool:
+        """Whether ``name`` lies inside this store (the path-containment rule)."""
+
+    def locate(self, name: str) -> str:
+        """How log lines show the blob (a path, a URL)."""
+
+    def size(self, name: str) -> int: ...
+
+    def sha256(self, name: str) -> str: ...
+
+    def open(self, name: str) -> IO[bytes]: ...
+
+    def sync(self, names: Sequence[str]) -> None:
+        """Make the blobs (and, for files, their directories) reach stable storage."""
+
+    def remove(self, name: str) -> None:
+        """Remove a blob; no error if it is already gone."""
+
+    def recover(self) -> int:
+        """Clear leftovers of puts interrupted by a crash; returns how many."""
+
+
+# -- journals -------------------------------------------------------------------------------
+
+
+class ScpJournal(Protocol):
+    """The SCP's commitment journal (see :mod:`stgcmt.storage.scp_journal` for the states)."""
+
+    path: Path
+
+    def record_request(
+        self,
+        transaction_uid: str,
+        calling_aet: str,
+        peer_host: str | None,
+        report_assoc: str,
+        references: Sequence[Reference],
+    ) -> ScpTransaction: ...
+
+    def get(self, tx_id: int) -> ScpTransaction: ...
+
+    def in_state(self, *states: str) -> list[ScpTransaction]: ...
+
+    def latest_finished(self, transaction_uid: str) -> ScpTransaction | None: ...
+
+    def set_state(self, tx_id: int, state: str) -> None: ...
+
+    def reference_batches(self, tx_id: int) -> Iterator[list[tuple[int, Reference]]]: ...
+
+    def record_results(self, tx_id: int, results: Sequence[tuple[int, int]]) -> None: ...
+
+    def finish_verification(self, tx_id: int, first_attempt_at: float) -> ScpTransaction: ...
+
+    def report(self, tx: ScpTransaction, retrieve_ae_title: str) -> CommitmentReport: ...
+
+    def record_failed_attempt(self, tx_id: int, error: str, next_attempt_at: float) -> None: ...
+
+    def postpone(self, tx_id: int, reason: str, next_attempt_at: float) -> None: ...
+
+    def mark_delivered(self, tx_id: int, via: str) -> None: ...
+
+    def mark_given_up(self, tx_id: int, error: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JournalFile(Protocol):
+    """What the SCU journal records of a file to send (``stgcmt.scu.dicomfiles.LocalFile``
+    has this shape; a Protocol so that storage never imports the SCU service)."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def relpath(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def mtime_ns(self) -> int: ...
+    @property
+    def sop_class_uid(self) -> str: ...
+    @property
+    def sop_instance_uid(self) -> str: ...
+    @property
+    def transfer_syntax(self) -> str: ...
+
+
+class ScuJournal(Protocol):
+    """The SCU's journal (see :mod:`stgcmt.storage.scu_journal` for the states)."""
+
+    path: Path
+
+    def create(
+        self,
+        transaction_uid: str,
+        local_aet: str,
+        archive: RemoteAE | str,
+        files: Sequence[JournalFile],
+        on_commit: OnCommit = "keep",
+        move_dir: Path | None = None,
+    ) -> ScuTransaction: ...
+
+    def get(self, tx_id: int) -> ScuTransaction: ...
+
+    def find(self, transaction_uid: str) -> ScuTransaction | None: ...
+
+    def in_state(self, *states: str) -> list[ScuTransaction]: ...
+
+    def reporting_archives(self, since: float) -> set[tuple[str, str]]: ...
+
+    def files(self, tx_id: int, *states: str) -> list[FileRow]: ...
+
+    def due_actions(self, tx_id: int | None = None) -> list[tuple[ScuTransaction, FileRow]]: ...
+
+    def record_store(
+        self, tx_id: int, seq: int, status: int | None, ok: bool, error: str | None = None
+    ) -> None: ...
+
+    def mark_requested(self, tx_id: int) -> list[Reference]: ...
+
+    def set_error(self, tx_id: int, error: str) -> None: ...
+
+    def close_unrequested(self, tx_id: int, state: str, error: str, reason: int | None) -> None: ...
+
+    def record_report(self, report: CommitmentReport, via: str) -> ReportOutcome: ...
+
+    def record_action(self, tx_id: int, seq: int, action: str, note: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# -- read-only views ------------------------------------------------------------------------
+
+
+class ScpQueries(Protocol):
+    """Read-only views of an SCP data dir, safe beside a live service (``stgcmt status``,
+    tests, the crash campaign). Rows are plain dicts keyed by column name."""
+
+    def status(self, limit: int = 50) -> dict[str, Any]: ...
+
+    def instances(self) -> list[dict[str, Any]]: ...
+
+    def instance(self, sop_instance_uid: str) -> dict[str, Any] | None: ...
+
+    def class_conflicts(self) -> list[dict[str, Any]]: ...
+
+    def transactions(self) -> list[dict[str, Any]]: ...
+
+    def active_transactions(self) -> int: ...
+
+    def committed_instances(self) -> set[str]:
+        """Instances some delivered report committed."""
+
+    def integrity_problems(self) -> list[str]:
+        """What an integrity check of the index and the journal found (empty: none)."""
+
+
+class ScuQueries(Protocol):
+    """Read-only views of an SCU journal."""
+
+    def status(self, limit: int = 50) -> dict[str, Any]: ...
+
+    def transactions(self) -> list[dict[str, Any]]: ...
+
+    def due_actions(self) -> int: ...
+
+    def integrity_problems(self) -> list[str]: ...
+
+
+if TYPE_CHECKING:  # conformance, checked by mypy: an implementation that drifts fails here
+    from stgcmt.storage.files import FileBlobStore
+    from stgcmt.storage.queries import SqliteScpQueries, SqliteScuQueries
+    from stgcmt.storage.scp_journal import CommitmentJournal
+    from stgcmt.storage.scu_journal import ScuJournal as SqliteScuJournal
+    from stgcmt.storage.sqlite_index import SqliteInstanceIndex
+
+    def _conformance(
+        index: SqliteInstanceIndex,
+        blobs: FileBlobStore,
+        scp: CommitmentJournal,
+        scu: SqliteScuJournal,
+        scp_queries: SqliteScpQueries,
+        scu_queries: SqliteScuQueries,
+    ) -> None:
+        _index: InstanceIndex = index
+        _blobs: BlobStore = blobs
+        _scp: ScpJournal = scp
+        _scu: ScuJournal = scu
+        _scp_queries: ScpQueries = scp_queries
+        _scu_queries: ScuQueries = scu_queries

@@ -1,0 +1,107 @@
+"""The file blob store: atomic puts, the containment rule, recovery of leftovers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from stgcmt.storage.files import FileBlobStore, sha256_of
+from stgcmt.storage.fsync import fsync_files_and_directories, fsync_path
+
+UID = "1.2.3.4.5"
+
+
+@pytest.fixture
+def blobs(tmp_path: Path) -> FileBlobStore:
+    return FileBlobStore(tmp_path / "data")
+
+
+def test_names_derive_from_the_uid_hash_never_the_uid(blobs: FileBlobStore):
+    digest = hashlib.sha256(UID.encode()).hexdigest()
+    assert blobs.name_for(UID) == f"instances/{digest[:2]}/{digest}.dcm"
+    assert blobs.name_for("../../etc/passwd").startswith("instances/")
+    assert blobs.path_for(UID) == blobs.data_dir / blobs.name_for(UID)
+
+
+def test_put_is_atomic_and_replaces(blobs: FileBlobStore):
+    name = blobs.name_for(UID)
+    blobs.put(name, b"first")
+    blobs.put(name, b"second")
+    assert blobs.path(name).read_bytes() == b"second"
+    assert blobs.size(name) == 6
+    assert blobs.sha256(name) == hashlib.sha256(b"second").hexdigest()
+    with blobs.open(name) as f:
+        assert f.read() == b"second"
+    assert list(blobs.root.glob("*/.*.part")) == []
+
+
+def test_failed_put_leaves_no_part_file_and_no_blob(blobs: FileBlobStore):
+    name = blobs.name_for(UID)
+    blobs.path(name).mkdir(parents=True)  # a directory where the file should go
+    with pytest.raises(OSError):
+        blobs.put(name, b"content")
+    assert blobs.path(name).is_dir()
+    assert list(blobs.path(name).parent.glob(".*.part")) == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../outside.dcm",
+        "/etc/passwd",
+        "instances/ab/../../../outside.dcm",
+        "elsewhere/ab/x.dcm",
+        "",
+    ],
+)
+def test_names_outside_the_store_are_refused(blobs: FileBlobStore, name: str):
+    assert not blobs.contains(name)
+
+
+def test_a_symlinked_directory_leading_out_is_refused(blobs: FileBlobStore, tmp_path: Path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.dcm").write_bytes(b"not ours")
+    os.symlink(outside, blobs.root / "zz")
+    assert not blobs.contains("instances/zz/x.dcm")
+    assert blobs.contains(blobs.name_for(UID))
+
+
+def test_remove_is_idempotent(blobs: FileBlobStore):
+    name = blobs.name_for(UID)
+    blobs.put(name, b"x")
+    blobs.remove(name)
+    blobs.remove(name)
+    assert not blobs.path(name).exists()
+
+
+def test_recover_clears_leftovers_and_keeps_blobs(blobs: FileBlobStore):
+    name = blobs.name_for(UID)
+    blobs.put(name, b"kept")
+    leftover = blobs.path(name).parent / ".half.dcm.1.2.part"
+    leftover.write_bytes(b"torn")
+    assert blobs.recover() == 1
+    assert not leftover.exists()
+    assert blobs.path(name).read_bytes() == b"kept"
+    assert blobs.recover() == 0
+
+
+def test_sync_and_fsync_helpers_work_on_files_and_directories(blobs: FileBlobStore):
+    names = [blobs.name_for(f"1.2.3.{i}") for i in range(3)]
+    for name in names:
+        blobs.put(name, b"data")
+    blobs.sync(names)
+    fsync_path(blobs.root)
+    fsync_files_and_directories([blobs.path(names[0])], [blobs.root])
+    with pytest.raises(FileNotFoundError):
+        fsync_path(blobs.root / "missing")
+
+
+def test_sha256_of_streams(tmp_path: Path):
+    path = tmp_path / "big"
+    content = os.urandom(3 << 20)
+    path.write_bytes(content)
+    assert sha256_of(path) == hashlib.sha256(content).hexdigest()
