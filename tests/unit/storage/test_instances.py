@@ -9,8 +9,10 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from stgcmt.dicom.commitment import Reference
+from stgcmt.storage.files import FileBlobStore
 from stgcmt.storage.instances import InstanceStore
 from stgcmt.storage.queries import SqliteScpQueries
+from stgcmt.storage.sqlite_index import SqliteInstanceIndex
 from stgcmt.ul import STORAGE_SOP_CLASSES
 
 from support.common import CT_IMAGE, SECONDARY_CAPTURE, make_dataset
@@ -87,3 +89,20 @@ def test_conflicting_class_keeps_first_copy(store):
     outcome = store.store(CT_IMAGE, ds.SOPInstanceUID, "1.2.840.10008.1.2.1", _encoded(twin), "AE")
     assert outcome.action == "conflict"
     assert store.verify([Reference(CT_IMAGE, ds.SOPInstanceUID)], "exists") == [0x0119]
+
+
+def test_store_is_composed_of_any_index_and_blob_store(tmp_path: Path):
+    """The checks and the barrier sit over the interfaces: the parts can be chosen."""
+    data = tmp_path / "data"
+    index = SqliteInstanceIndex(tmp_path / "elsewhere" / "index.sqlite")
+    blobs = FileBlobStore(data)
+    s = InstanceStore(data, supported_classes=STORAGE_SOP_CLASSES, index=index, blobs=blobs)
+    try:
+        ds = make_dataset()
+        _store(s, ds)
+        assert s.verify([Reference(SECONDARY_CAPTURE, ds.SOPInstanceUID)], "checksum") == [0]
+        assert index.lookup([ds.SOPInstanceUID])[ds.SOPInstanceUID].durable
+        assert not (data / "index.sqlite").exists()
+        assert blobs.path_for(ds.SOPInstanceUID).is_file()
+    finally:
+        s.close()
