@@ -370,7 +370,7 @@ def _checked_instance(obj: Any, where: str, *, free_port: bool) -> Any:
     for f in fields(cls):
         value = getattr(obj, f.name)
         hint = hints[f.name]
-        if is_dataclass(hint):
+        if is_dataclass(hint) and isinstance(hint, type):
             if not isinstance(value, hint):
                 _fail(table, f.name, f"a {hint.__name__}", value)
             nested[f.name] = _checked_instance(value, f"[{f.name}]", free_port=False)

@@ -13,6 +13,7 @@ from stgcmt.config import (
     AT_LEAST_ONE,
     NOT_NEGATIVE,
     POSITIVE,
+    RANGES,
     ConfigError,
     Range,
     RemoteAE,
@@ -46,6 +47,11 @@ port_number = _number_flag(int, Range(1, 65535))
 count = _number_flag(int, NOT_NEGATIVE)
 at_least_one = _number_flag(int, AT_LEAST_ONE)
 seconds = _number_flag(float, POSITIVE)
+
+
+def setting(table: str, key: str) -> Callable[[str], float]:
+    """The flag for a configuration key with a range of its own (``RANGES``)."""
+    return _number_flag(int, RANGES[(table, key)])
 
 
 def fail(args: argparse.Namespace, message: str) -> int:

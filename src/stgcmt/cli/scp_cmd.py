@@ -18,6 +18,7 @@ from stgcmt.cli.common import (
     port_number,
     remote_ae,
     seconds,
+    setting,
     subcommand,
     tls_overrides,
 )
@@ -112,7 +113,7 @@ def add_limit_flags(p: argparse.ArgumentParser) -> None:
     """What one peer may make the SCP hold (README: Security and limits)."""
     p.add_argument(
         "--max-pdu",
-        type=count,
+        type=setting("ScpConfig", "max_pdu"),
         metavar="N",
         help="Maximum PDU Length we advertise, 1024 to 4294967295 (never unlimited); longer"
         " P-DATA-TF PDUs are aborted (default 65536)",
@@ -125,7 +126,7 @@ def add_limit_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-dataset-bytes",
-        type=count,
+        type=setting("ScpConfig", "max_dataset_bytes"),
         metavar="N",
         help="largest data set held in memory; a larger C-STORE gets 0xA700 (default 1 GiB)",
     )

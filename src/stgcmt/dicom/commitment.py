@@ -6,9 +6,9 @@ Pure data: the references, the request and report, and the checks an N-ACTION mu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 from pydicom.dataset import Dataset
 
@@ -19,8 +19,6 @@ from stgcmt.dicom.status import (
     RESOURCE_LIMITATION,
 )
 from stgcmt.dicom.uids import is_valid_uid
-
-_T = TypeVar("_T")
 
 ACTION_TYPE_REQUEST_COMMITMENT = 1
 EVENT_TYPE_ALL_COMMITTED = 1
@@ -207,9 +205,3 @@ def parse_event_information(ds: Dataset | None) -> CommitmentReport:
     return CommitmentReport(
         str(ds.TransactionUID), committed, failed, str(retrieve) if retrieve else None
     )
-
-
-def chunked(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
-    """Slices of ``items`` of at most ``size`` elements (bounded batches for SQL lookups)."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -240,7 +240,7 @@ class Delivery:
             log.error(
                 "journal %s cannot record deliveries (%s): %s held back, retried on the retry"
                 " schedule (next in %.1f s) until storage is back",
-                self.journal.db.path,
+                self.journal.path,
                 exc,
                 tx.label,
                 delay,
@@ -259,4 +259,4 @@ class Delivery:
                 if hold.delivered_via is not None:
                     hold.until = 0.0
             self._wake.notify_all()
-        log.info("journal %s records again; held deliveries resume", self.journal.db.path)
+        log.info("journal %s records again; held deliveries resume", self.journal.path)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 PROBE_NAME = ".stgcmt-write-probe"
 
@@ -151,7 +152,10 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def chunked(items: Sequence, size: int) -> Iterable[Sequence]:
+T = TypeVar("T")
+
+
+def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     """Slices of ``items`` of at most ``size`` elements (bounded batches for SQL lookups)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
