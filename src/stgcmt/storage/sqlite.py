@@ -1,7 +1,7 @@
 """SQLite plumbing shared by the instance index and the journals.
 
-One connection per database, guarded by a lock: pynetdicom serves every association in its own
-thread, and SQLite connections must not be used concurrently. WAL lets other processes (the
+One connection per database, guarded by a lock: the engine serves every association in its
+own thread, and SQLite connections must not be used concurrently. WAL lets other processes (the
 ``status`` command) read while the service writes.
 """
 

@@ -1,8 +1,8 @@
 """The seam's vocabulary: what the services and the networking engines share.
 
 Services build :class:`Handlers` and :class:`ContextPlan` and receive :class:`StoreRequest`,
-:class:`ActionRequest` and :class:`EventReport`; an engine (``stgcmt.ul`` on pynetdicom, or our
-own asyncio upper layer) turns DICOM traffic into these and back. :class:`Link`,
+:class:`ActionRequest` and :class:`EventReport`; the engine (our
+asyncio upper layer) turns DICOM traffic into these and back. :class:`Link`,
 :class:`Association` and :class:`Server` are Protocols: exactly what the services use, which
 the engine's classes satisfy structurally. Nothing here does I/O.
 """
@@ -180,8 +180,8 @@ class Handlers:
     n_event_report: Callable[[Link, EventReport], int] | None = None
     n_event_report_answered: Callable[[Link], None] | None = None
     """Called once the response to a received N-EVENT-REPORT has left: only then may its
-    receiver release the association (pynetdicom would otherwise queue the A-RELEASE-RQ ahead
-    of the response and break the association)."""
+    receiver release the association (an A-RELEASE-RQ queued ahead of the response would
+    break the association)."""
     closed: Callable[[Link], None] | None = None
 
 
