@@ -79,7 +79,11 @@ def test_per_study_n_actions_share_one_association_with_reports_on_it(
     assert all(scu_journal.get(n).report_via.startswith("same association") for n in (1, 2, 3))
     for tx in result.transactions:  # the SCP logs a delivery once it has recorded it
         assert scp.wait_delivered(tx.transaction_uid, 5) is not None
-    assert wait_for(lambda: any("closed: " in r.getMessage() for r in caplog.records), 5)
+    def settled() -> bool:  # the delivery line follows the journal's record of it
+        lines = [r.getMessage() for r in caplog.records]
+        return sum(" delivered to " in m for m in lines) == 3 and any("closed: " in m for m in lines)
+
+    assert wait_for(settled, 5)
     messages = [r.getMessage() for r in caplog.records if r.name == "stgcmt.scp"]
     requesters = {m.split()[2].rstrip(":") for m in messages if m.startswith("N-ACTION from ")}
     reported_on = {
