@@ -81,7 +81,8 @@ def test_per_study_n_actions_share_one_association_with_reports_on_it(
         assert scp.wait_delivered(tx.transaction_uid, 5) is not None
     def settled() -> bool:  # the delivery line follows the journal's record of it
         lines = [r.getMessage() for r in caplog.records]
-        return sum(" delivered to " in m for m in lines) == 3 and any("closed: " in m for m in lines)
+        delivered = sum(" delivered to " in m for m in lines)
+        return delivered == 3 and any("closed: " in m for m in lines)
 
     assert wait_for(settled, 5)
     messages = [r.getMessage() for r in caplog.records if r.name == "stgcmt.scp"]
