@@ -12,7 +12,8 @@ from pydicom.dataset import Dataset
 from stgcmt.config import Timeouts
 from stgcmt.dicom.commitment import CommitmentRequest, Reference, build_action_information
 from stgcmt.ul.acse import answer_contexts, user_information
-from stgcmt.ul.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ, PDU, PDUReader, decode_pdu
+from stgcmt.ul.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ, PDU, decode_pdu
+from stgcmt.ul.pdu_reader import PDUReader
 
 from support.common import LOCALHOST, SECONDARY_CAPTURE
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from stgcmt.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from stgcmt.ul.pdu import (
+from stgcmt.ul.pdu_items import (
     ABSTRACT_SYNTAX_NOT_SUPPORTED,
     ACCEPTANCE,
     TRANSFER_SYNTAXES_NOT_SUPPORTED,

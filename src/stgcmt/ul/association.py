@@ -36,18 +36,18 @@ from stgcmt.ul.pdu import (
     A_ASSOCIATE_RQ_TYPE,
     A_RELEASE_RP,
     A_RELEASE_RQ,
-    ABORT_SERVICE_PROVIDER,
-    MAX_ASSOCIATE_PDU,
-    MAX_SMALL_PDU,
     P_DATA_TF_TYPE,
+    decode_pdu,
+)
+from stgcmt.ul.pdu_items import (
+    ABORT_SERVICE_PROVIDER,
     PDV_HEADER_LENGTH,
     REASON_INVALID_PDU_PARAMETER,
     REASON_UNEXPECTED_PDU,
     REASON_UNRECOGNIZED_PDU,
     PDUError,
-    PDUReader,
-    decode_pdu,
 )
+from stgcmt.ul.pdu_reader import MAX_ASSOCIATE_PDU, MAX_SMALL_PDU, PDUReader
 from stgcmt.ul.registry import Registry
 from stgcmt.ul.tasks import spawn
 

@@ -17,7 +17,8 @@ from stgcmt.ul.acse import propose, user_information
 from stgcmt.ul.association import DEFAULT_MAX_PDU, UpperLayer, advertised_max_pdu, max_pdu_too_small
 from stgcmt.ul.engine import run
 from stgcmt.ul.messages import CEchoRq, CStoreRq, NActionRq
-from stgcmt.ul.pdu import A_ABORT, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ, RoleSelectionItem
+from stgcmt.ul.pdu import A_ABORT, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from stgcmt.ul.pdu_items import RoleSelectionItem
 from stgcmt.ul.seam import (
     AssociationError,
     ContextPlan,

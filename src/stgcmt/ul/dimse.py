@@ -12,12 +12,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
-from stgcmt.ul.pdu import (
+from stgcmt.ul.pdu import p_data_tf_header
+from stgcmt.ul.pdu_items import (
     PDV_HEADER_LENGTH,
     PDUError,
     PresentationDataValueItem,
     message_control_header,
-    p_data_tf_header,
 )
 
 CommandSet = dict[int, int | str | bytes]

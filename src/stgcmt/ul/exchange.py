@@ -32,7 +32,8 @@ from stgcmt.ul.dimse import (
     response_to,
 )
 from stgcmt.ul.fsm import Event, State, allows
-from stgcmt.ul.pdu import ABORT_SERVICE_PROVIDER, P_DATA_TF, PDUError
+from stgcmt.ul.pdu import P_DATA_TF
+from stgcmt.ul.pdu_items import ABORT_SERVICE_PROVIDER, PDUError
 from stgcmt.ul.tasks import spawn
 
 log = logging.getLogger("stgcmt.engine")

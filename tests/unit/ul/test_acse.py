@@ -11,7 +11,7 @@ from stgcmt.ul.acse import (
     answer_roles,
     propose,
 )
-from stgcmt.ul.pdu import (
+from stgcmt.ul.pdu_items import (
     PresentationContextItemAC,
     PresentationContextItemRQ,
     RoleSelectionItem,

@@ -41,8 +41,8 @@ from stgcmt.ul.pdu import (
     A_RELEASE_RP,
     A_RELEASE_RQ,
     P_DATA_TF,
-    RoleSelectionItem,
 )
+from stgcmt.ul.pdu_items import RoleSelectionItem
 from stgcmt.ul.seam import (
     NON_STORAGE_SYNTAXES,
     ActionRequest,

@@ -30,12 +30,9 @@ from stgcmt.ul.dimse import (
     fragments,
     response_to,
 )
-from stgcmt.ul.pdu import (
-    P_DATA_TF,
-    PDUError,
-    PDUReader,
-    PresentationDataValueItem,
-)
+from stgcmt.ul.pdu import P_DATA_TF
+from stgcmt.ul.pdu_items import PDUError, PresentationDataValueItem
+from stgcmt.ul.pdu_reader import PDUReader
 
 COMMITMENT, INSTANCE = "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1"
 C_STORE_RQ = {

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from stgcmt import ul as api
 from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION
 from stgcmt.ul.acse import propose, user_information
-from stgcmt.ul.pdu import A_ASSOCIATE_RQ, P_DATA_TF, PresentationDataValueItem
+from stgcmt.ul.pdu import A_ASSOCIATE_RQ, P_DATA_TF
+from stgcmt.ul.pdu_items import PresentationDataValueItem
 from stgcmt.ul.seam import NON_STORAGE_SYNTAXES, ContextPlan, Handlers
 
 from support.common import LOCALHOST, remote, wait_for

@@ -18,15 +18,17 @@ from stgcmt.ul.pdu import (
     A_RELEASE_RQ,
     P_DATA_TF,
     PDU,
+    decode_pdu,
+)
+from stgcmt.ul.pdu_items import (
     PDUError,
-    PDUReader,
     PresentationContextItemAC,
     PresentationContextItemRQ,
     PresentationDataValueItem,
     RoleSelectionItem,
     UserInformationItem,
-    decode_pdu,
 )
+from stgcmt.ul.pdu_reader import PDUReader
 
 COMMITMENT = "1.2.840.10008.1.20.1"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"

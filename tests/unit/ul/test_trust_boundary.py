@@ -34,14 +34,8 @@ from stgcmt.ul.dimse import (
     encode_command_set,
     fragments,
 )
-from stgcmt.ul.pdu import (
-    A_ABORT,
-    A_ASSOCIATE_AC,
-    A_ASSOCIATE_RJ,
-    A_ASSOCIATE_RQ,
-    P_DATA_TF,
-    PresentationDataValueItem,
-)
+from stgcmt.ul.pdu import A_ABORT, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ, P_DATA_TF
+from stgcmt.ul.pdu_items import PresentationDataValueItem
 from stgcmt.ul.seam import (
     NON_STORAGE_SYNTAXES,
     STORAGE_SOP_CLASSES,
