@@ -135,3 +135,38 @@ def flat_items(data: bytes, implicit: bool) -> list[dict[int, bytes]]:
 def tag_text(tag: int) -> str:
     """``(gggg,eeee)``, as the standard writes tags."""
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+_BIG_EXPLICIT = struct.Struct(">HH2sH").unpack_from
+_BIG_LONG_LENGTH = struct.Struct(">I").unpack_from
+_IMPLICIT_HEADER = struct.Struct("<HHI").pack
+_SHORT_HEADER = struct.Struct("<HH2sH").pack
+_LONG_HEADER = struct.Struct("<HH2s2xI").pack
+
+
+def read_header_big_endian(data: bytes | memoryview, offset: int) -> Header:
+    """:func:`read_header` for Explicit VR Big Endian (retired, PS3.5 §A.3): the same
+    layout with every tag and length most significant byte first."""
+    if offset + 8 > len(data):
+        raise MalformedDataset("element header is truncated")
+    group, element, vr, length = _BIG_EXPLICIT(data, offset)
+    if group == 0xFFFE:
+        return group << 16 | element, b"", _BIG_LONG_LENGTH(data, offset + 4)[0], offset + 8
+    if vr in LONG_VRS:
+        if offset + 12 > len(data):
+            raise MalformedDataset("element header is truncated")
+        return group << 16 | element, vr, _BIG_LONG_LENGTH(data, offset + 8)[0], offset + 12
+    return group << 16 | element, vr, length, offset + 8
+
+
+def encode_header(tag: int, vr: bytes, length: int, implicit: bool) -> bytes:
+    """The little endian header of an element (the writer's side of :func:`read_header`):
+    8 bytes when ``implicit`` or for items and delimiters (``vr`` is then ignored), 12 for
+    the VRs of :data:`LONG_VRS`, 8 for the others, whose ``length`` must fit 16 bits."""
+    if implicit or tag >> 16 == 0xFFFE:
+        return _IMPLICIT_HEADER(tag >> 16, tag & 0xFFFF, length)
+    if vr in LONG_VRS:
+        return _LONG_HEADER(tag >> 16, tag & 0xFFFF, vr, length)
+    if length > 0xFFFF:
+        raise MalformedDataset(f"{tag_text(tag)} {vr!r}: length {length} needs a 4-byte field")
+    return _SHORT_HEADER(tag >> 16, tag & 0xFFFF, vr, length)
