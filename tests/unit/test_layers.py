@@ -17,7 +17,7 @@ PACKAGE = Path(stgcmt.__file__).parent
 # What each part of stgcmt may import from stgcmt (prefixes). Parts not listed import nothing.
 ALLOWED: dict[str, tuple[str, ...]] = {
     "stgcmt.dicom": ("stgcmt.dicom",),
-    "stgcmt.config": (),
+    "stgcmt.config": ("stgcmt.config",),
     "stgcmt.faults": (),
     "stgcmt.logs": (),
     "stgcmt.ul": ("stgcmt.ul", "stgcmt.dicom", "stgcmt.config"),
