@@ -3,10 +3,9 @@ state machine. The table in :mod:`.fsm` decides; this module turns transport eve
 and local calls into :class:`~.fsm.Event` s and carries out the :class:`~.fsm.Action` the
 table names (the DIMSE half is :mod:`.exchange`).
 
-Where our actions do more or less than PS3.8 says: AE-4, AE-8, AA-1, AA-7 and AA-8 close the
-transport at once rather than wait for the peer to (ARTIM bounds only Sta2 and the wait after
-our A-RELEASE-RP); an invalid or unexpected PDU is refused from its 6-byte header whenever the
-table answers its type with an A-ABORT in the current state, before its body is buffered.
+Where we do more than PS3.8 says: an invalid or unexpected PDU is refused from its 6-byte
+header whenever the table answers its type with an A-ABORT in the current state, before its
+body is buffered. What each action does is :mod:`.actions`.
 """
 
 from __future__ import annotations
@@ -16,16 +15,15 @@ import contextlib
 import logging
 import queue
 import socket
-import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from stgcmt.config import Timeouts
 from stgcmt.ul import fsm
-from stgcmt.ul.acse import PresentationContext, agreed_contexts
+from stgcmt.ul.acse import PresentationContext
+from stgcmt.ul.actions import ACTIONS, Abort, AssociationActions
 from stgcmt.ul.dimse import DEFAULT_MAX_DATA_SET_BYTES, MessageAssembler
-from stgcmt.ul.exchange import CLOSED, RELEASE, MessageExchange, ServiceUser, resolve
+from stgcmt.ul.exchange import CLOSED, ServiceUser, resolve
 from stgcmt.ul.fsm import Action, Event, State
 from stgcmt.ul.pdu import (
     A_ABORT,
@@ -34,14 +32,11 @@ from stgcmt.ul.pdu import (
     A_ASSOCIATE_RJ,
     A_ASSOCIATE_RQ,
     A_ASSOCIATE_RQ_TYPE,
-    A_RELEASE_RP,
-    A_RELEASE_RQ,
     P_DATA_TF_TYPE,
     decode_pdu,
 )
 from stgcmt.ul.pdu_items import (
     ABORT_SERVICE_PROVIDER,
-    PDV_HEADER_LENGTH,
     REASON_INVALID_PDU_PARAMETER,
     REASON_UNEXPECTED_PDU,
     REASON_UNRECOGNIZED_PDU,
@@ -49,7 +44,6 @@ from stgcmt.ul.pdu_items import (
 )
 from stgcmt.ul.pdu_reader import MAX_ASSOCIATE_PDU, MAX_SMALL_PDU, PDUReader
 from stgcmt.ul.registry import Registry
-from stgcmt.ul.tasks import spawn
 
 __all__ = ["DEFAULT_MAX_PDU", "Negotiator", "State", "UpperLayer", "advertised_max_pdu"]
 
@@ -66,24 +60,11 @@ def advertised_max_pdu(max_pdu: int) -> int:
     return max_pdu if max_pdu > 0 else DEFAULT_MAX_PDU
 
 
-def max_pdu_too_small(max_pdu: int) -> bool:
-    """A peer's Maximum Length that cannot carry one byte of a fragment (0 means unlimited)."""
-    return 0 < max_pdu <= PDV_HEADER_LENGTH
-
-
 Negotiator = Callable[["UpperLayer", A_ASSOCIATE_RQ], Awaitable[A_ASSOCIATE_AC | A_ASSOCIATE_RJ]]
 """Decides an acceptor's answer to an A-ASSOCIATE-RQ (and attaches the service user)."""
 
 
-@dataclass(frozen=True)
-class Abort:
-    """What an A-ABORT PDU we send says."""
-
-    source: int = 0
-    reason: int = 0
-
-
-class UpperLayer(MessageExchange, asyncio.Protocol):
+class UpperLayer(AssociationActions, asyncio.Protocol):
     """An association: as requester when built with the ``request`` to send (and the ``user``
     answering what the acceptor sends us), else as acceptor, whose ``negotiator`` answers the
     A-ASSOCIATE-RQ and sets :attr:`user`."""
@@ -149,7 +130,7 @@ class UpperLayer(MessageExchange, asyncio.Protocol):
         if action is Action.AR_8:
             after = fsm.collision_state(self.is_requester)
         self.state = after
-        _ACTIONS[action](self, payload)
+        ACTIONS[action](self, payload)
 
     # -- transport events ----------------------------------------------------------------------
 
@@ -385,147 +366,3 @@ class UpperLayer(MessageExchange, asyncio.Protocol):
             self._event(Event.ASSOCIATE_REJECT, answer)
         else:
             self._event(Event.ASSOCIATE_ACCEPT, (rq, answer))
-
-    # -- the actions ---------------------------------------------------------------------------
-
-    def _write(self, data: bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
-
-    def _close_transport(self, _: object = None) -> None:
-        if self._transport is not None:
-            self._transport.close()
-
-    def _nothing(self, _: object = None) -> None:
-        """AE-1 (the caller connects), DT-1/AR-7 (:mod:`.exchange` writes), AA-4/AA-5/AR-5
-        (:meth:`connection_lost` tidies up), AA-6 (ignore the PDU)."""
-
-    def _ae2_send_rq(self, _: object) -> None:
-        assert self._request is not None
-        self._write(self._request.encode())
-
-    def _ae3_accepted(self, answer: A_ASSOCIATE_AC) -> None:
-        assert self._request is not None
-        self.peer_max_pdu = answer.user_information.maximum_length
-        if max_pdu_too_small(self.peer_max_pdu):
-            self.abort(ABORT_SERVICE_PROVIDER, REASON_INVALID_PDU_PARAMETER)
-        else:
-            proposed = self._request.presentation_contexts
-            self._establish(agreed_contexts(proposed, answer.presentation_contexts))
-        resolve(self.associated, answer)  # the caller explains a too small maximum
-
-    def _ae4_rejected(self, answer: A_ASSOCIATE_RJ) -> None:
-        self._close_transport()
-        resolve(self.associated, answer)
-
-    def _ae5_connected(self, _: object) -> None:
-        if self._registry is not None:
-            self._registry.add_pending(self)
-        self._start_artim(self._rq_deadline)
-
-    def _ae6_rq_received(self, rq: A_ASSOCIATE_RQ) -> None:
-        assert self._negotiator is not None
-        self._stop_artim()
-        self.peer_max_pdu = rq.user_information.maximum_length
-        if max_pdu_too_small(self.peer_max_pdu):
-            log.warning(
-                "%s: refused: the peer's maximum PDU length %d cannot carry a fragment",
-                self,
-                self.peer_max_pdu,
-            )  # permanent, service user, no reason given
-            self._event(Event.ASSOCIATE_REJECT, A_ASSOCIATE_RJ(1, 1, 1))
-            return
-        if self._registry is not None:
-            self._registry.activate(self)
-        spawn(self._answer_rq(self._negotiator, rq))
-
-    def _ae7_send_ac(self, answer: tuple[A_ASSOCIATE_RQ, A_ASSOCIATE_AC]) -> None:
-        rq, ac = answer
-        self._write(ac.encode())
-        self._establish(agreed_contexts(rq.presentation_contexts, ac.presentation_contexts))
-
-    def _ae8_send_rj(self, rj: A_ASSOCIATE_RJ) -> None:
-        self._write(rj.encode())
-        self._close_transport()
-
-    def _establish(self, contexts: dict[int, PresentationContext]) -> None:
-        assert self.user is not None
-        self.contexts = contexts
-        self._serving = True
-        name = f"stgcmt-association-{self.address[1]}"
-        threading.Thread(target=self._serve, args=(self.user,), name=name, daemon=True).start()
-
-    def _ar1_send_release_rq(self, _: object) -> None:
-        self._write(A_RELEASE_RQ().encode())
-
-    def _ar2_peer_releases(self, _: object) -> None:
-        self._fail_pending()  # a peer that releases answers nothing more
-        self._inbox.put(RELEASE)  # answered once earlier requests are (Evt14, AR-4)
-
-    def _ar3_released(self, _: object) -> None:
-        resolve(self._released, None)
-        self._close_transport()
-
-    def _ar4_send_release_rp(self, _: object) -> None:
-        self._write(A_RELEASE_RP().encode())
-        self._start_artim()
-
-    def _ar8_collision(self, _: object) -> None:
-        if self.is_requester:  # Sta9: the requester answers first (PS3.8 §7.2.3)
-            self._event(Event.RELEASE_RESPONSE)
-
-    def _ar9_send_release_rp(self, _: object) -> None:
-        self._write(A_RELEASE_RP().encode())
-
-    def _ar10_released(self, _: object) -> None:
-        resolve(self._released, None)
-        self._event(Event.RELEASE_RESPONSE)  # Sta12: now we answer, and the requester closes
-
-    def _aa1_send_abort(self, abort: Abort) -> None:
-        self._write(A_ABORT(abort.source, abort.reason).encode())
-        self._close_transport()
-
-    def _aa3_aborted(self, pdu: A_ABORT) -> None:
-        log.info("%s: aborted by the peer (source %d, reason %d)", self, pdu.source, pdu.reason)
-        resolve(self.associated, pdu)
-        self._close_transport()
-
-    def _aa2_close(self, pdu: A_ABORT | None) -> None:
-        self._stop_artim()
-        if pdu is not None:
-            self._aa3_aborted(pdu)
-        else:
-            self._close_transport()
-
-
-_ACTIONS: dict[Action, Callable[[UpperLayer, Any], None]] = {
-    Action.AE_1: UpperLayer._nothing,
-    Action.AE_2: UpperLayer._ae2_send_rq,
-    Action.AE_3: UpperLayer._ae3_accepted,
-    Action.AE_4: UpperLayer._ae4_rejected,
-    Action.AE_5: UpperLayer._ae5_connected,
-    Action.AE_6: UpperLayer._ae6_rq_received,
-    Action.AE_7: UpperLayer._ae7_send_ac,
-    Action.AE_8: UpperLayer._ae8_send_rj,
-    Action.DT_1: UpperLayer._nothing,
-    Action.DT_2: UpperLayer._on_p_data,
-    Action.AR_1: UpperLayer._ar1_send_release_rq,
-    Action.AR_2: UpperLayer._ar2_peer_releases,
-    Action.AR_3: UpperLayer._ar3_released,
-    Action.AR_4: UpperLayer._ar4_send_release_rp,
-    Action.AR_5: UpperLayer._nothing,
-    Action.AR_6: UpperLayer._on_p_data,
-    Action.AR_7: UpperLayer._nothing,
-    Action.AR_8: UpperLayer._ar8_collision,
-    Action.AR_9: UpperLayer._ar9_send_release_rp,
-    Action.AR_10: UpperLayer._ar10_released,
-    Action.AA_1: UpperLayer._aa1_send_abort,
-    Action.AA_2: UpperLayer._aa2_close,
-    Action.AA_3: UpperLayer._aa3_aborted,
-    Action.AA_4: UpperLayer._nothing,
-    Action.AA_5: UpperLayer._nothing,
-    Action.AA_6: UpperLayer._nothing,
-    Action.AA_7: UpperLayer._aa1_send_abort,
-    Action.AA_8: UpperLayer._aa1_send_abort,
-}
-"""Each action of the table, as this protocol carries it out."""

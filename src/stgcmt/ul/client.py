@@ -14,7 +14,8 @@ from stgcmt.config import RemoteAE, Timeouts, TlsConfig
 from stgcmt.dicom.datasets import read_part10_header
 from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION
 from stgcmt.ul.acse import propose, user_information
-from stgcmt.ul.association import DEFAULT_MAX_PDU, UpperLayer, advertised_max_pdu, max_pdu_too_small
+from stgcmt.ul.actions import max_pdu_too_small
+from stgcmt.ul.association import DEFAULT_MAX_PDU, UpperLayer, advertised_max_pdu
 from stgcmt.ul.engine import run
 from stgcmt.ul.messages import CEchoRq, CStoreRq, NActionRq
 from stgcmt.ul.pdu import A_ABORT, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
