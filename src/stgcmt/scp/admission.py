@@ -1,6 +1,7 @@
 """Who may associate with the SCP: the called AE title must be ours, the association limit
-holds, and the calling AE title must be a known peer (at its configured host, unless
-``check_host`` is off) or unknown AEs must be accepted."""
+holds, and the calling AE title must be a known peer (at its configured host or one of its
+profile's ``extra_hosts``, unless ``check_host`` is off, globally or in its profile) or unknown
+AEs must be accepted."""
 
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ class Admission:
     def __init__(self, config: ScpConfig, active: Callable[[], int]) -> None:
         self.config = config
         self._active = active
-        self._remote_addresses = {r.aet: _addresses(r.host) for r in config.remotes}
+        self._remote_addresses = {
+            r.aet: frozenset().union(*map(_addresses, (r.host, *r.profile.extra_hosts)))
+            for r in config.remotes
+        }
 
     def accept(self, peer: ul.PeerInfo) -> ul.Rejection | None:
         if peer.called_aet != self.config.aet:
@@ -51,15 +55,18 @@ class Admission:
             )
             return ul.Rejection("congestion")
         known = self.config.remote(peer.calling_aet)
-        if known is not None and self.config.check_host:
+        check_host = self.config.check_host
+        if known is not None and known.profile.check_host is not None:
+            check_host = known.profile.check_host
+        if known is not None and check_host:
             addresses = self._remote_addresses[known.aet]
             if peer.host not in addresses:
                 log.warning(
                     "rejected association from %s: AE %r is configured at %s, not %s"
-                    " (set check_host = false to allow any host)",
+                    " (add it to the peer's extra_hosts, or set check_host = false)",
                     peer,
                     peer.calling_aet,
-                    known.host,
+                    ", ".join((known.host, *known.profile.extra_hosts)),
                     peer.host,
                 )
                 return ul.Rejection("calling-aet")

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from stgcmt import ul
-from stgcmt.config import RemoteAE, ScpConfig
+from stgcmt.config import REPORT_SYNTAXES, RemoteAE, ScpConfig
 from stgcmt.dicom.commitment import CommitmentReport
 from stgcmt.dicom.status import describe_status
 from stgcmt.faults import crash_point
@@ -176,14 +176,20 @@ class Delivery:
         return status, f"a new association to {remote}"
 
     def _report_on_new_association(self, remote: RemoteAE, report: CommitmentReport) -> int | None:
-        """Open an association asking for the SCP role (IHE RAD-10) and send the report."""
+        """Open an association asking for the SCP role (IHE RAD-10) and send the report, as
+        the peer's profile says: its transfer syntaxes (default Implicit VR Little Endian
+        alone: every peer must accept it), maximum PDU, TLS and timeouts."""
+        profile = remote.profile
+        plan = ul.ContextPlan(
+            commitment="scp", commitment_syntaxes=profile.transfer_syntaxes or REPORT_SYNTAXES
+        )
         with ul.open_association(
             self.config.aet,
             remote,
-            ul.ContextPlan(commitment="scp"),
-            timeouts=self.config.timeouts,
-            max_pdu=self.config.max_pdu,
-            tls=self.config.tls,
+            plan,
+            timeouts=profile.timeouts.over(self.config.timeouts),
+            max_pdu=profile.max_pdu or self.config.max_pdu,
+            tls=profile.tls_over(self.config.tls),
         ) as association:
             return association.n_event_report(report.event_type_id, report)
 

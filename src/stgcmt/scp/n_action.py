@@ -66,7 +66,11 @@ class NAction:
                 "N-ACTION from %s refused with %s: %s", peer, describe_status(exc.status), exc
             )
             return exc.status, None
-        mode = self.config.report_assoc if self.config.remote(peer.calling_aet) else "same"
+        mode = (
+            self.config.report_route(peer.calling_aet)
+            if self.config.remote(peer.calling_aet)
+            else "same"
+        )
         try:
             tx = self.journal.record_request(
                 commitment.transaction_uid,

@@ -198,6 +198,9 @@ class ContextPlan:
     require_commitment: bool = True
     """Fail the association request if the peer rejects Storage Commitment; False lets a
     sender store first and report the missing commitment afterwards."""
+    commitment_syntaxes: tuple[str, ...] = ()
+    """Transfer syntaxes proposed for Storage Commitment (a peer's profile); empty: Implicit
+    and Explicit VR Little Endian."""
 
 
 def plan_storage_associations(
@@ -219,7 +222,8 @@ def requested_contexts(plan: ContextPlan) -> list[tuple[str, tuple[str, ...]]]:
     Storage Commitment, then Verification when asked for (or when nothing else is)."""
     contexts: list[tuple[str, tuple[str, ...]]] = [(uid, (ts,)) for uid, ts in plan.storage]
     if plan.commitment:
-        contexts.append((STORAGE_COMMITMENT_PUSH_MODEL, NON_STORAGE_SYNTAXES))
+        syntaxes = plan.commitment_syntaxes or NON_STORAGE_SYNTAXES
+        contexts.append((STORAGE_COMMITMENT_PUSH_MODEL, tuple(syntaxes)))
     if plan.echo or not contexts:
         contexts.append((VERIFICATION, NON_STORAGE_SYNTAXES))
     if len(contexts) > MAX_CONTEXTS:
