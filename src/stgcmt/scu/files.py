@@ -78,22 +78,40 @@ def _link_or_copy(src: Path, dst: Path) -> None:
             temp.unlink()
 
 
+SKIPPED_SHOWN = 5
+"""Files kept because they changed, logged one by one at WARNING; the rest at DEBUG."""
+
+
 def perform_actions(journal: ScuJournal, rows: Iterable[tuple[Transaction, FileRow]]) -> int:
     """Run due delete/move actions, recording each; an error leaves the action due (retried by
-    the next agent start). Returns how many were done."""
+    the next agent start). Each file is logged at DEBUG, each transaction once at INFO (how
+    many were deleted/moved, kept, left due). Returns how many were done."""
     done = 0
+    tally: dict[int, tuple[Transaction, dict[str, int]]] = {}
     for tx, row in rows:
+        counts = tally.setdefault(tx.id, (tx, {}))[1]
         try:
             state, note = act_on(tx, row)
         except OSError as exc:
             log.error("%s: cannot %s %s (will retry): %s", tx.label, tx.on_commit, row.path, exc)
             journal.record_action(tx.id, row.seq, "due", f"error: {exc}")
+            counts["due"] = counts.get("due", 0) + 1
             continue
         journal.record_action(tx.id, row.seq, state, note)
         crash_point("scu.purge.mid")
-        log_level = logging.INFO if state == "done" else logging.WARNING
-        log.log(log_level, "%s: %s: %s", tx.label, row.path, note)
+        counts[state] = counts.get(state, 0) + 1
+        loud = state != "done" and counts[state] <= SKIPPED_SHOWN
+        log.log(logging.WARNING if loud else logging.DEBUG, "%s: %s: %s", tx.label, row.path, note)
         done += state == "done"
+    for tx, counts in tally.values():
+        verb = "deleted" if tx.on_commit == "delete" else "moved"
+        parts = [f"{counts.get('done', 0)} {verb}"]
+        if counts.get("skipped"):
+            parts.append(f"{counts['skipped']} kept (changed after sending)")
+        if counts.get("due"):
+            parts.append(f"{counts['due']} still due (errors, retried by the agent)")
+        level = logging.INFO if len(parts) == 1 else logging.WARNING
+        log.log(level, "%s: %s", tx.label, ", ".join(parts))
     return done
 
 

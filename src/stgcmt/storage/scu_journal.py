@@ -11,7 +11,9 @@ two is finished by the next start. Transaction states::
     storing -> pending -> committed | failed
             -> aborted (connection lost before the N-ACTION: nothing was requested)
 
-File states: ``queued -> stored | store_failed``, ``stored -> pending -> committed | failed``.
+File states: ``queued -> stored | store_failed``, ``stored -> pending -> committed | failed``;
+``aborted`` for the files of an aborted transaction that were not settled (queued, stored or
+pending: no commitment was requested for them; the transaction's ``last_error`` says why).
 A file's ``action`` is NULL (nothing to do), ``due`` (committed, delete/move not yet done),
 ``done`` or ``skipped`` (the file had changed or vanished), with ``action_note`` saying what
 happened.
@@ -41,7 +43,7 @@ TX_STATES = (STORING, PENDING, COMMITTED, FAILED, ABORTED)
 QUEUED = "queued"
 STORED = "stored"
 STORE_FAILED = "store_failed"
-FILE_STATES = (QUEUED, STORED, STORE_FAILED, PENDING, COMMITTED, FAILED)
+FILE_STATES = (QUEUED, STORED, STORE_FAILED, PENDING, COMMITTED, FAILED, ABORTED)
 
 OnCommit = Literal["keep", "delete", "move"]
 
@@ -165,8 +167,16 @@ class ScuJournal:
     def _migrate(self) -> None:
         """Journals written before the archive's AE title, host and port had columns get them,
         filled from the ``archive`` text (``AET@HOST:PORT``): their pending transactions keep
-        the right to be reported by that archive, and only by it."""
+        the right to be reported by that archive, and only by it. Files of aborted transactions
+        that older versions left ``queued``/``stored``/``failed`` without a reason become
+        ``aborted`` (idempotent; no schema change)."""
         with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE files SET state = ? WHERE (state IN (?, ?, ?) OR (state = ? AND"
+                " failure_reason IS NULL)) AND tx_id IN (SELECT id FROM transactions WHERE"
+                " state = ? AND reported_at IS NULL)",
+                (ABORTED, QUEUED, STORED, PENDING, FAILED, ABORTED),
+            )
             have = {row[1] for row in conn.execute("PRAGMA table_info(transactions)")}
             missing = [c for c in _ARCHIVE_COLUMNS if c[0] not in have]
             for name, kind in missing:
@@ -307,8 +317,14 @@ class ScuJournal:
 
     def close_unrequested(self, tx_id: int, state: str, error: str, reason: int | None) -> None:
         """End a transaction whose N-ACTION was never sent or was refused (no report will
-        come): its pending files fail with ``reason``."""
+        come): its pending files fail with ``reason``; when it is ``aborted``, every file not
+        settled (queued, stored, pending) becomes ``aborted`` (``error`` says why)."""
         with self.db.transaction(durable=True) as conn:
+            if state == ABORTED:
+                conn.execute(
+                    "UPDATE files SET state = ? WHERE tx_id = ? AND state IN (?, ?, ?)",
+                    (ABORTED, tx_id, QUEUED, STORED, PENDING),
+                )
             conn.execute(
                 "UPDATE files SET state = ?, failure_reason = ? WHERE tx_id = ? AND state IN"
                 " (?, ?)",
@@ -356,16 +372,19 @@ class ScuJournal:
         return ReportOutcome(self.get(tx.id), True, ignored)
 
     def _finish(self, conn, tx_id: int, state: str | None, error: str | None) -> None:
-        """Count file outcomes and close the transaction: committed only if every file is."""
-        n_files, n_committed = conn.execute(
-            "SELECT count(*), coalesce(sum(state = ?), 0) FROM files WHERE tx_id = ?",
-            (COMMITTED, tx_id),
+        """Count file outcomes and close the transaction: committed only if every file is.
+        ``n_failed`` counts failed references only (not files whose C-STORE failed, nor
+        aborted ones)."""
+        n_files, n_committed, n_failed = conn.execute(
+            "SELECT count(*), coalesce(sum(state = ?), 0), coalesce(sum(state = ?), 0)"
+            " FROM files WHERE tx_id = ?",
+            (COMMITTED, FAILED, tx_id),
         ).fetchone()
         final = state or (COMMITTED if n_committed == n_files else FAILED)
         conn.execute(
             "UPDATE transactions SET state = ?, n_committed = ?, n_failed = ?,"
             " last_error = coalesce(?, last_error), updated_at = ? WHERE id = ?",
-            (final, n_committed, n_files - n_committed, error, time.time(), tx_id),
+            (final, n_committed, n_failed, error, time.time(), tx_id),
         )
 
     def record_action(self, tx_id: int, seq: int, action: str, note: str) -> None:
