@@ -88,6 +88,8 @@ WAVEFORM_BITS_ALLOCATED: Final = 0x54001004
 _CONTEXT_TAGS: Final = frozenset({BITS_ALLOCATED, PIXEL_REPRESENTATION, WAVEFORM_BITS_ALLOCATED})
 MAX_SHORT_LENGTH: Final = 0xFFFE
 """The longest (even) value a 2-byte length field holds; longer ones are written as UN."""
+MAX_DEPTH: Final = 64
+"""Sequences nested deeper are refused (real data sets nest a handful deep)."""
 
 _SWAP: Final = {
     **dict.fromkeys((b"US", b"SS", b"OW", b"AT"), "H"),
@@ -160,13 +162,16 @@ class _Level:
     """What an implicit VR choice needs from the data set being read (an item or the top):
     values inherited from the enclosing data sets, and the private creators of this one."""
 
-    __slots__ = ("bits_allocated", "creators", "pixel_representation", "waveform_bits")
+    __slots__ = ("bits_allocated", "creators", "depth", "pixel_representation", "waveform_bits")
 
     def __init__(self, parent: _Level | None = None) -> None:
         self.bits_allocated: int = parent.bits_allocated if parent else -1
         self.pixel_representation: int = parent.pixel_representation if parent else -1
         self.waveform_bits: int = parent.waveform_bits if parent else -1
         self.creators: dict[int, str] = {}
+        self.depth: int = parent.depth + 1 if parent else 0
+        if self.depth > MAX_DEPTH:
+            raise TranscodeError(f"sequences are nested more than {MAX_DEPTH} deep")
 
 
 class _Transcoder:
@@ -309,7 +314,7 @@ class _Transcoder:
                 stop = _skip_big_endian(self.src, value)
             else:
                 stop = skip_undefined(self.src, value, implicit)
-        except MalformedDataset:
+        except (MalformedDataset, RecursionError):  # skip_undefined recurses per nesting level
             stop = end + 1
         if stop > end:
             raise TranscodeError(f"{tag_text(tag)}: its undefined-length value is truncated")
