@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from stgcmt import __version__
-from stgcmt.cli import agent_cmd, scp_cmd, send_cmd, status_cmd
+from stgcmt.cli import agent_cmd, echo_cmd, scp_cmd, send_cmd, status_cmd
 from stgcmt.cli.common import EXIT_USAGE, fail
 from stgcmt.config import ConfigError
 from stgcmt.scp import StorageUnavailable
 
-COMMANDS = (scp_cmd, send_cmd, agent_cmd, status_cmd)
+COMMANDS = (scp_cmd, send_cmd, agent_cmd, status_cmd, echo_cmd)
 
 EPILOG = """\
 commands:
@@ -25,6 +25,7 @@ commands:
   send     send files, request commitment, delete/move them once committed
   agent    receive late commitment reports for send and act on them
   status   show transactions and instances (SCP data dir or SCU journal)
+  echo     C-ECHO a peer (like DCMTK echoscu): is it there, does it accept us
 
 Peers are written AET@HOST:PORT. Run 'stgcmt COMMAND --help' for examples.
 """

@@ -7,6 +7,11 @@ Trust boundary: only the archive that was asked may make us delete anything. The
 records, per transaction, the archive it was sent to; :class:`TrustPolicy` rejects a new
 association whose calling AE title and source address match no archive we wait for nor a
 named :class:`Reporter`, and refuses (0110H) a report for a transaction sent elsewhere.
+
+Verification is the exception: an association that proposes *only* the Verification SOP Class
+is accepted from any calling AE (still addressed to our AE title), so an archive's "test
+connection" works before any transaction is pending. It cannot make us act: it carries no
+Storage Commitment context, and a report arriving on it anyway is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from stgcmt.dicom.commitment import (
     InvalidRequest,
 )
 from stgcmt.dicom.status import PROCESSING_FAILURE, SUCCESS, describe_status
+from stgcmt.dicom.uids import VERIFICATION
 from stgcmt.faults import crash_point
 from stgcmt.scu.files import perform_actions
 from stgcmt.scu.results import failure_words
@@ -169,6 +175,11 @@ class TrustPolicy:
         return f"{tx.label} was sent to {tx.archive}, not to {peer}"
 
 
+def verification_only(peer: ul.PeerInfo) -> bool:
+    """Whether ``peer``'s association request proposed Verification and nothing else."""
+    return bool(peer.proposed) and set(peer.proposed) == {VERIFICATION}
+
+
 def security_event(peer: ul.PeerInfo, what: str, why: str) -> None:
     """One recognisable WARNING per refused reporter: who (AE, host, port), what, why."""
     log.warning(
@@ -211,6 +222,14 @@ class ReportHandler:
                 self.aet,
             )
             return ul.Rejection("called-aet")
+        if verification_only(peer):
+            log.info(
+                "accepted association from %s (called %r) proposing only Verification: C-ECHO is"
+                " answered for anyone, reports need the archive asked or a --reporter",
+                peer,
+                peer.called_aet,
+            )
+            return None
         why = self.trust.admits(peer)
         if why is not None:
             security_event(peer, "association rejected (calling AE title not recognised)", why)
@@ -259,6 +278,13 @@ class ReportHandler:
             report = event.report()
         except InvalidRequest as exc:
             return _refuse(peer, f"unusable report: {exc}")
+        if verification_only(peer):
+            security_event(
+                peer,
+                f"N-EVENT-REPORT on {via} refused",
+                "the association proposed only Verification (accepted from anyone for C-ECHO)",
+            )
+            return PROCESSING_FAILURE
         sent = self.journal.find(report.transaction_uid)
         if sent is None:
             return _refuse(peer, f"unknown Transaction UID {report.transaction_uid}")
@@ -324,8 +350,10 @@ def report_server(
     port: int,
     timeouts: Timeouts | None = None,
     tls: TlsConfig | None = None,
+    max_pdu: int | None = None,
 ) -> ul.Server:
     """A listener for reports on new associations (requester SCP role, or no role item)."""
+    options = {"max_pdu": max_pdu} if max_pdu else {}
     return ul.listen(
         handler.aet,
         bind,
@@ -335,4 +363,5 @@ def report_server(
         commitment=True,
         timeouts=timeouts,
         tls=tls,
+        **options,
     )

@@ -28,6 +28,7 @@ from stgcmt.ul.seam import (
     Rejection,
     Server,
     StoreRequest,
+    Unreachable,
     is_success,
     plan_storage_associations,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "Rejection",
     "Server",
     "StoreRequest",
+    "Unreachable",
     "is_success",
     "listen",
     "open_association",

@@ -26,6 +26,7 @@ from stgcmt.ul.seam import (
     Handlers,
     Information,
     PeerInfo,
+    Unreachable,
     aborted_request,
     cannot_connect,
     next_association_id,
@@ -184,16 +185,16 @@ async def _associate(
             )
     except ssl.SSLError as exc:  # an OSError too, but not a connection refused
         log.info("TLS handshake with %s failed: %s", remote, exc)
-        raise AssociationError(tls_failed(remote, exc)) from None
+        raise Unreachable(tls_failed(remote, exc)) from None
     except (OSError, TimeoutError) as exc:
         log.info("cannot connect to %s: %s", remote, exc)
-        raise AssociationError(cannot_connect(remote)) from None
+        raise Unreachable(cannot_connect(remote)) from None
     try:
         async with asyncio.timeout(timeouts.acse):
             answer = await upper.associated
     except TimeoutError:
         upper.abort()
-        raise AssociationError(no_answer(remote)) from None
+        raise Unreachable(no_answer(remote)) from None
     _check_answer(remote, rq, upper, answer)
     return upper
 

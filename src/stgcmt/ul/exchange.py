@@ -32,6 +32,7 @@ from stgcmt.ul.dimse import (
     response_to,
 )
 from stgcmt.ul.fsm import Event, State, allows
+from stgcmt.ul.negotiation_log import log_echo_answered
 from stgcmt.ul.pdu import P_DATA_TF
 from stgcmt.ul.pdu_items import ABORT_SERVICE_PROVIDER, PDUError
 from stgcmt.ul.tasks import spawn
@@ -190,6 +191,7 @@ class MessageExchange:
                 return Answer(OUT_OF_RESOURCES)
             return Answer(RESOURCE_LIMITATION)
         if message.command_field == CommandField.C_ECHO_RQ:
+            log_echo_answered(self, SUCCESS, getattr(getattr(user, "link", None), "peer", None))
             return Answer(SUCCESS)
         try:
             return user.handle(message)

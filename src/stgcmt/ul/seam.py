@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, Self
 
@@ -47,6 +47,11 @@ class AssociationError(ConnectionError):
     """The peer could not be reached, rejected us, or did not accept what we need."""
 
 
+class Unreachable(AssociationError):
+    """No DICOM answer at all: connection refused or timed out, TLS handshake failed, or no
+    answer to the A-ASSOCIATE-RQ (``stgcmt echo`` exits 2 for these, 1 for a rejection)."""
+
+
 @dataclass(frozen=True)
 class PeerInfo:
     """Who is on the other end of an association."""
@@ -56,6 +61,9 @@ class PeerInfo:
     host: str
     port: int
     association_id: int
+    proposed: tuple[str, ...] = field(default=(), compare=False)
+    """The abstract syntaxes the requester proposed (set for associations we accept), so an
+    ``accept`` handler can treat a Verification-only association differently."""
 
     def __str__(self) -> str:
         return f"{self.calling_aet}@{self.host}:{self.port}"

@@ -121,7 +121,10 @@ class EngineServer:
         if len(self._associations) > self._max_associations:
             return associate_rj(Rejection("congestion"))
         host, port = association.address
-        peer = PeerInfo(rq.calling_ae_title, rq.called_ae_title, host, port, next_association_id())
+        proposed = tuple(cx.abstract_syntax for cx in rq.presentation_contexts)
+        peer = PeerInfo(
+            rq.calling_ae_title, rq.called_ae_title, host, port, next_association_id(), proposed
+        )
         if self._handlers.accept is not None:
             rejection = await asyncio.to_thread(self._handlers.accept, peer)
             if rejection is not None:
