@@ -181,11 +181,8 @@ class _Transcoder:
         self.implicit = implicit
         self.big_endian = big_endian
         self.to_implicit = to_implicit
-        src = self.src
-        self.header: Callable[[int], Header] = (
-            (lambda offset: read_header_big_endian(src, offset))
-            if big_endian
-            else (lambda offset: read_header(src, offset, implicit))
+        self.header: Callable[[memoryview, int, bool], Header] = (
+            _read_big_endian if big_endian else read_header
         )
 
     def run(self) -> bytes:
@@ -194,7 +191,7 @@ class _Transcoder:
 
     def read(self, offset: int, after: int, where: int) -> Header:
         try:
-            return self.header(offset)
+            return self.header(self.src, offset, self.implicit)
         except MalformedDataset:
             raise TranscodeError(
                 f"the element header at offset {offset} ({_after(after, where)}) is truncated"
@@ -203,11 +200,20 @@ class _Transcoder:
     def elements(self, offset: int, end: int, undefined: bool, level: _Level, where: int) -> int:
         """Write the elements of a data set (the top one, or an item of the sequence
         ``where``) from ``offset``; return the offset past it (past its delimiter)."""
-        out, to_implicit, implicit = self.out, self.to_implicit, self.implicit
+        out, to_implicit, implicit, src, header = (
+            self.out,
+            self.to_implicit,
+            self.implicit,
+            self.src,
+            self.header,
+        )
         group_length: tuple[int, int] | None = None  # (group, offset of its value in out)
         last = 0
         while offset < end:
-            tag, vr, length, value = self.read(offset, last, where)
+            try:
+                tag, vr, length, value = header(src, offset, implicit)
+            except MalformedDataset:
+                tag, vr, length, value = self.read(offset, last, where)  # raises the error
             if group_length is not None and tag >> 16 != group_length[0]:
                 self.patch_group_length(group_length[1])
                 group_length = None
@@ -218,7 +224,7 @@ class _Transcoder:
                 raise TranscodeError(f"unexpected {tag_text(tag)} {_after(last, where)}")
             if length == UNDEFINED_LENGTH:
                 if implicit:
-                    vr = self.implicit_vr(tag, b"", length, level)
+                    vr = self.implicit_vr(tag, value, value, length, level)
                 offset = self.undefined(tag, vr, value, end, level)
                 last = tag
                 continue
@@ -229,7 +235,7 @@ class _Transcoder:
                     f"{'the data set' if not where else 'its item in ' + tag_text(where)}"
                 )
             if implicit:
-                vr = self.implicit_vr(tag, self.src[value:stop], length, level)
+                vr = self.implicit_vr(tag, value, stop, length, level)
             if vr == _SQ:
                 out += encode_header(tag, _SQ, 0, to_implicit)
                 start = len(out)
@@ -240,7 +246,7 @@ class _Transcoder:
                 if self.big_endian and vr in _SWAP:
                     out += _swapped(self.src[value:stop], _SWAP[vr], tag)
                 else:
-                    out += self.src[value:stop]
+                    out += src[value:stop]
                 if tag & 0xFFFF == 0 and length == 4:
                     group_length = tag >> 16, len(out) - 4
             offset = stop
@@ -320,22 +326,25 @@ class _Transcoder:
             raise TranscodeError(f"{tag_text(tag)}: its undefined-length value is truncated")
         return stop
 
-    def implicit_vr(self, tag: int, value: memoryview | bytes, length: int, level: _Level) -> bytes:
-        """The VR to write for an implicit element (see the module's docstring)."""
+    def implicit_vr(self, tag: int, start: int, stop: int, length: int, level: _Level) -> bytes:
+        """The VR to write for an implicit element whose value is ``src[start:stop]``
+        (see the module's docstring)."""
         group, element = tag >> 16, tag & 0xFFFF
         if element == 0:
             return _UL
         if group & 1:
             if 0x10 <= element <= 0xFF:
-                level.creators[group << 8 | element] = bytes(value).decode("latin-1").strip(" \x00")
+                level.creators[group << 8 | element] = (
+                    bytes(self.src[start:stop]).decode("latin-1").strip(" \x00")
+                )
                 vr = _LO
             else:
                 creator = level.creators.get(group << 8 | element >> 8)
                 vr = _UN if creator is None else _private_vr(group, element & 0xFF, creator)
         else:
             vr = _public_vr(tag)
-            if tag in _CONTEXT_TAGS and length >= 2:
-                number = value[0] | value[1] << 8
+            if tag in _CONTEXT_TAGS and stop - start >= 2:
+                number = self.src[start] | self.src[start + 1] << 8
                 if tag == BITS_ALLOCATED:
                     level.bits_allocated = number
                 elif tag == PIXEL_REPRESENTATION:
@@ -400,6 +409,10 @@ def _skip_big_endian(data: memoryview, offset: int) -> int:
         if length == UNDEFINED_LENGTH or offset + length > len(data):
             raise MalformedDataset("fragment is truncated")
         offset += length
+
+
+def _read_big_endian(data: memoryview, offset: int, _implicit: bool) -> Header:
+    return read_header_big_endian(data, offset)
 
 
 def _after(last: int, where: int) -> str:

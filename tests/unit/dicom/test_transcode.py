@@ -513,7 +513,7 @@ def build(elements: list[Element], implicit: bool) -> bytes:
 
 
 @settings(max_examples=200, derandomize=True, deadline=None)
-@given(element_lists(3))
+@given(element_lists(2))
 def test_random_element_lists_round_trip(elements: list[Element]):
     implicit, explicit = build(elements, True), build(elements, False)
     assert transcode(implicit, IMPLICIT, EXPLICIT) == explicit
