@@ -49,6 +49,14 @@ class Archive:
     requests: list[Dataset] = field(default_factory=list)
     answers: list[int | None] = field(default_factory=list)
     """Our SCU's status answers to the N-EVENT-REPORTs."""
+    transfer_syntaxes: tuple[str, ...] = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+    """What the storage contexts accept (e.g. only Implicit VR Little Endian)."""
+    keep_datasets: bool = False
+    """Keep every received data set (decoded) in ``datasets`` and its syntax in ``syntaxes``."""
+    datasets: dict[str, Dataset] = field(default_factory=dict)
+    syntaxes: dict[str, str] = field(default_factory=dict)
+    proposed: list[list[tuple[str, tuple[str, ...]]]] = field(default_factory=list)
+    """Per association requested: the proposed (abstract syntax, transfer syntaxes)."""
 
     def __post_init__(self) -> None:
         self._server = None
@@ -58,9 +66,13 @@ class Archive:
     def start(self) -> int:
         ae = AE(self.aet)
         for uid in STORAGE_CLASSES:
-            ae.add_supported_context(uid, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+            ae.add_supported_context(uid, list(self.transfer_syntaxes))
         ae.add_supported_context(StorageCommitmentPushModel)
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_N_ACTION, self._on_action)]
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_N_ACTION, self._on_action),
+            (evt.EVT_REQUESTED, self._on_requested),
+        ]
         self._server = ae.start_server((LOCALHOST, 0), block=False, evt_handlers=handlers)
         return self._server.server_address[1]
 
@@ -81,8 +93,17 @@ class Archive:
         if uid in self.stall_once:
             self.stall_once.discard(uid)
             time.sleep(self.stall)
+        if self.keep_datasets:
+            self.datasets[uid] = event.dataset
+            self.syntaxes[uid] = str(event.context.transfer_syntax)
         self.stored.append(uid)
         return 0x0000
+
+    def _on_requested(self, event) -> None:
+        contexts = event.assoc.requestor.requested_contexts
+        self.proposed.append(
+            [(str(cx.abstract_syntax), tuple(map(str, cx.transfer_syntax))) for cx in contexts]
+        )
 
     def _on_action(self, event) -> tuple[int, None]:
         request = event.action_information

@@ -49,6 +49,15 @@ EXAMPLES = """\
   stgcmt send ARCHIVE@pacs:11112 ./outbox --aet CT1 --move-committed ./sent --json
   stgcmt send ARCHIVE@pacs:11112 ./outbox --aet CT1 --listen 11113 --reporter ARCHIVE@pacs2
       # the archive reports from another node (pacs2), or: --reporter ARCHIVE_RPT@pacs
+  stgcmt send ARCHIVE@pacs:11112 ./outbox --aet CT1 -xi
+      # an old archive that takes Implicit VR Little Endian only: propose (and send) just that
+
+Transfer syntaxes: by default each SOP Class is proposed in each file's own syntax (sent as
+it is when accepted) and, for uncompressed files, also in Explicit and Implicit VR Little
+Endian (the file is transcoded on the fly when only those are accepted). -xi / -xe propose
+uncompressed files only in Implicit / Explicit VR Little Endian; -xf only in their own syntax.
+Compressed files (JPEG, ...) always go in their own syntax: stgcmt does not decompress, and a
+file whose syntax the archive refuses fails (kept, exit 1).
 
 Only the archive sent to (its AE title, from an address its host name resolves to) may
 report on a new association, unless --reporter names others; anyone else is rejected
@@ -125,6 +134,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     split.add_argument("--per-series", action="store_true", help="one transaction per series")
     p.add_argument("--max-refs", type=int, metavar="N", help="at most N files per transaction")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    propose = p.add_mutually_exclusive_group()
+    propose.add_argument(
+        "-xi",
+        "--propose-implicit",
+        dest="propose",
+        action="store_const",
+        const="implicit",
+        help="propose only Implicit VR Little Endian (uncompressed files transcoded to it)",
+    )
+    propose.add_argument(
+        "-xe",
+        "--propose-explicit",
+        dest="propose",
+        action="store_const",
+        const="explicit",
+        help="propose only Explicit VR Little Endian (uncompressed files transcoded to it)",
+    )
+    propose.add_argument(
+        "-xf",
+        "--propose-file",
+        dest="propose",
+        action="store_const",
+        const="file",
+        help="propose each file's own transfer syntax only (never transcode)",
+    )
+    p.set_defaults(propose="negotiate")
     add_reporter_flag(p)
     add_journal_flag(p)
     add_tls_flags(p)
@@ -146,6 +181,7 @@ def options_from(args: argparse.Namespace) -> SendOptions:
         listen_bind=args.listen_bind,
         tls=tls_config(args),
         reporters=tuple(args.reporter),
+        propose=args.propose,
     )
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 
 from stgcmt.config import ConfigError, Timeouts, TlsConfig
 from stgcmt.scu.dicomfiles import GroupBy
+from stgcmt.scu.negotiation import PROPOSE_CHOICES, Propose
 from stgcmt.scu.reports import DEFAULT_AET, DEFAULT_LISTEN_BIND, Reporter
 from stgcmt.storage.scu_journal import OnCommit
 
@@ -41,6 +42,9 @@ class SendOptions:
     """DICOM TLS for the associations we open and for our listener."""
     reporters: tuple[Reporter, ...] = ()
     """Who else may report on a new association, besides the archive we send to."""
+    propose: Propose = "negotiate"
+    """Transfer syntaxes proposed (see :mod:`stgcmt.scu.negotiation`): the file's own plus
+    Explicit/Implicit VR Little Endian, only Implicit, only Explicit, or the file's only."""
 
     def checked(self) -> SendOptions:
         if self.report_assoc not in REPORT_WAIT_CHOICES:
@@ -52,6 +56,8 @@ class SendOptions:
             )
         if self.on_commit == "move" and self.move_dir is None:
             raise UsageError("moving committed files needs a target directory")
+        if self.propose not in PROPOSE_CHOICES:
+            raise UsageError(f"propose must be one of {', '.join(PROPOSE_CHOICES)}")
         if self.max_refs is not None and self.max_refs < 1:
             raise UsageError("--max-refs must be at least 1")
         if self.timeout < 0 or (self.same_assoc_wait or 0) < 0:

@@ -12,6 +12,7 @@ from typing import Self
 
 from stgcmt.config import RemoteAE, Timeouts, TlsConfig
 from stgcmt.dicom.datasets import read_part10_header
+from stgcmt.dicom.transcode import transcode
 from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION
 from stgcmt.ul.acse import propose, user_information
 from stgcmt.ul.actions import max_pdu_too_small
@@ -91,22 +92,25 @@ class EngineAssociation:
     def c_echo(self) -> int | None:
         return self.link.request(VERIFICATION, CEchoRq().command())
 
-    def c_store(self, path: Path) -> int | None:
-        """Send one Part 10 file's data set as it is on disk. None means no response (outcome
-        unknown) or a file that cannot be sent on this association; OSError if unreadable."""
+    def c_store(self, path: Path, transfer_syntax: str | None = None) -> int | None:
+        """Send one Part 10 file's data set: as it is on disk, or transcoded from the file's
+        transfer syntax to ``transfer_syntax`` (read whole, converted, sent on that context).
+        None means no response (outcome unknown) or a file that cannot be sent on this
+        association; OSError if unreadable, ValueError if it cannot be transcoded."""
         with open(path, "rb") as f:
             try:
                 header = read_part10_header(f)
             except (ValueError, OSError) as exc:
                 log.warning("C-STORE of %s: cannot be sent: %s", path, exc)
                 return None
-            context = self.link.context(header.sop_class_uid, header.transfer_syntax)
+            syntax = transfer_syntax or header.transfer_syntax
+            context = self.link.context(header.sop_class_uid, syntax)
             if context is None:
                 log.warning(
                     "C-STORE of %s: no accepted presentation context for %s in %s",
                     path,
                     header.sop_class_uid,
-                    header.transfer_syntax,
+                    syntax,
                 )
                 return None
             first = f.read(READ_CHUNK)
@@ -115,6 +119,10 @@ class EngineAssociation:
                 return None
             command = CStoreRq(header.sop_class_uid, header.sop_instance_uid).command()
             rest = iter(partial(f.read, READ_CHUNK), b"")
+            if syntax != header.transfer_syntax:
+                data = transcode(b"".join((first, *rest)), header.transfer_syntax, syntax)
+                log.debug("C-STORE of %s: %s -> %s", path, header.transfer_syntax, syntax)
+                return self.link.exchange(context, command, (data,))
             return self.link.exchange(context, command, itertools.chain((first,), rest))
 
     def n_action(self, information: Information) -> int | None:

@@ -197,8 +197,9 @@ class Handlers:
 class ContextPlan:
     """What an association we open asks for."""
 
-    storage: Sequence[tuple[str, str]] = ()
-    """(SOP Class UID, transfer syntax) pairs for C-STORE."""
+    storage: Sequence[tuple[str, str | tuple[str, ...]]] = ()
+    """One presentation context for C-STORE per item: (SOP Class UID, transfer syntax), or
+    (SOP Class UID, transfer syntaxes) for a context offering several, the preferred first."""
     commitment: CommitmentRole | None = None
     """'scu' to send N-ACTION (receive reports on it), 'scp' to deliver reports (asks for the
     SCP role with an SCP/SCU Role Selection item: SCU role 0, SCP role 1)."""
@@ -228,7 +229,9 @@ def is_success(status: int | None) -> bool:
 def requested_contexts(plan: ContextPlan) -> list[tuple[str, tuple[str, ...]]]:
     """(abstract syntax, transfer syntaxes) to propose: one context per storage pair, then
     Storage Commitment, then Verification when asked for (or when nothing else is)."""
-    contexts: list[tuple[str, tuple[str, ...]]] = [(uid, (ts,)) for uid, ts in plan.storage]
+    contexts: list[tuple[str, tuple[str, ...]]] = [
+        (uid, (ts,) if isinstance(ts, str) else tuple(ts)) for uid, ts in plan.storage
+    ]
     if plan.commitment:
         syntaxes = plan.commitment_syntaxes or NON_STORAGE_SYNTAXES
         contexts.append((STORAGE_COMMITMENT_PUSH_MODEL, tuple(syntaxes)))
@@ -256,9 +259,10 @@ class Association(Protocol):
 
     def c_echo(self) -> int | None: ...
 
-    def c_store(self, path: Path) -> int | None:
-        """One Part 10 file's data set; None if no response came (outcome unknown) or the
-        file cannot be sent on this association; OSError if it cannot be read."""
+    def c_store(self, path: Path, transfer_syntax: str | None = None) -> int | None:
+        """One Part 10 file's data set, as it is or transcoded to ``transfer_syntax``; None if
+        no response came (outcome unknown) or the file cannot be sent on this association;
+        OSError if it cannot be read, ValueError if it cannot be transcoded."""
         ...
 
     def n_action(self, information: Information) -> int | None: ...
