@@ -9,7 +9,11 @@ from pathlib import Path
 from stgcmt import scp, scu
 from stgcmt.cli.common import at_least_one, fail, subcommand
 
+DEFAULT_DATA_DIR = Path("stgcmt-data")
+"""The SCP's default data directory (``stgcmt scp`` without ``--data-dir``)."""
+
 EXAMPLES = """\
+  stgcmt status                                   # ./stgcmt-data if it exists, else the SCU journal
   stgcmt status --data-dir ./stgcmt-data          # the SCP's transactions and instances
   stgcmt status --data-dir ./stgcmt-data --json   # for scripts
   stgcmt status --journal ~/.local/state/stgcmt/scu-journal.sqlite   # what send/agent await
@@ -28,8 +32,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if (args.data_dir is None) == (args.journal is None):
-        return fail(args, "give --data-dir or --journal")
+    if args.data_dir is not None and args.journal is not None:
+        return fail(args, "give --data-dir or --journal, not both")
+    if args.data_dir is None and args.journal is None:
+        # The defaults: the SCP's ./stgcmt-data when it is there, else the SCU journal.
+        if (DEFAULT_DATA_DIR / "commitment.sqlite").exists():
+            args.data_dir = DEFAULT_DATA_DIR
+        elif scu.default_journal_path().exists():
+            args.journal = scu.default_journal_path()
+        else:
+            return fail(
+                args,
+                f"no SCP data dir ./{DEFAULT_DATA_DIR} and no SCU journal"
+                f" {scu.default_journal_path()}: give --data-dir or --journal",
+            )
     scu_side = args.journal is not None
     try:
         if scu_side:

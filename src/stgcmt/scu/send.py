@@ -19,12 +19,10 @@ from pathlib import Path
 from stgcmt import ul
 from stgcmt.config import RemoteAE
 from stgcmt.dicom.commitment import CommitmentRequest
-from stgcmt.dicom.status import describe_status
+from stgcmt.dicom.status import RESOURCE_LIMITATION, describe_status
 from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, new_transaction_uid
 from stgcmt.faults import crash_point
-from stgcmt.scu import negotiation
 from stgcmt.scu.dicomfiles import LocalFile, Skipped, scan, split
-from stgcmt.scu.negotiation import Offer
 from stgcmt.scu.options import (
     REPORT_WAIT_CHOICES,
     ReportWait,
@@ -42,6 +40,7 @@ from stgcmt.scu.results import (
     EXIT_COMMITTED,
     EXIT_FAILED,
     EXIT_PENDING,
+    NO_COMMITMENT,
     FileResult,
     SendResult,
     TransactionResult,
@@ -68,9 +67,11 @@ __all__ = [
     "ReportWait",
     "Reporter",
     "SendOptions",
+    "StageCallback",
     "SendResult",
     "TransactionResult",
     "UsageError",
+    "partial_result",
     "send",
 ]
 
@@ -78,6 +79,26 @@ log = logging.getLogger("stgcmt.scu")
 
 ProgressCallback = Callable[[int, int], None]
 """Called after each C-STORE with (files done, files in total)."""
+StageCallback = Callable[[str, int, int | None], None]
+"""Called with (stage, done, total) as a run goes on: ``("scanning", 0, None)`` while the
+headers are read, ``("storing", n, N)`` after each C-STORE, ``("waiting", k, T)`` while
+reports are awaited (k of T transactions settled) and ``("done", k, T)`` at the end."""
+
+NO_LISTENER_HINT = (
+    "no report arrived on the sending association; this archive may report on a new"
+    " association: use --listen PORT or run stgcmt agent"
+)
+ACTION_STALL = 5.0
+"""How long ``send`` waits for another process's delete/move to make progress before it
+stops counting on it (the actions stay due; the agent finishes them)."""
+_PARTIAL = "stgcmt_send_result"
+
+
+def partial_result(exc: BaseException) -> SendResult | None:
+    """The journal's state of a run that stopped on ``exc`` (AssociationError, OSError), if
+    transactions had been created: what was aborted, and why."""
+    result = getattr(exc, _PARTIAL, None)
+    return result if isinstance(result, SendResult) else None
 
 
 def send(
@@ -86,16 +107,19 @@ def send(
     journal: ScuJournal,
     options: SendOptions | None = None,
     progress: ProgressCallback | None = None,
+    stage: StageCallback | None = None,
 ) -> SendResult:
     """Send files and wait (bounded) for their commitment. Raises :class:`UsageError` for
     unusable options or no DICOM files, :class:`ul.AssociationError` or ``OSError`` when the
     archive cannot be reached or our listener cannot start (nothing is then deleted)."""
     options = (options or SendOptions()).checked()
+    if stage:
+        stage("scanning", 0, None)
     found = scan(paths)
     if not found.files:
         raise UsageError(f"no DICOM files found in {', '.join(map(str, paths))}")
     groups = split(found.files, options.group_by, options.max_refs)
-    return _Sender(archive, journal, options, progress).run(groups, found.skipped)
+    return _Sender(archive, journal, options, progress, stage).run(groups, found.skipped)
 
 
 _Work = tuple[Transaction, int, LocalFile]
@@ -111,11 +135,13 @@ class _Sender:
         journal: ScuJournal,
         options: SendOptions,
         progress: ProgressCallback | None,
+        stage: StageCallback | None = None,
     ) -> None:
         self.archive = archive
         self.journal = journal
         self.options = options
         self.progress = progress
+        self.stage = stage
         self.handler = ReportHandler(journal, options.aet, options.reporters)
         self.txs: list[tuple[Transaction, list[LocalFile]]] = []
         self._opened: list[ul.Association] = []
@@ -142,10 +168,47 @@ class _Sender:
             self._create(groups)
             try:
                 self._store_and_request()
+            except (ul.AssociationError, OSError) as exc:
+                self._abort_unrequested(f": {exc}")
+                partial = self._result(skipped)
+                partial.error = f"{exc}; no local file was deleted"
+                setattr(exc, _PARTIAL, partial)
+                raise
             finally:
                 self._abort_unrequested()
-            self.handler.wait_settled(self._ids(), self._deadline, lambda: False)
+            self._wait_reports(self._ids(), self._deadline, lambda: False)
+            self._wait_actions()
         return self._result(skipped)
+
+    def _wait_reports(self, tx_ids: list[int], deadline: float, stop: Callable[[], bool]) -> bool:
+        """:meth:`ReportHandler.wait_settled` in short steps, telling ``stage`` how many of
+        the run's transactions are settled."""
+        while True:
+            step = min(deadline, time.monotonic() + 0.5)
+            settled = self.handler.wait_settled(tx_ids, step, stop)
+            if self.stage:
+                self.stage("waiting", self._settled(), len(self.txs))
+            if settled or time.monotonic() >= deadline or stop():
+                return settled
+
+    def _settled(self) -> int:
+        return sum(self.journal.get(tx.id).state not in (STORING, PENDING) for tx, _ in self.txs)
+
+    def _wait_actions(self) -> None:
+        """A report another process (the agent) claimed has its delete/move done by that
+        process, after the transaction left ``pending``: wait while it makes progress, so the
+        result counts what it did."""
+        last, since = -1, time.monotonic()
+        while True:
+            due = sum(len(self.journal.due_actions(tx.id)) for tx, _ in self.txs)
+            if not due:
+                return
+            if due != last:
+                last, since = due, time.monotonic()
+            elif time.monotonic() - since > ACTION_STALL:
+                log.warning("%d delete/move actions still due (stgcmt agent finishes them)", due)
+                return
+            time.sleep(0.05)
 
     def _ids(self) -> list[int]:
         return [tx.id for tx, _ in self.txs]
@@ -169,7 +232,7 @@ class _Sender:
             self.journal.path,
         )
 
-    def _open(self, contexts: Sequence[Offer]) -> ul.Association:
+    def _open(self, contexts: Sequence[tuple[str, str]]) -> ul.Association:
         via = "new" if self.options.report_assoc == "new" else "same"
         handlers = self.handler.handlers(via) if via == "same" else None
         assoc = ul.open_association(
@@ -197,39 +260,39 @@ class _Sender:
 
     def _store_all(self) -> ul.Association:
         work = [(tx, seq, f) for tx, files in self.txs for seq, f in enumerate(files)]
-        plans = negotiation.plan_associations((f for _, _, f in work), self.options.propose)
+        plans = ul.plan_storage_associations((f.context for _, _, f in work), reserve=1)
         done = 0
         for n, contexts in enumerate(plans):
             assoc = self._open(contexts)
-            wanted = {sop_class for sop_class, _ in contexts}
+            wanted = set(contexts)
             for item in work:
-                if item[2].sop_class_uid in wanted:
+                if item[2].context in wanted:
                     assoc = self._store(assoc, contexts, item)
                     done += 1
                     if self.progress:
                         self.progress(done, len(work))
+                    if self.stage:
+                        self.stage("storing", done, len(work))
             if n < len(plans) - 1:
                 assoc.release()
         return assoc
 
     def _store(
-        self, assoc: ul.Association, contexts: Sequence[Offer], item: _Work
+        self, assoc: ul.Association, contexts: Sequence[tuple[str, str]], item: _Work
     ) -> ul.Association:
-        """C-STORE one file, in its own transfer syntax if the archive accepted it, else
-        transcoded to an accepted uncompressed one; without a response (outcome unknown)
-        re-send it once on a new association. Returns the association to continue on."""
+        """C-STORE one file; without a response (outcome unknown) re-send it once on a new
+        association. Returns the association to continue on."""
         tx, seq, f = item
-        syntax, refused = negotiation.choose(assoc, f, self.options.propose, self.archive)
-        if refused:
+        if not assoc.accepts(*f.context):
+            refused = (
+                f"the archive rejected the presentation context {f.context[0]} / {f.context[1]}"
+            )
             return self._store_failed(assoc, contexts, item, None, refused)
-        status, error = _c_store(assoc, f, syntax)
+        status, error = _c_store(assoc, f.path)
         if status is None and error is None:
             log.warning("no response to C-STORE of %s: re-sending on a new association", f.path)
             assoc = self._reopen(assoc, contexts)
-            syntax, refused = negotiation.choose(assoc, f, self.options.propose, self.archive)
-            if refused:
-                return self._store_failed(assoc, contexts, item, None, refused)
-            status, error = _c_store(assoc, f, syntax)
+            status, error = _c_store(assoc, f.path)
         if status is None or not ul.is_success(status):
             error = error or describe_status(status)
             return self._store_failed(assoc, contexts, item, status, error)
@@ -240,7 +303,7 @@ class _Sender:
     def _store_failed(
         self,
         assoc: ul.Association,
-        contexts: Sequence[Offer],
+        contexts: Sequence[tuple[str, str]],
         item: _Work,
         status: int | None,
         error: str,
@@ -250,7 +313,7 @@ class _Sender:
         log.warning("C-STORE of %s failed: %s; the file is kept", f.path, error)
         return assoc if assoc.is_open else self._reopen(assoc, contexts)
 
-    def _reopen(self, assoc: ul.Association, contexts: Sequence[Offer]) -> ul.Association:
+    def _reopen(self, assoc: ul.Association, contexts: Sequence[tuple[str, str]]) -> ul.Association:
         if assoc.is_open:
             assoc.abort()
         return self._open(contexts)
@@ -289,8 +352,8 @@ class _Sender:
 
     def _commitment_unsupported(self) -> None:
         error = (
-            f"{self.archive} does not support Storage Commitment Push Model "
-            f"({STORAGE_COMMITMENT_PUSH_MODEL}): presentation context rejected;"
+            f"{NO_COMMITMENT}: {self.archive} rejected the Storage Commitment Push Model"
+            f" ({STORAGE_COMMITMENT_PUSH_MODEL}) presentation context;"
             " files stored but not committed, none deleted"
         )
         for tx, _ in self.txs:
@@ -302,7 +365,7 @@ class _Sender:
     ) -> None:
         """Keep an association open for a report on it until its transactions are settled or
         the same-association wait is over."""
-        self.handler.wait_settled(tx_ids, deadline, lambda: not assoc.is_open)
+        self._wait_reports(tx_ids, deadline, lambda: not assoc.is_open)
         self.handler.wait_answered(assoc)
         assoc.release()
 
@@ -313,6 +376,11 @@ class _Sender:
             log.warning("%s: %s", tx.label, error)
         elif not ul.is_success(status):
             error = f"N-ACTION refused: {describe_status(status)}"
+            if status == RESOURCE_LIMITATION and n_refs > 1:
+                error += (
+                    f"; the archive may limit the references per N-ACTION ({n_refs} asked):"
+                    f" send again with --max-refs N, e.g. --max-refs {max(1, n_refs // 2)}"
+                )
             self.journal.close_unrequested(tx.id, FAILED, error, status)
             log.error("%s: %s", tx.label, error)
         else:
@@ -320,40 +388,39 @@ class _Sender:
                 "%s: commitment of %d instances requested from %s", tx.label, n_refs, self.archive
             )
 
-    def _abort_unrequested(self) -> None:
-        """Transactions never requested (the connection was lost) end as aborted: no report
-        will come for them."""
+    def _abort_unrequested(self, why: str = "") -> None:
+        """Transactions never requested (the connection was lost) end as aborted, their files
+        too: no report will come for them."""
         for tx, _ in self.txs:
             if self.journal.get(tx.id).state == STORING:
                 self.journal.close_unrequested(
-                    tx.id, ABORTED, "interrupted before commitment was requested", None
+                    tx.id, ABORTED, f"interrupted before commitment was requested{why}", None
                 )
-                log.error("%s: aborted before commitment was requested", tx.label)
+                log.error("%s: aborted before commitment was requested%s", tx.label, why)
 
     def _result(self, skipped: list[Skipped]) -> SendResult:
         results = [transaction_result(self.journal, self.journal.get(tx.id)) for tx, _ in self.txs]
-        for tx in results:
-            if tx.state == PENDING:
-                log.warning(
-                    "transaction %s: no report within %.0f s; still pending in the journal"
-                    " (stgcmt agent can receive it later)",
-                    tx.transaction_uid,
-                    self.options.timeout,
-                )
-        return SendResult(str(self.journal.path), results, skipped)
+        pending = [tx for tx in results if tx.state == PENDING]
+        for tx in pending:
+            log.warning(
+                "transaction %s: no report within %.0f s; still pending in the journal"
+                " (stgcmt agent can receive it later)",
+                tx.transaction_uid,
+                self.options.timeout,
+            )
+        notes = []
+        if pending and self.options.listen_port is None:
+            notes.append(NO_LISTENER_HINT)
+            log.warning("%s", NO_LISTENER_HINT)
+        if self.stage:
+            self.stage("done", self._settled(), len(self.txs))
+        return SendResult(str(self.journal.path), results, skipped, notes)
 
 
-def _c_store(assoc: ul.Association, f: LocalFile, syntax: str) -> tuple[int | None, str | None]:
-    """(status, local error): a file that cannot be read or transcoded is a local failure, not
-    a lost response."""
+def _c_store(assoc: ul.Association, path: Path) -> tuple[int | None, str | None]:
+    """(status, local error): a file that cannot be read is a local failure, not a lost
+    response."""
     try:
-        if syntax == f.transfer_syntax:
-            return assoc.c_store(f.path), None
-        return assoc.c_store(f.path, syntax), None
+        return assoc.c_store(path), None
     except OSError as exc:
         return None, f"cannot read the file: {exc.strerror or exc}"
-    except ValueError as exc:
-        return None, (
-            f"cannot transcode {negotiation.syntax_name(f.transfer_syntax)} to"
-            f" {negotiation.syntax_name(syntax)}: {exc}"
-        )

@@ -234,6 +234,10 @@ def format_scu_status(status: dict[str, Any], files_shown: int = 20) -> str:
         )
         if tx["last_error"]:
             lines.append(f"    last error: {tx['last_error']}")
+        by_state: dict[str, int] = {}
+        for f in tx["files"]:
+            by_state[f["state"]] = by_state.get(f["state"], 0) + 1
+        lines.append("    files: " + ", ".join(f"{n} {st}" for st, n in sorted(by_state.items())))
         lines.extend(_scu_file_lines(tx["files"], files_shown))
     return "\n".join(lines)
 
