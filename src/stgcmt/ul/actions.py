@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from stgcmt.ul.acse import PresentationContext, agreed_contexts
 from stgcmt.ul.exchange import RELEASE, MessageExchange, ServiceUser, resolve
 from stgcmt.ul.fsm import Action, Event
+from stgcmt.ul.negotiation_log import dump_rq, log_negotiation, log_rejection
 from stgcmt.ul.pdu import (
     A_ABORT,
     A_ASSOCIATE_AC,
@@ -102,10 +103,12 @@ class AssociationActions(MessageExchange):
 
     def _ae2_send_rq(self, _: object) -> None:
         assert self._request is not None
+        dump_rq(self, self._request, sent=True)
         self._write(self._request.encode())
 
     def _ae3_accepted(self, answer: A_ASSOCIATE_AC) -> None:
         assert self._request is not None
+        log_negotiation(self, self._request, answer, requester=True)
         self.peer_max_pdu = answer.user_information.maximum_length
         if max_pdu_too_small(self.peer_max_pdu):
             self.abort(ABORT_SERVICE_PROVIDER, REASON_INVALID_PDU_PARAMETER)
@@ -115,6 +118,7 @@ class AssociationActions(MessageExchange):
         resolve(self.associated, answer)  # the caller explains a too small maximum
 
     def _ae4_rejected(self, answer: A_ASSOCIATE_RJ) -> None:
+        log_rejection(self, answer, sent=False)
         self._close_transport()
         resolve(self.associated, answer)
 
@@ -126,6 +130,7 @@ class AssociationActions(MessageExchange):
     def _ae6_rq_received(self, rq: A_ASSOCIATE_RQ) -> None:
         assert self._negotiator is not None
         self._stop_artim()
+        dump_rq(self, rq, sent=False)
         self.peer_max_pdu = rq.user_information.maximum_length
         if max_pdu_too_small(self.peer_max_pdu):
             log.warning(
@@ -141,10 +146,12 @@ class AssociationActions(MessageExchange):
 
     def _ae7_send_ac(self, answer: tuple[A_ASSOCIATE_RQ, A_ASSOCIATE_AC]) -> None:
         rq, ac = answer
+        log_negotiation(self, rq, ac, requester=False)
         self._write(ac.encode())
         self._establish(agreed_contexts(rq.presentation_contexts, ac.presentation_contexts))
 
     def _ae8_send_rj(self, rj: A_ASSOCIATE_RJ) -> None:
+        log_rejection(self, rj, sent=True)
         self._write(rj.encode())
         self._close_transport()
 
