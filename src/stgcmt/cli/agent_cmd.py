@@ -12,9 +12,11 @@ from stgcmt.cli.common import (
     add_tls_flags,
     ae_title,
     fail,
+    port_number,
     subcommand,
     tls_config,
 )
+from stgcmt.cli.scu_config import add_scu_config_flags, apply_scu_config
 from stgcmt.cli.send_cmd import add_journal_flag, add_reporter_flag
 from stgcmt.config import ConfigError
 from stgcmt.logs import setup_logging
@@ -38,14 +40,13 @@ without --listen (or on another port) while the agent holds the port.
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subcommand(subparsers, "agent", "receive late commitment reports and act on them", EXAMPLES)
-    p.add_argument(
-        "--aet", type=ae_title, default=DEFAULT_AET, help=f"our AE title ({DEFAULT_AET})"
-    )
-    p.add_argument("--bind", default=DEFAULT_LISTEN_BIND, metavar="HOST", help="listen address")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
+    p.add_argument("--aet", type=ae_title, default=None, help=f"our AE title ({DEFAULT_AET})")
+    p.add_argument("--bind", default=None, metavar="HOST", help="listen address (all interfaces)")
+    p.add_argument("--port", type=port_number, default=None, help=f"port ({DEFAULT_PORT})")
     add_reporter_flag(p)
     add_journal_flag(p)
     add_tls_flags(p)
+    add_scu_config_flags(p)
     add_logging_flags(p)
     p.set_defaults(run=run)
 
@@ -55,15 +56,21 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    if (error := apply_scu_config(args, archive=False)) is not None:
+        return error
+    config = args.scu_config
+    port = args.port or config.listen_port or DEFAULT_PORT
     try:
         tls = tls_config(args).checked()
         agent = Agent(
             args.journal or default_journal_path(),
             args.aet,
-            args.bind,
-            args.port,
+            args.bind or config.listen_bind or DEFAULT_LISTEN_BIND,
+            port,
+            timeouts=args.timeouts,
             tls=tls,
             reporters=args.reporter,
+            max_pdu=args.max_pdu,
         )
         agent.start()
     except (ConfigError, OSError) as exc:  # e.g. StorageUnavailable: the journal's path

@@ -19,10 +19,11 @@ from stgcmt.cli.common import (
     add_tls_flags,
     ae_title,
     fail,
-    remote_ae,
+    port_number,
     subcommand,
     tls_config,
 )
+from stgcmt.cli.scu_config import add_scu_config_flags, apply_scu_config
 from stgcmt.config import ConfigError
 from stgcmt.logs import setup_logging
 from stgcmt.scu import (
@@ -100,15 +101,19 @@ def add_reporter_flag(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subcommand(subparsers, "send", "send files and request Storage Commitment (SCU)", EXAMPLES)
-    p.add_argument("archive", type=remote_ae, metavar="ARCHIVE_AET@HOST:PORT")
-    p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="files or folders")
     p.add_argument(
-        "--aet", type=ae_title, default=DEFAULT_AET, help=f"our AE title ({DEFAULT_AET})"
+        "archive",
+        metavar="ARCHIVE",
+        help="a configured archive's name (--config) or ARCHIVE_AET@HOST:PORT",
     )
-    p.add_argument("--listen", type=int, metavar="PORT", help="listen for reports on a new assoc.")
+    p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="files or folders")
+    p.add_argument("--aet", type=ae_title, default=None, help=f"our AE title ({DEFAULT_AET})")
+    p.add_argument(
+        "--listen", type=port_number, metavar="PORT", help="listen for reports on a new assoc."
+    )
     p.add_argument(
         "--listen-bind",
-        default=DEFAULT_LISTEN_BIND,
+        default=None,
         metavar="HOST",
         help=f"listener address (default {DEFAULT_LISTEN_BIND}: the archive must reach it)",
     )
@@ -163,6 +168,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_reporter_flag(p)
     add_journal_flag(p)
     add_tls_flags(p)
+    add_scu_config_flags(p)
     add_logging_flags(p)
     p.set_defaults(run=run)
 
@@ -187,6 +193,10 @@ def options_from(args: argparse.Namespace) -> SendOptions:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.verbose, args.log_file)
+    if (error := apply_scu_config(args, archive=True)) is not None:
+        return error
+    args.listen = args.listen if args.listen is not None else args.scu_config.listen_port
+    args.listen_bind = args.listen_bind or args.scu_config.listen_bind or DEFAULT_LISTEN_BIND
     try:
         options = options_from(args).checked()
         journal = ScuJournal(args.journal or default_journal_path())

@@ -42,12 +42,13 @@ class Agent:
         timeouts: Timeouts | None = None,
         tls: TlsConfig | None = None,
         reporters: Sequence[Reporter] = (),
+        max_pdu: int | None = None,
     ) -> None:
         self.aet = aet
         self.bind = bind
         self.journal = ScuJournal(journal_path)
         self.handler = ReportHandler(self.journal, aet, reporters)
-        self._server = report_server(self.handler, bind, port, timeouts, tls)
+        self._server = report_server(self.handler, bind, port, timeouts, tls, max_pdu)
 
     def start(self) -> Agent:
         finish_due_actions(self.journal)

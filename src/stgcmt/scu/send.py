@@ -235,15 +235,23 @@ class _Sender:
     def _open(self, contexts: Sequence[tuple[str, str]]) -> ul.Association:
         via = "new" if self.options.report_assoc == "new" else "same"
         handlers = self.handler.handlers(via) if via == "same" else None
+        profile = self.archive.profile
         assoc = ul.open_association(
             self.options.aet,
             self.archive,
             # A storage association survives an archive without Storage Commitment: the files
             # are stored, and the commitment step then fails for them (nothing is deleted).
-            ul.ContextPlan(storage=contexts, commitment="scu", require_commitment=not contexts),
+            ul.ContextPlan(
+                storage=contexts,
+                commitment="scu",
+                require_commitment=not contexts,
+                commitment_syntaxes=profile.transfer_syntaxes,
+            ),
             handlers=handlers,
-            timeouts=self.options.timeouts,
-            tls=self.options.tls,
+            # The archive's profile (--config [[archive]]) over the run's settings.
+            timeouts=profile.timeouts.over(self.options.timeouts),
+            tls=profile.tls_over(self.options.tls),
+            **({"max_pdu": profile.max_pdu} if profile.max_pdu else {}),
         )
         self._opened.append(assoc)
         return assoc
