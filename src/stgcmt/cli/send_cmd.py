@@ -11,14 +11,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from stgcmt.cli.common import (
     EXIT_USAGE,
     add_logging_flags,
     add_tls_flags,
     ae_title,
-    fail,
     port_number,
     subcommand,
     tls_config,
@@ -32,7 +31,6 @@ from stgcmt.scu import (
     DEFAULT_LISTEN_BIND,
     REPORT_WAIT_CHOICES,
     AssociationError,
-    ProgressCallback,
     Reporter,
     ScuJournal,
     SendOptions,
@@ -41,6 +39,7 @@ from stgcmt.scu import (
     default_journal_path,
     send,
 )
+from stgcmt.scu.send import StageCallback, partial_result
 
 log = logging.getLogger("stgcmt.cli")
 
@@ -197,65 +196,111 @@ def run(args: argparse.Namespace) -> int:
         return error
     args.listen = args.listen if args.listen is not None else args.scu_config.listen_port
     args.listen_bind = args.listen_bind or args.scu_config.listen_bind or DEFAULT_LISTEN_BIND
+    journal_path = args.journal or default_journal_path()
     try:
         options = options_from(args).checked()
-        journal = ScuJournal(args.journal or default_journal_path())
+        journal = ScuJournal(journal_path)
     except UsageError as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE
+        return _error(args, str(exc), journal_path)
     except OSError as exc:  # StorageUnavailable names the path: refuse before sending
-        return fail(args, f"cannot open the journal: {exc}; nothing sent")
+        return _error(args, f"cannot open the journal: {exc}; nothing sent", journal_path)
     try:
         with _progress(enabled=not args.json and sys.stderr.isatty()) as progress:
-            result = send(args.archive, args.paths, journal, options, progress)
+            result = send(args.archive, args.paths, journal, options, stage=progress)
     except UsageError as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE
+        return _error(args, str(exc), journal_path)
     except (AssociationError, OSError) as exc:
-        log.error("%s; no local file was deleted", exc)
-        return EXIT_USAGE
+        message = f"{exc}; no local file was deleted"
+        return _error(args, message, journal_path, partial_result(exc))
     finally:
         journal.close()
     print(json.dumps(result.to_json(), indent=2) if args.json else summary(result, args.verbose))
     return result.exit_status
 
 
+def _error(
+    args: argparse.Namespace, message: str, journal: Path, partial: SendResult | None = None
+) -> int:
+    """A usage or connection error (exit 3): logged, and with ``--json`` the result object
+    with its ``error`` (and what the journal recorded of the run, if it had begun)."""
+    log.error("%s", message)
+    if args.json:
+        result = partial or SendResult(str(journal), [], [])
+        result.error = message
+        print(json.dumps(result.to_json(), indent=2))
+    elif partial is not None and partial.transactions:
+        print(summary(partial, args.verbose))
+    return EXIT_USAGE
+
+
+_STAGES = {"scanning": "scanning", "storing": "C-STORE", "waiting": "waiting for reports"}
+
+
 @contextmanager
-def _progress(enabled: bool) -> Iterator[ProgressCallback | None]:
-    """A C-STORE progress bar on stderr, only for a person watching."""
+def _progress(enabled: bool) -> Iterator[StageCallback | None]:
+    """A progress bar on stderr, only for a person watching: "scanning" while the headers are
+    read, "C-STORE n/N", "waiting for reports k/T", "done k/T". Each change of stage is drawn
+    at once."""
     if not enabled:
         yield None
         return
-    columns = (TextColumn("C-STORE"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("send", total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+        task = bar.add_task("starting", total=None)
+        shown = [""]
+
+        def update(stage: str, done: int, total: int | None) -> None:
+            words = _STAGES.get(stage, stage)
+            text = words if total is None else f"{words} {done}/{total}"
+            bar.update(task, description=text, completed=done, total=total)
+            if stage != shown[0]:
+                shown[0] = stage
+                bar.refresh()
+
+        yield update
 
 
 _EXIT_WORDS = {
     0: "all committed",
     1: "some files were not committed (kept)",
-    2: "report not received in time (pending in the journal)",
+    2: "report not received in time, or delete/move still due (pending in the journal)",
+    3: "error",
 }
+SHOWN = 5
+"""Files not committed listed per transaction without -v (with their reasons)."""
 
 
 def summary(result: SendResult, verbose: int = 0) -> str:
-    """Per transaction, then every file not committed (every file with -v), then totals."""
+    """Per transaction: its state, its files by state, the first few files not committed with
+    their reasons (every file with -v); then skipped files, totals and hints."""
     lines = []
     for tx in result.transactions:
         error = f" ({tx.error})" if tx.error and tx.state != COMMITTED else ""
+        by_state: dict[str, int] = {}
+        for f in tx.files:
+            by_state[f.state] = by_state.get(f.state, 0) + 1
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(by_state.items()))
         lines.append(
             f"transaction {tx.transaction_uid} (#{tx.journal_id}): {tx.state},"
-            f" {len(tx.files)} files{error}"
+            f" {len(tx.files)} files: {counts}{error}"
         )
-        for f in tx.files:
-            if f.state != COMMITTED or verbose:
-                detail = f.reason or f.action_note or ""
-                lines.append(f"  {f.state:<12} {f.path}  {detail}".rstrip())
+        listed = [f for f in tx.files if f.state != COMMITTED or verbose]
+        shown = listed if verbose else listed[:SHOWN]
+        for f in shown:
+            detail = f.reason or f.action_note or ""
+            lines.append(f"  {f.state:<12} {f.path}  {detail}".rstrip())
+        if len(listed) > len(shown):
+            lines.append(f"  ... and {len(listed) - len(shown)} more (-v lists every file)")
     for skipped in result.skipped:
         lines.append(f"  {'skipped':<12} {skipped.path}  {skipped.reason}")
     counts = ", ".join(f"{n} {state}" for state, n in sorted(result.counts().items()))
-    acted = sum(f.action == "done" for tx in result.transactions for f in tx.files)
-    lines.append(f"files: {counts}; {acted} deleted/moved; journal {result.journal}")
+    actions = result.actions()
+    acted = f"{actions.get('done', 0)} deleted/moved"
+    if actions.get("due"):
+        acted += f", {actions['due']} delete/move still due"
+    if actions.get("skipped"):
+        acted += f", {actions['skipped']} kept (changed after sending)"
+    lines.append(f"files: {counts}; {acted}; journal {result.journal}")
+    lines.extend(f"note: {note}" for note in result.notes)
     lines.append(f"result: {_EXIT_WORDS[result.exit_status]} (exit {result.exit_status})")
     return "\n".join(lines)
