@@ -22,7 +22,9 @@ from stgcmt.dicom.commitment import CommitmentRequest
 from stgcmt.dicom.status import RESOURCE_LIMITATION, describe_status
 from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, new_transaction_uid
 from stgcmt.faults import crash_point
+from stgcmt.scu import negotiation
 from stgcmt.scu.dicomfiles import LocalFile, Skipped, scan, split
+from stgcmt.scu.negotiation import Offer
 from stgcmt.scu.options import (
     REPORT_WAIT_CHOICES,
     ReportWait,
@@ -232,7 +234,7 @@ class _Sender:
             self.journal.path,
         )
 
-    def _open(self, contexts: Sequence[tuple[str, str]]) -> ul.Association:
+    def _open(self, contexts: Sequence[Offer]) -> ul.Association:
         via = "new" if self.options.report_assoc == "new" else "same"
         handlers = self.handler.handlers(via) if via == "same" else None
         profile = self.archive.profile
@@ -268,13 +270,13 @@ class _Sender:
 
     def _store_all(self) -> ul.Association:
         work = [(tx, seq, f) for tx, files in self.txs for seq, f in enumerate(files)]
-        plans = ul.plan_storage_associations((f.context for _, _, f in work), reserve=1)
+        plans = negotiation.plan_associations((f for _, _, f in work), self.options.propose)
         done = 0
         for n, contexts in enumerate(plans):
             assoc = self._open(contexts)
-            wanted = set(contexts)
+            wanted = {sop_class for sop_class, _ in contexts}
             for item in work:
-                if item[2].context in wanted:
+                if item[2].sop_class_uid in wanted:
                     assoc = self._store(assoc, contexts, item)
                     done += 1
                     if self.progress:
@@ -286,21 +288,23 @@ class _Sender:
         return assoc
 
     def _store(
-        self, assoc: ul.Association, contexts: Sequence[tuple[str, str]], item: _Work
+        self, assoc: ul.Association, contexts: Sequence[Offer], item: _Work
     ) -> ul.Association:
-        """C-STORE one file; without a response (outcome unknown) re-send it once on a new
-        association. Returns the association to continue on."""
+        """C-STORE one file, in its own transfer syntax if the archive accepted it, else
+        transcoded to an accepted uncompressed one; without a response (outcome unknown)
+        re-send it once on a new association. Returns the association to continue on."""
         tx, seq, f = item
-        if not assoc.accepts(*f.context):
-            refused = (
-                f"the archive rejected the presentation context {f.context[0]} / {f.context[1]}"
-            )
+        syntax, refused = negotiation.choose(assoc, f, self.options.propose, self.archive)
+        if refused:
             return self._store_failed(assoc, contexts, item, None, refused)
-        status, error = _c_store(assoc, f.path)
+        status, error = _c_store(assoc, f, syntax)
         if status is None and error is None:
             log.warning("no response to C-STORE of %s: re-sending on a new association", f.path)
             assoc = self._reopen(assoc, contexts)
-            status, error = _c_store(assoc, f.path)
+            syntax, refused = negotiation.choose(assoc, f, self.options.propose, self.archive)
+            if refused:
+                return self._store_failed(assoc, contexts, item, None, refused)
+            status, error = _c_store(assoc, f, syntax)
         if status is None or not ul.is_success(status):
             error = error or describe_status(status)
             return self._store_failed(assoc, contexts, item, status, error)
@@ -311,7 +315,7 @@ class _Sender:
     def _store_failed(
         self,
         assoc: ul.Association,
-        contexts: Sequence[tuple[str, str]],
+        contexts: Sequence[Offer],
         item: _Work,
         status: int | None,
         error: str,
@@ -321,7 +325,7 @@ class _Sender:
         log.warning("C-STORE of %s failed: %s; the file is kept", f.path, error)
         return assoc if assoc.is_open else self._reopen(assoc, contexts)
 
-    def _reopen(self, assoc: ul.Association, contexts: Sequence[tuple[str, str]]) -> ul.Association:
+    def _reopen(self, assoc: ul.Association, contexts: Sequence[Offer]) -> ul.Association:
         if assoc.is_open:
             assoc.abort()
         return self._open(contexts)
@@ -425,10 +429,17 @@ class _Sender:
         return SendResult(str(self.journal.path), results, skipped, notes)
 
 
-def _c_store(assoc: ul.Association, path: Path) -> tuple[int | None, str | None]:
-    """(status, local error): a file that cannot be read is a local failure, not a lost
-    response."""
+def _c_store(assoc: ul.Association, f: LocalFile, syntax: str) -> tuple[int | None, str | None]:
+    """(status, local error): a file that cannot be read or transcoded is a local failure, not
+    a lost response."""
     try:
-        return assoc.c_store(path), None
+        if syntax == f.transfer_syntax:
+            return assoc.c_store(f.path), None
+        return assoc.c_store(f.path, syntax), None
     except OSError as exc:
         return None, f"cannot read the file: {exc.strerror or exc}"
+    except ValueError as exc:
+        return None, (
+            f"cannot transcode {negotiation.syntax_name(f.transfer_syntax)} to"
+            f" {negotiation.syntax_name(syntax)}: {exc}"
+        )
