@@ -18,7 +18,7 @@ from stgcmt import ul as net
 from stgcmt.dicom.commitment import EVENT_TYPE_ALL_COMMITTED
 from stgcmt.dicom.status import SUCCESS
 
-from support.common import LOCALHOST, remote, wait_for, write_instances
+from support.common import LOCALHOST, free_port, remote, wait_for, write_instances
 from support.interop import (
     SCP_AET,
     SCU_AET,
@@ -128,7 +128,7 @@ def test_stgcmt_send_to_storescp_fails_cleanly(storescp: StoreScp, tmp_path: Pat
             *(sys.executable, "-m", "stgcmt", "send"),
             f"{storescp.aet}@{LOCALHOST}:{storescp.port}",
             str(tmp_path / "outbox"),
-            *("--aet", SCU_AET, "--listen", "0", "--listen-bind", LOCALHOST),
+            *("--aet", SCU_AET, "--listen", str(free_port()), "--listen-bind", LOCALHOST),
             *("--report-assoc", "new", "--delete-committed", "--timeout", "10"),
             *("--journal", str(tmp_path / "scu.sqlite")),
         ],
@@ -142,7 +142,7 @@ def test_stgcmt_send_to_storescp_fails_cleanly(storescp: StoreScp, tmp_path: Pat
     # C-STORE works, the commitment step fails: exit 1 (not committed), every file kept
     assert done.returncode == 1, output
     assert "does not support Storage Commitment" in output
-    assert "presentation context rejected" in output
+    assert "rejected the Storage Commitment Push Model" in output
     assert {f: f.read_bytes() for f in files if f.exists()} == before, "a local file was lost"
     assert all(f.exists() for f in files)
     assert len(wait_for(lambda: len(storescp.received()) == 3 and storescp.received(), 5)) == 3
