@@ -30,7 +30,6 @@ from stgcmt.ul.seam import (
     StoreRequest,
     Unreachable,
     is_success,
-    plan_storage_associations,
 )
 from stgcmt.ul.server import EngineServer
 
@@ -67,5 +66,4 @@ __all__ = [
     "is_success",
     "listen",
     "open_association",
-    "plan_storage_associations",
 ]

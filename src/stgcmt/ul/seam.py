@@ -212,16 +212,6 @@ class ContextPlan:
     and Explicit VR Little Endian."""
 
 
-def plan_storage_associations(
-    pairs: Iterable[tuple[str, str]], *, reserve: int = 1
-) -> list[list[tuple[str, str]]]:
-    """Split (SOP Class, transfer syntax) pairs so no association proposes more than 128
-    presentation contexts; ``reserve`` leaves room for commitment and verification."""
-    unique = list(dict.fromkeys(pairs))
-    size = MAX_CONTEXTS - reserve
-    return [unique[i : i + size] for i in range(0, len(unique), size)] or [[]]
-
-
 def is_success(status: int | None) -> bool:
     return status is not None and (status == SUCCESS or (status & 0xF000) == 0xB000)
 

@@ -26,7 +26,6 @@ from stgcmt.ul.seam import (
     no_accepted_context,
     no_answer,
     no_commitment,
-    plan_storage_associations,
     rejected,
     requested_contexts,
 )
@@ -76,34 +75,6 @@ def test_more_than_128_contexts_refused() -> None:
         requested_contexts(ContextPlan(storage=_pairs(MAX_CONTEXTS), commitment="scu"))
     with pytest.raises(ValueError):
         requested_contexts(ContextPlan(storage=_pairs(MAX_CONTEXTS + 1)))
-
-
-# -- plan_storage_associations ---------------------------------------------------------------
-
-
-def test_split_at_128_minus_reserve() -> None:
-    pairs = _pairs(300)
-    groups = plan_storage_associations(pairs)
-    assert [len(g) for g in groups] == [127, 127, 46]
-    assert [p for g in groups for p in g] == pairs  # order kept, nothing lost
-    assert [len(g) for g in plan_storage_associations(pairs, reserve=2)] == [126, 126, 48]
-    assert [len(g) for g in plan_storage_associations(_pairs(127))] == [127]
-
-
-def test_each_group_fits_with_commitment_and_echo() -> None:
-    for group in plan_storage_associations(_pairs(500), reserve=2):
-        plan = ContextPlan(storage=group, commitment="scu", echo=True)
-        assert len(requested_contexts(plan)) <= MAX_CONTEXTS
-
-
-def test_duplicate_pairs_proposed_once() -> None:
-    pairs = [(CT, EXPLICIT), (MR, EXPLICIT), (CT, EXPLICIT), (CT, JPEG), (MR, EXPLICIT)]
-    assert plan_storage_associations(pairs) == [[(CT, EXPLICIT), (MR, EXPLICIT), (CT, JPEG)]]
-    assert plan_storage_associations(_pairs(200) * 3) == plan_storage_associations(_pairs(200))
-
-
-def test_no_pairs_still_one_association() -> None:
-    assert plan_storage_associations([]) == [[]]
 
 
 # -- is_success ------------------------------------------------------------------------------
