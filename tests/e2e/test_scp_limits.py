@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from stgcmt.dicom.uids import (
 from stgcmt.storage.queries import SqliteScpQueries
 
 from support.common import LOCALHOST, SECONDARY_CAPTURE, free_port, remote, write_instances
+from support.mounts import tmpfs
 from support.pynetdicom_peer import Modality, refs_of, report_content
 from support.tls_certs import CertificateAuthority
 
@@ -86,19 +85,8 @@ def test_store_quota_gives_out_of_resources_and_0213(scp_factory, tmp_path):
 @pytest.fixture
 def small_disk(tmp_path):
     """A 3 MiB tmpfs: a real 'No space left on device'."""
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
-    if not shutil.which("mount"):
-        pytest.fail("mount(8) is needed for the disk-full test")
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}); quota test covers it")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    with tmpfs(tmp_path / "small-disk", "3m") as mount_point:
+        yield mount_point
 
 
 def test_disk_full_gives_out_of_resources_and_0213(scp_factory, tmp_path, small_disk):

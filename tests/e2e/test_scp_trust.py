@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import subprocess
 import time
 from io import BytesIO
 from pathlib import Path
@@ -47,6 +45,7 @@ from support.common import (
     remote,
     wait_for,
 )
+from support.mounts import tmpfs
 from support.pynetdicom_peer import Modality, refs_of, report_content
 
 REPORT_WAIT = 15
@@ -309,19 +308,8 @@ def test_index_rows_outside_the_store_are_never_used(scp_factory, tmp_path, capl
 @pytest.fixture
 def small_disk(tmp_path):
     """A 4 MiB tmpfs that the test fills up: a real 'database or disk is full'."""
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
-    if not shutil.which("mount"):
-        pytest.fail("mount(8) is needed for the disk-full test")
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()})")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    with tmpfs(tmp_path / "small-disk", "4m") as mount_point:
+        yield mount_point
 
 
 def _fill(path: Path) -> None:

@@ -31,6 +31,7 @@ from stgcmt.scu.send import EXIT_COMMITTED, EXIT_PENDING, SendOptions, send
 from stgcmt.storage.scu_journal import ScuJournal, Transaction
 
 from support.common import LOCALHOST, free_port, remote, wait_for
+from support.mounts import read_only_mount
 
 SCU = "CT1"
 OTHER_HOST = "127.0.0.2"
@@ -367,16 +368,12 @@ def test_old_journal_gains_the_archive_columns_and_keeps_its_pending_transaction
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A directory on a read-only tmpfs holding a valid journal ``j.sqlite``: root ignores
     permission bits, a read-only mount it does not."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", folder]).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+
+    def journal_in(folder: Path) -> None:
         ScuJournal(folder / "j.sqlite").close()
-        subprocess.run(["mount", "-o", "remount,ro", folder], check=True)
+
+    with read_only_mount(tmp_path / "ro", journal_in) as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", folder], check=True)
 
 
 def stgcmt(*args: str | Path) -> subprocess.CompletedProcess:

@@ -22,13 +22,11 @@ from support.common import (
     CT_IMAGE,
     LOCALHOST,
     SECONDARY_CAPTURE,
-    ensure_debian_package,
-    free_port,
     make_dataset,
     remote,
     wait_for,
 )
-from support.interop import Dcmtk, StoreScp, wait_listening
+from support.interop import StoreScp, find_dcmtk, running_storescp
 
 SCU = "CT1"
 ELE, ILE = ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -231,31 +229,8 @@ def test_cli_json_names_the_refused_compressed_file(archive_factory, tmp_path):
 @pytest.fixture
 def storescp_implicit_only(tmp_path: Path):
     """DCMTK storescp started with ``+xi`` (accept implicit VR little endian TS only)."""
-    dcmtk = Dcmtk(
-        storescu=ensure_debian_package("storescu", "dcmtk"),
-        echoscu=ensure_debian_package("echoscu", "dcmtk"),
-        storescp=ensure_debian_package("storescp", "dcmtk"),
-    )
-    peer = StoreScp("STORESCP", free_port(), tmp_path / "storescp-out")
-    peer.output.mkdir()
-    with open(tmp_path / "storescp.log", "wb") as out:
-        process = subprocess.Popen(
-            [dcmtk.storescp, "+xi", "--aetitle", peer.aet, "-od", str(peer.output), str(peer.port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=dcmtk.env(),
-        )
-    try:
-        wait_listening(peer.port, process, timeout=15)
+    with running_storescp(find_dcmtk(), tmp_path, "+xi") as peer:
         yield peer
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def test_storescp_accepting_implicit_only_receives_explicit_files(

@@ -8,8 +8,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,45 +16,9 @@ from stgcmt.storage.instances import InstanceStore
 from stgcmt.storage.sqlite import Database, StorageUnavailable, ensure_writable_dir
 
 from support.common import LOCALHOST, PYTHON, free_port
+from support.mounts import read_only_file, read_only_mount
 
 START_LIMIT = 15.0
-
-
-def _mount(*args: str) -> None:
-    result = subprocess.run(["mount", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount here ({result.stderr.strip() or result.returncode})")
-
-
-def _unmount(where: Path) -> None:
-    """Unmount, lazily if something still holds a file there (never leave a mount behind)."""
-    if subprocess.run(["umount", str(where)], capture_output=True).returncode:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-@contextmanager
-def read_only_mount(where: Path, prepare=None) -> Iterator[Path]:
-    """A tmpfs at ``where``, filled by ``prepare`` while writable, then remounted read-only."""
-    where.mkdir(parents=True, exist_ok=True)
-    _mount("-t", "tmpfs", "tmpfs", str(where))
-    try:
-        if prepare is not None:
-            prepare(where)
-        _mount("-o", "remount,ro", str(where))
-        yield where
-    finally:
-        _unmount(where)
-
-
-@contextmanager
-def read_only_file(path: Path) -> Iterator[Path]:
-    """Bind-mount ``path`` read-only over itself: the directory stays writable."""
-    _mount("--bind", str(path), str(path))
-    try:
-        _mount("-o", "remount,bind,ro", str(path))
-        yield path
-    finally:
-        _unmount(path)
 
 
 def _listening(port: int) -> bool:

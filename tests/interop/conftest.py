@@ -6,13 +6,12 @@ Both come from Debian packages; on a bare CI machine running as root the set-up 
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from support.common import LOCALHOST, ensure_debian_package, free_port
+from support.common import LOCALHOST, free_port
 from support.interop import (
     SCP_AET,
     SCU_AET,
@@ -22,7 +21,8 @@ from support.interop import (
     ReportListener,
     StoreScp,
     find_command,
-    wait_listening,
+    find_dcmtk,
+    running_storescp,
 )
 
 
@@ -58,44 +58,11 @@ def scu_listener(orthanc: OrthancPeer) -> Iterator[ReportListener]:
 
 @pytest.fixture(scope="session")
 def dcmtk() -> Dcmtk:
-    return Dcmtk(
-        storescu=ensure_debian_package("storescu", "dcmtk"),
-        echoscu=ensure_debian_package("echoscu", "dcmtk"),
-        storescp=ensure_debian_package("storescp", "dcmtk"),
-    )
+    return find_dcmtk()
 
 
 @pytest.fixture
 def storescp(dcmtk: Dcmtk, tmp_path: Path) -> Iterator[StoreScp]:
     """DCMTK's storescp (Storage SCP only: no Storage Commitment) on a free port."""
-    peer = StoreScp("STORESCP", free_port(), tmp_path / "storescp-out")
-    peer.output.mkdir()
-    log = tmp_path / "storescp.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [
-                dcmtk.storescp,
-                "--aetitle",
-                peer.aet,
-                "--output-directory",
-                str(peer.output),
-                str(peer.port),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=dcmtk.env(),
-        )
-    try:
-        wait_listening(peer.port, process, timeout=15)
+    with running_storescp(dcmtk, tmp_path) as peer:
         yield peer
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        if process.returncode not in (0, -15, None):
-            print(log.read_text(errors="replace")[-3000:])

@@ -16,7 +16,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from stgcmt.dicom.commitment import (
 )
 from stgcmt.dicom.uids import new_transaction_uid
 
-from support.common import LOCALHOST, ensure_debian_package
+from support.common import LOCALHOST, ensure_debian_package, free_port
 
 ORTHANC_AET = "ORTHANC"
 STARTUP_TIMEOUT = 30.0
@@ -389,3 +390,44 @@ def wait_listening(port: int, process: subprocess.Popen, timeout: float) -> None
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"storescp not listening on port {port} after {timeout} s")
+
+
+def find_dcmtk() -> Dcmtk:
+    """DCMTK's tools from Debian (installed on the fly when we are root)."""
+    return Dcmtk(
+        storescu=ensure_debian_package("storescu", "dcmtk"),
+        echoscu=ensure_debian_package("echoscu", "dcmtk"),
+        storescp=ensure_debian_package("storescp", "dcmtk"),
+    )
+
+
+@contextmanager
+def running_storescp(dcmtk: Dcmtk, folder: Path, *options: str) -> Iterator[StoreScp]:
+    """DCMTK's storescp (Storage SCP only: no Storage Commitment) on a free port, with extra
+    ``options`` (e.g. ``+xi``: accept Implicit VR Little Endian only); stopped afterwards, its
+    log printed if it did not end cleanly."""
+    peer = StoreScp("STORESCP", free_port(), folder / "storescp-out")
+    peer.output.mkdir(parents=True)
+    log = folder / "storescp.log"
+    argv = [dcmtk.storescp, *options, "--aetitle", peer.aet, "-od", str(peer.output)]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [*argv, str(peer.port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dcmtk.env(),
+        )
+    try:
+        wait_listening(peer.port, process, timeout=15)
+        yield peer
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        if process.returncode not in (0, -15, None):
+            print(log.read_text(errors="replace")[-3000:])
