@@ -79,6 +79,7 @@ def test_per_study_n_actions_share_one_association_with_reports_on_it(
     assert all(scu_journal.get(n).report_via.startswith("same association") for n in (1, 2, 3))
     for tx in result.transactions:  # the SCP logs a delivery once it has recorded it
         assert scp.wait_delivered(tx.transaction_uid, 5) is not None
+
     def settled() -> bool:  # the delivery line follows the journal's record of it
         lines = [r.getMessage() for r in caplog.records]
         delivered = sum(" delivered to " in m for m in lines)
