@@ -31,7 +31,8 @@ EXAMPLES = f"""\
 
 A report is accepted only from the archive its transaction was sent to (AE title, and an
 address its host name resolves to) or from a --reporter; anyone else is rejected
-(A-ASSOCIATE-RJ "calling AE title not recognised") and logged with "security:".
+(A-ASSOCIATE-RJ "calling AE title not recognised") and logged with "security:", except that an
+association proposing only Verification is accepted from any calling AE (C-ECHO only).
 
 It shares the journal with 'stgcmt send' (default {default_journal_path()}); run send
 without --listen (or on another port) while the agent holds the port.
