@@ -173,3 +173,61 @@ def test_scu_file_loads(tmp_path):
         write(tmp_path, '[scu]\nreporters = ["RPT@10.0.0.9"]\n[timeouts]\nconnect = 3\n')
     )
     assert config.reporters == ("RPT@10.0.0.9",) and config.timeouts.connect == 3.0
+
+
+def test_archive_timeouts_and_the_same_flag_together(scp_factory, instances, tmp_path):
+    """The archive's own [archive.timeouts] key and the matching flag: the flag wins (this
+    used to crash with "got multiple values for keyword argument")."""
+    scp = scp_factory(remotes=(remote(SCU, 1),), report_assoc="same")
+    config = write(
+        tmp_path,
+        f'[scu]\naet = "{SCU}"\njournal = "{tmp_path / "j.sqlite"}"\n\n'
+        f'[[archive]]\nname = "pacs"\naet = "STGCMT_SCP"\nhost = "{LOCALHOST}"\n'
+        f"port = {scp.port}\n[archive.timeouts]\nconnect = 2.0\nacse = 5.0\n",
+    )
+    args = ("--config", config, "--report-assoc", "same", "-to", "3", "-ta", "6", "--json")
+    run = stgcmt("send", "pacs", *instances(1), *args, home=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["files_by_state"] == {"committed": 1}
+
+
+@pytest.mark.parametrize("entry", ['report_assoc = "new"', "check_host = false"])
+def test_scp_only_profile_keys_are_refused_in_an_archive(tmp_path, instances, entry):
+    """Keys that only the archive side can act on are refused, not accepted and ignored."""
+    key = entry.split()[0]
+    config = write(
+        tmp_path, f'[[archive]]\nname = "p"\naet = "A"\nhost = "h"\nport = 1\n{entry}\n'
+    )
+    run = stgcmt("send", "p", *instances(1), "--config", config, home=tmp_path)
+    assert run.returncode == 3
+    assert f"{config} [[archive]] #1 {key}: not an archive setting" in run.stderr
+
+
+def test_archive_extra_hosts_may_report(tmp_path):
+    """An archive's extra_hosts are addresses its AE title may report from: the agent
+    names them among its reporters when it starts."""
+    port = free_port()
+    config = write(
+        tmp_path,
+        f'[scu]\naet = "{SCU}"\nlisten_bind = "{LOCALHOST}"\nlisten_port = {port}\n'
+        f'journal = "{tmp_path / "j.sqlite"}"\n\n'
+        '[[archive]]\nname = "pacs"\naet = "PACS"\nhost = "127.0.0.1"\nport = 104\n'
+        'extra_hosts = ["127.0.0.2"]\n',
+    )
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "stgcmt", "agent", "--config", str(config)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        started = ""
+        while "listening" not in started:
+            line = agent.stderr.readline()
+            assert line, f"the agent stopped: {started}"
+            started += line
+        assert "PACS@127.0.0.2" in started
+    finally:
+        agent.terminate()
+        agent.wait(timeout=20)

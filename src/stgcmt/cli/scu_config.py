@@ -82,10 +82,20 @@ def _fill(args: argparse.Namespace, config: ScuConfig) -> None:
         args.reporter = [
             _reporter(text, f"{where}[{i}]") for i, text in enumerate(config.reporters)
         ]
+    args.reporter = [*args.reporter, *_archive_hosts(config)]
     args.timeouts = replace(config.timeouts, **_flag_timeouts(args)).over(Timeouts())
     args.max_pdu_flag = args.max_pdu
     args.max_pdu = args.max_pdu or config.max_pdu
     args.scu_config = config
+
+
+def _archive_hosts(config: ScuConfig) -> list[Reporter]:
+    """An archive's ``extra_hosts``: more addresses its AE title may report from."""
+    return [
+        Reporter(archive.remote.aet, host)
+        for archive in config.archives
+        for host in archive.remote.profile.extra_hosts
+    ]
 
 
 def _reporter(text: str, where: str) -> Reporter:
@@ -110,9 +120,9 @@ def _archive(args: argparse.Namespace, config: ScuConfig) -> RemoteAE:
             known = f" (configured archives: {names})" if names else ""
             raise ConfigError(f"archive {text!r} is not a configured name{known}: {exc}") from None
     profile = remote.profile
-    timeouts: PeerTimeouts = replace(
-        config.timeouts, **_given(profile.timeouts), **_flag_timeouts(args)
-    )
+    # flags over the archive's own keys over the file's [timeouts]
+    chosen = {**_given(profile.timeouts), **_flag_timeouts(args)}
+    timeouts: PeerTimeouts = replace(config.timeouts, **chosen)
     max_pdu = args.max_pdu_flag or profile.max_pdu or config.max_pdu
     profile = replace(profile, timeouts=timeouts, max_pdu=max_pdu)
     return replace(remote, profile=profile)

@@ -61,7 +61,8 @@ file whose syntax the archive refuses fails (kept, exit 1).
 
 Only the archive sent to (its AE title, from an address its host name resolves to) may
 report on a new association, unless --reporter names others; anyone else is rejected
-(A-ASSOCIATE-RJ "calling AE title not recognised") and logged with "security:".
+(A-ASSOCIATE-RJ "calling AE title not recognised") and logged with "security:", except
+that an association proposing only Verification is accepted from anyone (C-ECHO only).
 
 exit status: 0 all committed, 1 some failed (kept), 2 report not received in time
 (pending in the journal; 'stgcmt agent' can receive it later), 3 usage or connection error.
@@ -184,6 +185,8 @@ def options_from(args: argparse.Namespace) -> SendOptions:
         max_refs=args.max_refs,
         listen_port=args.listen,
         listen_bind=args.listen_bind,
+        timeouts=args.timeouts,
+        max_pdu=args.max_pdu,
         tls=tls_config(args),
         reporters=tuple(args.reporter),
         propose=args.propose,

@@ -8,7 +8,7 @@ from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
-from stgcmt.config.model import ConfigError, ScpConfig, ScuConfig
+from stgcmt.config.model import ConfigError, PeerProfile, ScpConfig, ScuConfig
 from stgcmt.config.validation import (
     ARRAY_TABLES,
     check_table,
@@ -97,9 +97,25 @@ def load_scu_config(path: Path) -> ScuConfig:
         if archive.name in seen:
             raise ConfigError(f"{where} name: {archive.name!r} is already the name of an archive")
         seen.add(archive.name)
+        _scp_only_keys(archive.remote.profile, where)
         archive.remote.profile.checked_against(config.tls, where)
     config.tls.checked(f"{path} [tls]")
     return config
+
+
+SCP_ONLY_PROFILE_KEYS = {
+    "report_assoc": "where the archive sends reports is its own setting; use --report-assoc",
+    "check_host": "an archive's reports are always checked against its host; "
+    "list other addresses in extra_hosts",
+}
+
+
+def _scp_only_keys(profile: PeerProfile, where: str) -> None:
+    """Profile keys that mean something only to the SCP are refused in ``[[archive]]``
+    rather than accepted and ignored."""
+    for key, why in SCP_ONLY_PROFILE_KEYS.items():
+        if getattr(profile, key) is not None:
+            raise ConfigError(f"{where} {key}: not an archive setting ({why})")
 
 
 def _table(data: dict[str, Any], name: str, path: Path) -> dict[str, Any]:

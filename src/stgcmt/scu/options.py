@@ -38,6 +38,9 @@ class SendOptions:
     listen_port: int | None = None
     listen_bind: str = DEFAULT_LISTEN_BIND
     timeouts: Timeouts = field(default_factory=Timeouts)
+    """For our listener (the associations we open use the archive's profile)."""
+    max_pdu: int | None = None
+    """Maximum PDU Length our listener advertises (None: the engine's default)."""
     tls: TlsConfig = field(default_factory=TlsConfig)
     """DICOM TLS for the associations we open and for our listener."""
     reporters: tuple[Reporter, ...] = ()

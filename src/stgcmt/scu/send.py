@@ -159,6 +159,7 @@ class _Sender:
                     self.options.listen_port,
                     self.options.timeouts,
                     self.options.tls,
+                    self.options.max_pdu,
                 )
                 stack.enter_context(server)
                 log.info(
