@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
@@ -67,9 +70,26 @@ def test_committed_instances_are_durable_and_intact(scp_factory, modality, insta
     assert modality.wait_report(REPORT_WAIT)
     rows = SqliteScpQueries(scp.config.data_dir).instances()
     assert len(rows) == 2 and all(row["durable"] == 1 for row in rows)
-    for path in paths:  # the archived file carries the dataset exactly as sent
+    by_uid = {row["sop_instance_uid"]: row for row in rows}
+    for path in paths:  # the archived file carries the whole data set exactly as sent
         stored = scp.store.path_for(path.stem)
-        assert stored.read_bytes().endswith(path.read_bytes()[-64:])
+        assert _dataset_bytes(stored) == _dataset_bytes(path)
+        assert hashlib.sha256(stored.read_bytes()).hexdigest() == by_uid[path.stem]["sha256"]
+        assert dcmread(stored) == dcmread(path)
+
+
+def _dataset_bytes(path: Path) -> bytes:
+    """The bytes after the File Meta Information (group 0002, always Explicit VR LE)."""
+    data = path.read_bytes()
+    assert data[128:132] == b"DICM"
+    offset = 132
+    while int.from_bytes(data[offset : offset + 2], "little") == 0x0002:
+        vr = data[offset + 4 : offset + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            offset += 12 + int.from_bytes(data[offset + 8 : offset + 12], "little")
+        else:
+            offset += 8 + int.from_bytes(data[offset + 6 : offset + 8], "little")
+    return data[offset:]
 
 
 def test_report_on_same_association(scp_factory, modality, instances):
@@ -96,7 +116,10 @@ def test_auto_falls_back_to_new_association(scp_factory, modality, instances):
     modality.store(scp.port, paths)
     modality.commit(scp.port, refs_of(paths), "1.2.3.104")  # releases at once
     assert modality.wait_report(REPORT_WAIT)
-    assert len(modality.reports) == 1  # exactly one report, wherever it went
+    assert len(modality.reports) == 1  # exactly one report
+    assert modality.reports[0][2] == "new"  # on a new association: the requester had gone
+    tx = scp.wait_delivered("1.2.3.104", 5)
+    assert tx is not None and tx.delivered_via.startswith("a new association")
 
 
 def test_failure_reasons(scp_factory, modality, instances):
@@ -131,7 +154,6 @@ def test_same_instance_uid_with_other_class_is_recorded_as_conflict(
     [path] = instances(1)
     modality.store(scp.port, [path])
     twin = instances(1, sop_class=CT_IMAGE)[0]
-    from pydicom import dcmread
 
     ds = dcmread(twin)
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = path.stem
@@ -188,6 +210,9 @@ def test_undeliverable_report_is_given_up_after_configured_age(scp_factory, moda
     tx = scp.wait_delivered("1.2.3.109", 10)
     assert tx is not None and tx.state == "given_up"
     assert "gave up" in tx.last_error
+    # It kept trying for the configured second (0.1, 0.2, 0.2 ... s apart), not just once.
+    assert tx.attempts >= 4, tx.attempts
+    assert time.time() - tx.received_at >= 1.0
 
 
 def test_unknown_calling_ae_is_rejected(scp_factory, instances):
@@ -283,7 +308,6 @@ def test_repeated_instance_keeps_first_copy(scp_factory, modality, instances, tm
     [path] = instances(1)
     modality.store(scp.port, [path])
     first = scp.store.path_for(path.stem).read_bytes()
-    from pydicom import dcmread
 
     ds = dcmread(path)
     ds.PatientID = "CHANGED"

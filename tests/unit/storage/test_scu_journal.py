@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import threading
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 from stgcmt.dicom.commitment import CommitmentReport, FailedReference, Reference
 from stgcmt.dicom.status import NO_SUCH_OBJECT_INSTANCE
 from stgcmt.scu.files import finish_due_actions, move_without_overwrite
-from stgcmt.storage.scu_journal import ScuJournal, default_journal_path
+from stgcmt.storage.scu_journal import default_journal_path
 
 from support.scu import pending_transaction, refs
 
@@ -56,22 +58,52 @@ def test_unknown_transaction_is_not_claimed(scu_journal):
     assert outcome.tx is None and not outcome.claimed
 
 
+CLAIMER = """
+import json, sys, time
+from pathlib import Path
+from stgcmt.dicom.commitment import CommitmentReport, Reference
+from stgcmt.storage.scu_journal import ScuJournal
+
+journal_path, go, refs = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+journal = ScuJournal(Path(journal_path))
+report = CommitmentReport("1.2.3.9", committed=[Reference(c, i) for c, i in refs])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.001)
+claims = [journal.record_report(report, "x").claimed for _ in range(2)]
+journal.close()
+print(json.dumps(claims), flush=True)
+"""
+
+
 def test_two_processes_sharing_the_journal_claim_a_report_once(scu_journal, tmp_path):
-    files = pending_transaction(scu_journal, tmp_path / "out", 2)
-    other = ScuJournal(scu_journal.path)  # a second connection, as the agent would have
-    report = CommitmentReport("1.2.3.9", committed=refs(files))
-    outcomes = []
-    threads = [
-        threading.Thread(target=lambda j=j: outcomes.append(j.record_report(report, "x")))
-        for j in (scu_journal, other, scu_journal, other)
+    """Two real processes (send and the agent) race for the same report: exactly one claims
+    it, whichever wins, and it is recorded once."""
+    files = pending_transaction(scu_journal, tmp_path / "out", 2, on_commit="delete")
+    go = tmp_path / "go"
+    arg = json.dumps([[f.sop_class_uid, f.sop_instance_uid] for f in files])
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, str(scu_journal.path), str(go), arg],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
     ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    other.close()
-    assert sorted(o.claimed for o in outcomes) == [False, False, False, True]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        go.touch()  # both processes hold their own connection and start together
+        outputs = [proc.communicate(timeout=30)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    claims = [c for out in outputs for c in json.loads(out.strip().splitlines()[-1])]
+    assert sorted(claims) == [False, False, False, True]
     assert scu_journal.get(1).state == "committed"
+    assert [row.action for row in scu_journal.files(1)] == ["due", "due"]
 
 
 def test_restart_finishes_due_deletes_and_skips_changed_files(scu_journal, tmp_path):

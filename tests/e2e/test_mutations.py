@@ -1,0 +1,615 @@
+"""Documented, safety-relevant behaviour that a one-line change to the code once broke without
+any test noticing. Each test asserts what a user would check: statuses, Failure Reasons and
+rejections on the wire, files kept or deleted (and their SHA-256) on disk, exit statuses."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import StorageCommitmentPushModel
+
+import stgcmt.storage.fsync as fsync_module
+from stgcmt import ul as net
+from stgcmt.config import RemoteAE, RetryPolicy, TlsConfig
+from stgcmt.dicom.commitment import (
+    CommitmentRequest,
+    Reference,
+    build_action_information,
+    build_event_information,
+)
+from stgcmt.dicom.status import (
+    PROCESSING_FAILURE,
+    RESOURCE_LIMITATION,
+)
+from stgcmt.dicom.uids import (
+    STORAGE_COMMITMENT_INSTANCE,
+    STORAGE_COMMITMENT_PUSH_MODEL,
+    VERIFICATION,
+)
+from stgcmt.scu.send import EXIT_FAILED, EXIT_PENDING, SendOptions, send
+from stgcmt.storage.queries import SqliteScpQueries
+
+from support.common import (
+    LOCALHOST,
+    PYTHON,
+    SECONDARY_CAPTURE,
+    free_port,
+    remote,
+    wait_for,
+)
+from support.pynetdicom_archive import Archive
+from support.pynetdicom_peer import Modality, refs_of, report_content
+from support.scu import uids
+from support.tls_certs import CertificateAuthority
+
+REPORT_WAIT = 15
+SCU = "CT1"
+
+
+@pytest.fixture
+def modality():
+    peer = Modality("MODALITY")
+    yield peer
+    peer.stop()
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def options(**overrides) -> SendOptions:
+    values = {"aet": SCU, "listen_bind": LOCALHOST, "timeout": 10.0}
+    return SendOptions(**(values | overrides))
+
+
+# -- 1. a failed durability barrier is never reported committed --------------------------------
+
+
+@pytest.mark.parametrize(
+    "code, reason",
+    [(errno.EIO, PROCESSING_FAILURE), (errno.ENOSPC, RESOURCE_LIMITATION)],
+    ids=["EIO-0110", "ENOSPC-0213"],
+)
+def test_failed_fsync_is_reported_failed_never_committed(
+    scp_factory, modality, instances, monkeypatch, code, reason
+):
+    scp = scp_factory(remotes=(remote("MODALITY", modality.listen()),))
+    paths = instances(2)
+    assert modality.store(scp.port, paths) == [0, 0]
+    calls: list[str] = []
+
+    def failing_fsync(path):  # the disk answers the barrier's fsync with an error
+        calls.append(str(path))
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(fsync_module, "fsync_path", failing_fsync)
+    assert modality.commit(scp.port, refs_of(paths), "1.2.3.900") == 0
+    assert modality.wait_report(REPORT_WAIT)
+    event_type, information, _ = modality.reports[0]
+    committed, failed = report_content(information)
+    assert calls, "the barrier never called fsync"
+    assert event_type == 2
+    assert committed == set()
+    assert failed == {p.stem: reason for p in paths}
+
+    # Storage is back: the same instances now pass the barrier and commit.
+    monkeypatch.undo()
+    assert modality.commit(scp.port, refs_of(paths), "1.2.3.901") == 0
+    assert modality.wait_report(REPORT_WAIT, count=2)
+    event_type, information, _ = modality.reports[1]
+    assert event_type == 1
+    assert report_content(information) == ({p.stem for p in paths}, {})
+
+
+# -- 2. the SCU keeps a file that changed after it was sent ------------------------------------
+
+
+def test_file_with_new_mtime_and_content_but_same_size_is_kept(scp_factory, instances, scu_journal):
+    scp = scp_factory(accept_unknown=True)  # reports on the sending association
+    paths = instances(2)
+    changed = paths[0]
+    original = changed.read_bytes()
+
+    def rewrite_after_last_store(done: int, total: int) -> None:
+        if done == total:  # sent: now someone rewrites it, same size, other bytes and mtime
+            data = original.replace(b"Test^Patient", b"Test^Pxtient")
+            assert data != original and len(data) == len(original)
+            before = changed.stat()
+            changed.write_bytes(data)
+            os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns + 5_000_000_000))
+
+    opts = options(on_commit="delete")
+    result = send(
+        remote("STGCMT_SCP", scp.port), paths, scu_journal, opts, rewrite_after_last_store
+    )
+
+    assert [tx.state for tx in result.transactions] == ["committed"]
+    assert changed.exists(), "a file that changed after it was sent was deleted"
+    assert changed.read_bytes() == original.replace(b"Test^Patient", b"Test^Pxtient")
+    assert not paths[1].exists()  # the unchanged one was deleted
+    notes = {f.path: f.action_note for f in result.transactions[0].files}
+    assert notes[str(changed)] == "kept: the file changed after it was sent"
+
+
+# -- 3. TLS clients verify the server's certificate ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_cas(tmp_path_factory):
+    trusted = CertificateAuthority(tmp_path_factory.mktemp("trusted"), "trusted CA")
+    other = CertificateAuthority(tmp_path_factory.mktemp("other"), "other CA")
+    return trusted, other
+
+
+def test_send_to_tls_archive_with_certificate_from_another_ca_fails(
+    scp_factory, instances, scu_journal, two_cas
+):
+    trusted, other = two_cas
+    archive = other.issue("archive")  # the archive's certificate is not from our CA
+    modality_creds = trusted.issue("modality")
+    scp = scp_factory(
+        remotes=(remote(SCU, free_port()),),
+        tls=TlsConfig(archive.cert, archive.key, other.cert),
+    )
+    paths = instances(2)
+    opts = options(
+        on_commit="delete",
+        timeout=5,
+        tls=TlsConfig(modality_creds.cert, modality_creds.key, trusted.cert),
+    )
+    with pytest.raises(net.AssociationError, match="TLS handshake .*certificate verify failed"):
+        send(remote("STGCMT_SCP", scp.port), paths, scu_journal, opts)
+    assert all(p.exists() for p in paths)
+    assert scp.store.count() == 0  # nothing was sent to the impostor
+
+
+def _tls_client(ca_cert: Path, creds) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.load_verify_locations(str(ca_cert))
+    context.load_cert_chain(str(creds.cert), str(creds.key))
+    return context
+
+
+def test_scp_report_to_tls_listener_with_untrusted_certificate_fails(scp_factory, two_cas):
+    trusted, other = two_cas
+    archive = trusted.issue("archive")
+    impostor = other.issue("listener")  # the report target's certificate: not from our CA
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(str(impostor.cert), str(impostor.key))
+    modality = Modality("MODALITY")
+    ae = AE("MODALITY")
+    ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, scu_role=True, scp_role=True)
+    listener = ae.start_server(
+        (LOCALHOST, 0),
+        block=False,
+        ssl_context=server_context,
+        evt_handlers=[(evt.EVT_N_EVENT_REPORT, modality._on_report)],
+    )
+    try:
+        scp = scp_factory(
+            remotes=(remote("MODALITY", listener.server_address[1]),),
+            tls=TlsConfig(archive.cert, archive.key, trusted.cert),
+        )
+        requester = AE("MODALITY")
+        requester.add_requested_context(STORAGE_COMMITMENT_PUSH_MODEL)
+        assoc = requester.associate(
+            LOCALHOST,
+            scp.port,
+            ae_title="STGCMT_SCP",
+            tls_args=(_tls_client(trusted.cert, trusted.issue("modality")), None),
+        )
+        assert assoc.is_established
+        information = build_action_information(
+            CommitmentRequest("1.2.3.910", [Reference(SECONDARY_CAPTURE, generate_uid())])
+        )
+        status, _ = assoc.send_n_action(
+            information, 1, STORAGE_COMMITMENT_PUSH_MODEL, STORAGE_COMMITMENT_INSTANCE
+        )
+        assoc.release()
+        assert status.Status == 0
+
+        def failed_twice():
+            rows = SqliteScpQueries(scp.config.data_dir).transactions()
+            return rows and rows[0]["attempts"] >= 2 and rows[0]
+
+        row = wait_for(failed_twice, REPORT_WAIT)
+        assert row, "the report association was never attempted twice"
+        assert row["state"] == "report_pending"
+        assert "certificate verify failed" in row["last_error"]
+        assert modality.reports == []  # the untrusted listener never got the report
+    finally:
+        listener.shutdown()
+
+
+# -- 4. exit statuses: 1 wins over 2; a refused N-ACTION is a failure --------------------------
+
+
+class ReportsFirstOnly(Archive):
+    """Reports the first N-ACTION only; the others stay without a report."""
+
+    def _on_action(self, event):
+        if self.requests:
+            self.requests.append(event.action_information)
+            return 0x0000, None
+        return super()._on_action(event)
+
+
+def test_some_failed_and_some_pending_exits_1(instances, scu_journal):
+    paths = [p for _ in range(2) for p in instances(2, study=generate_uid())]
+    archive = ReportsFirstOnly(report="same", lose=uids(paths))
+    port = archive.start()
+    try:
+        opts = options(on_commit="delete", group_by="study", timeout=1.5, same_assoc_wait=1.5)
+        result = send(remote("ARCHIVE", port), paths, scu_journal, opts)
+        assert archive.wait_answers(1) == [0]
+    finally:
+        archive.stop()
+    assert sorted(tx.state for tx in result.transactions) == ["failed", "pending"]
+    assert result.exit_status == EXIT_FAILED
+    assert all(p.exists() for p in paths)
+
+
+def _stgcmt(*args: str | Path, home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "XDG_STATE_HOME": str(home / "state")}
+    return subprocess.run(
+        [sys.executable, "-m", "stgcmt", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_refused_n_action_exits_1_not_pending(scp_factory, instances, tmp_path):
+    scp = scp_factory(accept_unknown=True, max_references=1)  # two files: refused 0x0213
+    paths = instances(2)
+    run = _stgcmt(
+        "send",
+        f"STGCMT_SCP@{LOCALHOST}:{scp.port}",
+        paths[0].parent,
+        "--aet",
+        SCU,
+        "--journal",
+        tmp_path / "j.sqlite",
+        "--delete-committed",
+        "--timeout",
+        "3",
+        home=tmp_path,
+    )
+    assert run.returncode == EXIT_FAILED, run.stdout + run.stderr
+    assert "0x0213" in run.stdout + run.stderr
+    assert all(p.exists() for p in paths)
+
+
+# -- 5. the retry delay doubles up to the cap ---------------------------------------------------
+
+
+class DownReportTarget:
+    """Accepts TCP connections and closes them at once (the peer's DICOM service is down),
+    noting when each delivery attempt arrived."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind((LOCALHOST, 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.times: list[float] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.times.append(time.monotonic())
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_retry_delay_doubles_up_to_the_cap(scp_factory, modality):
+    target = DownReportTarget()
+    try:
+        scp = scp_factory(
+            remotes=(remote("MODALITY", target.port),),
+            retry=RetryPolicy(start=0.2, cap=2.0, give_up_after=3600),
+        )
+        refs = [Reference(SECONDARY_CAPTURE, generate_uid())]
+        assert modality.commit(scp.port, refs, "1.2.3.920") == 0
+        assert wait_for(lambda: len(target.times) >= 6, 20), target.times
+    finally:
+        target.close()
+    gaps = [b - a for a, b in zip(target.times, target.times[1:6], strict=False)]
+    expected = [0.2, 0.4, 0.8, 1.6, 2.0]
+    for gap, want in zip(gaps, expected, strict=True):
+        # Never early (the timer cannot fire before the delay); late by scheduling at most.
+        assert want * 0.9 - 0.02 <= gap <= want * 1.25 + 0.3, (gaps, expected)
+
+
+# -- 6. max_references: N accepted, N + 1 refused ------------------------------------------------
+
+
+def _information(transaction_uid: str, count: int) -> Dataset:
+    refs = [Reference(SECONDARY_CAPTURE, generate_uid()) for _ in range(count)]
+    return build_action_information(CommitmentRequest(transaction_uid, refs))
+
+
+def test_max_references_boundary(scp_factory, modality):
+    scp = scp_factory(remotes=(remote("MODALITY", free_port()),), max_references=10)
+    assert modality.n_action(scp.port, _information("1.2.3.930", 10)) == 0x0000
+    assert modality.n_action(scp.port, _information("1.2.3.931", 11)) == RESOURCE_LIMITATION
+    rows = SqliteScpQueries(scp.config.data_dir).transactions()
+    assert [row["transaction_uid"] for row in rows] == ["1.2.3.930"]
+
+
+# -- 7. 0x0131 only while the earlier transaction is active ---------------------------------------
+
+
+def test_transaction_uid_reused_after_delivery_commits_normally(scp_factory, modality, instances):
+    scp = scp_factory(remotes=(remote("MODALITY", modality.listen()),))
+    paths = instances(2)
+    assert modality.store(scp.port, paths) == [0, 0]
+    assert modality.commit(scp.port, refs_of(paths), "1.2.3.940") == 0
+    assert modality.wait_report(REPORT_WAIT)
+    assert scp.wait_delivered("1.2.3.940", 5).state == "delivered"
+
+    assert modality.commit(scp.port, refs_of(paths), "1.2.3.940") == 0
+    assert modality.wait_report(REPORT_WAIT, count=2)
+    event_type, information, _ = modality.reports[1]
+    assert information.TransactionUID == "1.2.3.940"
+    assert event_type == 1
+    assert report_content(information) == ({p.stem for p in paths}, {})
+
+
+# -- 8. undecodable Action Information: 0x0212 ---------------------------------------------------
+
+
+def _truncated_item() -> tuple[Dataset, str]:
+    """A Referenced SOP Sequence whose only item claims 100 bytes and holds 4 (written as it
+    is: pydicom copies a raw OB value verbatim)."""
+    information = Dataset()
+    information.TransactionUID = "1.2.3.950"
+    garbage = b"\xfe\xff\x00\xe0" + (100).to_bytes(4, "little") + b"\x08\x00\x50\x11"
+    information[0x00081199] = RawDataElement(
+        Tag(0x00081199), "OB", len(garbage), garbage, 0, True, True
+    )
+    return information, ImplicitVRLittleEndian
+
+
+def _sequence_as_text() -> tuple[Dataset, str]:
+    """Explicit VR: the Referenced SOP Sequence arrives with VR UI, a string, not items."""
+    information = Dataset()
+    information.TransactionUID = "1.2.3.950"
+    information.add(DataElement(0x00081199, "UI", "1.2.3"))
+    return information, ExplicitVRLittleEndian
+
+
+@pytest.mark.parametrize("build", [_truncated_item, _sequence_as_text], ids=lambda b: b.__name__)
+def test_undecodable_action_information_gets_mistyped_argument(scp_factory, modality, build):
+    scp = scp_factory(remotes=(remote("MODALITY", free_port()),))
+    information, syntax = build()
+    ae = AE("MODALITY")
+    ae.add_requested_context(STORAGE_COMMITMENT_PUSH_MODEL, [syntax])
+    assoc = ae.associate(LOCALHOST, scp.port, ae_title="STGCMT_SCP")
+    assert assoc.is_established
+    try:
+        status, _ = assoc.send_n_action(
+            information, 1, STORAGE_COMMITMENT_PUSH_MODEL, STORAGE_COMMITMENT_INSTANCE
+        )
+    finally:
+        assoc.release()
+    assert status.Status == 0x0212  # mistyped argument, not 0x0115 invalid argument value
+    assert SqliteScpQueries(scp.config.data_dir).transactions() == []
+    assert modality.n_action(scp.port, _information("1.2.3.951", 1)) == 0  # still serving
+
+
+# -- 9. the SCU refuses Event Type ID 3 -----------------------------------------------------------
+
+
+class EventType3(Archive):
+    """Reports every N-ACTION, on its association, as Event Type ID 3 (which does not exist)."""
+
+    def _send_report(self, requesting, request: Dataset) -> None:
+        time.sleep(self.report_delay)
+        report = self._report_for(request)
+        status, _ = requesting.send_n_event_report(
+            build_event_information(report),
+            3,
+            StorageCommitmentPushModel,
+            STORAGE_COMMITMENT_INSTANCE,
+        )
+        with self._answered:
+            self.answers.append(int(status.Status) if "Status" in status else None)
+            self._answered.notify_all()
+
+
+def test_scu_refuses_event_type_3_and_deletes_nothing(instances, scu_journal):
+    archive = EventType3(report="same")
+    port = archive.start()
+    paths = instances(2)
+    try:
+        opts = options(on_commit="delete", timeout=1.5, same_assoc_wait=1.5)
+        result = send(remote("ARCHIVE", port), paths, scu_journal, opts)
+        assert archive.wait_answers(1) == [PROCESSING_FAILURE]
+    finally:
+        archive.stop()
+    assert all(p.exists() for p in paths)
+    assert result.exit_status == EXIT_PENDING
+    assert [tx.state for tx in result.transactions] == ["pending"]
+
+
+# -- 10. --overwrite-duplicates replaces the stored copy ------------------------------------------
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((LOCALHOST, port)) == 0
+
+
+class ScpProcess:
+    """``stgcmt scp`` as users run it; stopped with SIGTERM."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.port = free_port()
+        self.data_dir = tmp_path / f"proc-data-{self.port}"
+        self.log = tmp_path / f"scp-{self.port}.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    PYTHON,
+                    "-m",
+                    "stgcmt",
+                    "scp",
+                    "--bind",
+                    LOCALHOST,
+                    "--port",
+                    str(self.port),
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--retry-start",
+                    "0.2",
+                    *args,
+                ],
+                stdout=log,
+                stderr=log,
+            )
+        started = wait_for(lambda: _listening(self.port) or self.proc.poll() is not None, 20)
+        if not started or self.proc.poll() is not None:
+            self.stop()
+            pytest.fail("SCP did not start:\n" + self.log.read_text())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def scp_process(tmp_path):
+    started: list[ScpProcess] = []
+
+    def start(*args: str) -> ScpProcess:
+        process = ScpProcess(tmp_path, *args)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def _store_changed_copy(modality: Modality, port: int, path: Path) -> None:
+    """Store a changed copy of ``path`` (another Patient ID) under the same SOP Instance UID."""
+    ds = dcmread(path)
+    ds.PatientID = "CHANGED"
+    ds.save_as(path)
+    assert modality.store(port, [path]) == [0]
+
+
+def _stored_file(data_dir: Path, uid: str) -> tuple[Path, str]:
+    row = SqliteScpQueries(data_dir).instance(uid)
+    assert row is not None
+    return data_dir / row["path"], row["sha256"]
+
+
+def test_overwrite_duplicates_replaces_the_stored_copy(scp_process, modality, instances):
+    listen = modality.listen()
+    scp = scp_process("--overwrite-duplicates", "--remote", f"MODALITY@{LOCALHOST}:{listen}")
+    [path] = instances(1)
+    assert modality.store(scp.port, [path]) == [0]
+    stored, _ = _stored_file(scp.data_dir, path.stem)
+    first_sha = sha256_file(stored)
+    _store_changed_copy(modality, scp.port, path)
+
+    stored, index_sha = _stored_file(scp.data_dir, path.stem)
+    assert dcmread(stored).PatientID == "CHANGED"
+    assert sha256_file(stored) != first_sha
+    assert index_sha == sha256_file(stored)  # the index vouches for the new copy
+    assert modality.commit(scp.port, refs_of([path]), "1.2.3.960") == 0
+    assert modality.wait_report(REPORT_WAIT)
+    assert report_content(modality.reports[0][1]) == ({path.stem}, {})  # checksum verified
+    assert sha256_file(stored) == index_sha
+
+
+def test_without_overwrite_duplicates_the_first_copy_is_kept(scp_factory, modality, instances):
+    scp = scp_factory(remotes=(remote("MODALITY", modality.listen()),))
+    [path] = instances(1)
+    assert modality.store(scp.port, [path]) == [0]
+    stored, first_sha = _stored_file(scp.config.data_dir, path.stem)
+    assert sha256_file(stored) == first_sha
+    _store_changed_copy(modality, scp.port, path)
+
+    stored, index_sha = _stored_file(scp.config.data_dir, path.stem)
+    assert (sha256_file(stored), index_sha) == (first_sha, first_sha)
+    assert dcmread(stored).PatientID == "PAT001"
+    assert modality.commit(scp.port, refs_of([path]), "1.2.3.961") == 0
+    assert modality.wait_report(REPORT_WAIT)
+    assert report_content(modality.reports[0][1]) == ({path.stem}, {})
+
+
+# -- 11. --any-host / check_host = false ---------------------------------------------------------
+
+
+def _associate_from(port: int, source: str, aet: str = "MODALITY"):
+    ae = AE(aet)
+    ae.add_requested_context(VERIFICATION)
+    return ae.associate(LOCALHOST, port, ae_title="STGCMT_SCP", bind_address=(source, 0))
+
+
+@pytest.mark.parametrize("check_host", [False, True], ids=["check_host-false", "default"])
+def test_check_host_decides_whether_another_address_may_associate(scp_factory, check_host):
+    scp = scp_factory(
+        remotes=(RemoteAE("MODALITY", LOCALHOST, free_port()),), check_host=check_host
+    )
+    assoc = _associate_from(scp.port, "127.0.0.2")
+    try:
+        if check_host:
+            assert assoc.is_rejected
+            assert assoc.acceptor.primitive.diagnostic == 0x03
+        else:
+            assert assoc.is_established
+            assert assoc.send_c_echo().Status == 0
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    home = _associate_from(scp.port, LOCALHOST)  # from its configured host: always
+    assert home.is_established
+    home.release()
+
+
+def test_any_host_flag_lets_a_known_ae_associate_from_another_address(scp_process):
+    relaxed = scp_process("--any-host", "--remote", f"MODALITY@{LOCALHOST}:{free_port()}")
+    strict = scp_process("--remote", f"MODALITY@{LOCALHOST}:{free_port()}")
+    assoc = _associate_from(relaxed.port, "127.0.0.2")
+    assert assoc.is_established
+    assoc.release()
+    assoc = _associate_from(strict.port, "127.0.0.2")
+    assert assoc.is_rejected
+    assert assoc.acceptor.primitive.diagnostic == 0x03
+    stranger = _associate_from(relaxed.port, "127.0.0.2", aet="STRANGER")
+    assert stranger.is_rejected  # --any-host relaxes the host, not who is known
