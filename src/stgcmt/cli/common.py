@@ -17,6 +17,7 @@ from stgcmt.config import (
     ConfigError,
     Range,
     RemoteAE,
+    Timeouts,
     TlsConfig,
     validate_aet,
 )
@@ -128,3 +129,30 @@ def tls_config(args: argparse.Namespace) -> TlsConfig:
     """The TLS settings given on the command line (for commands without a config file)."""
     given: dict[str, Any] = {k: v for k, v in tls_overrides(args).items() if v is not None}
     return TlsConfig(**given)
+
+
+def add_dimse_timeout_flags(parser: argparse._ActionsContainer) -> None:
+    """DCMTK's timeout flags, the same on every command: ``-to/--connect-timeout``,
+    ``-ta/--acse-timeout``, ``-td/--dimse-timeout`` (unset: the configured or default value)."""
+    defaults = Timeouts()
+    parser.add_argument(
+        "-to",
+        "--connect-timeout",
+        type=seconds,
+        metavar="S",
+        help=f"TCP connect timeout for associations we open (default {defaults.connect:g})",
+    )
+    parser.add_argument(
+        "-ta",
+        "--acse-timeout",
+        type=seconds,
+        metavar="S",
+        help=f"association request and release timeout (default {defaults.acse:g})",
+    )
+    parser.add_argument(
+        "-td",
+        "--dimse-timeout",
+        type=seconds,
+        metavar="S",
+        help=f"DIMSE response timeout (default {defaults.dimse:g})",
+    )

@@ -7,6 +7,7 @@ import json
 import sys
 
 from stgcmt.cli.common import (
+    add_dimse_timeout_flags,
     add_logging_flags,
     add_tls_flags,
     ae_title,
@@ -48,32 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--aet", type=ae_title, default=DEFAULT_AET, help=f"our (calling) AE title ({DEFAULT_AET})"
     )
-    defaults = Timeouts()
-    p.add_argument(
-        "-to",
-        "--timeout",
-        dest="connect_timeout",
-        type=seconds,
-        default=defaults.connect,
-        metavar="S",
-        help=f"seconds to connect ({defaults.connect:g})",
-    )
-    p.add_argument(
-        "-ta",
-        "--acse-timeout",
-        type=seconds,
-        default=defaults.acse,
-        metavar="S",
-        help=f"seconds for the association request and release ({defaults.acse:g})",
-    )
-    p.add_argument(
-        "-td",
-        "--dimse-timeout",
-        type=seconds,
-        default=defaults.dimse,
-        metavar="S",
-        help=f"seconds to wait for the C-ECHO response ({defaults.dimse:g})",
-    )
+    add_dimse_timeout_flags(p)
     p.add_argument(
         "-r",
         "--repeat",
@@ -94,11 +70,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.verbose, args.log_file)
     tls = tls_config(args).checked()
+    defaults = Timeouts()
+    dimse = args.dimse_timeout or defaults.dimse
     timeouts = Timeouts(
-        connect=args.connect_timeout,
-        acse=args.acse_timeout,
-        dimse=args.dimse_timeout,
-        network=max(Timeouts().network, args.dimse_timeout),
+        connect=args.connect_timeout or defaults.connect,
+        acse=args.acse_timeout or defaults.acse,
+        dimse=dimse,
+        network=max(defaults.network, dimse),
     )
 
     def progress(n: int, attempt: EchoAttempt) -> None:

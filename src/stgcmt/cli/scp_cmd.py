@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 from stgcmt.cli.common import (
+    add_dimse_timeout_flags,
     add_logging_flags,
     add_tls_flags,
     ae_title,
@@ -133,20 +134,8 @@ def add_limit_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_timeout_flags(p: argparse.ArgumentParser) -> None:
-    """DCMTK's timeout flags (-ta, -td, -to), plus the two that bound a slow or silent peer."""
-    p.add_argument(
-        "-ta", "--acse-timeout", type=seconds, metavar="S", help="ACSE timeout (default 30)"
-    )
-    p.add_argument(
-        "-td", "--dimse-timeout", type=seconds, metavar="S", help="DIMSE timeout (default 60)"
-    )
-    p.add_argument(
-        "-to",
-        "--connect-timeout",
-        type=seconds,
-        metavar="S",
-        help="TCP connect timeout for report associations (default 10)",
-    )
+    """DCMTK's timeout flags (-ta, -td, -to), plus the three that bound a slow or silent peer."""
+    add_dimse_timeout_flags(p)
     p.add_argument(
         "--network-timeout",
         type=seconds,

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from stgcmt.cli.common import fail, seconds, setting
+from stgcmt.cli.common import add_dimse_timeout_flags, fail, setting
 from stgcmt.config import (
     ConfigError,
     PeerTimeouts,
@@ -32,13 +32,7 @@ def add_scu_config_flags(parser: argparse.ArgumentParser) -> None:
         help="SCU configuration file ([scu], [[archive]], [tls], [timeouts]); flags override it",
     )
     group = parser.add_argument_group("network")
-    group.add_argument(
-        "-to", "--connect-timeout", type=seconds, metavar="S", help="TCP connect timeout (10)"
-    )
-    group.add_argument("-ta", "--acse-timeout", type=seconds, metavar="S", help="ACSE timeout (30)")
-    group.add_argument(
-        "-td", "--dimse-timeout", type=seconds, metavar="S", help="DIMSE timeout (60)"
-    )
+    add_dimse_timeout_flags(group)
     group.add_argument(
         "--max-pdu",
         type=setting("ScuConfig", "max_pdu"),
