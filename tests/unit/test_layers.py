@@ -54,6 +54,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 NO_IO = {"asyncio", "socket", "ssl", "sqlite3", "threading", "subprocess", "selectors", "shutil"}
 """Standard library modules pure DICOM code must not import."""
 NETWORKING = {"asyncio", "socket", "ssl", "selectors", "pynetdicom"}
+DATABASES = {"sqlite3", "psycopg"}
+"""Database drivers: only storage may import them."""
 
 
 def modules() -> Iterator[tuple[str, Path]]:
@@ -113,6 +115,8 @@ def test_pure_and_storage_code_do_no_networking(name: str, path: Path) -> None:
         assert not roots & NO_IO, f"pure DICOM code {name} imports {roots & NO_IO}"
     if _within(name, ("stgcmt.storage",)):
         assert not roots & NETWORKING, f"storage code {name} imports {roots & NETWORKING}"
+    else:
+        assert not roots & DATABASES, f"{name} imports {roots & DATABASES}: only storage may"
 
 
 def test_nothing_in_src_imports_pynetdicom() -> None:

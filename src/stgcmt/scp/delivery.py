@@ -6,7 +6,6 @@ on the same schedule so a full or read-only disk cannot turn into a report storm
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -19,12 +18,12 @@ from stgcmt.dicom.commitment import CommitmentReport
 from stgcmt.dicom.status import describe_status
 from stgcmt.faults import crash_point
 from stgcmt.scp.requesters import Requesters
+from stgcmt.storage import STORAGE_ERRORS
 from stgcmt.storage.scp_journal import REPORT_PENDING, CommitmentJournal, Transaction
 
 log = logging.getLogger("stgcmt.scp")
 
 DELIVERY_THREADS = 4
-JOURNAL_ERRORS = (sqlite3.Error, OSError)
 """What a journal write raises when its storage fails (disk full, read-only, I/O error)."""
 
 
@@ -103,7 +102,7 @@ class Delivery:
     def _deliver_safely(self, tx: Transaction) -> None:
         try:
             self._deliver(tx)
-        except JOURNAL_ERRORS as exc:
+        except STORAGE_ERRORS as exc:
             self._hold(tx, exc)
         except Exception as exc:
             log.exception("%s: delivery error", tx.label)
@@ -223,7 +222,7 @@ class Delivery:
         memory) if the journal's storage failed."""
         try:
             write()
-        except JOURNAL_ERRORS as exc:
+        except STORAGE_ERRORS as exc:
             self._hold(tx, exc, delivered_via)
             return False
         with self._wake:
