@@ -117,6 +117,63 @@ def test_failed_fsync_is_reported_failed_never_committed(
     assert report_content(information) == ({p.stem for p in paths}, {})
 
 
+@pytest.fixture
+def eio_instances(tmp_path):
+    """A FUSE file system (tests/support/eio_fs.py) mounted at the SCP's ``instances/``: its
+    fsync fails with a real EIO from the kernel while the returned arming file exists."""
+    if not Path("/dev/fuse").exists() and os.geteuid() != 0:
+        pytest.skip("no /dev/fuse (needs root)")
+    data_dir = tmp_path / "eio-data"
+    mountpoint = data_dir / "instances"
+    mountpoint.mkdir(parents=True)
+    arm = tmp_path / "fsync-fails"
+    script = Path(__file__).parents[1] / "support" / "eio_fs.py"
+    proc = subprocess.Popen(
+        [PYTHON, str(script), str(mountpoint), str(arm)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if line != "mounted" or not os.path.ismount(mountpoint):
+            pytest.fail(f"cannot mount the EIO file system: {line} {proc.stdout.read()}")
+        yield data_dir, arm
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        if os.path.ismount(mountpoint):
+            subprocess.run(["fusermount", "-uz", str(mountpoint)], check=False)
+
+
+def test_fsync_eio_from_the_disk_fails_the_commitment_with_0110(
+    eio_instances, scp_factory, modality, instances
+):
+    """A real I/O error: the kernel answers the barrier's fsync with EIO."""
+    data_dir, arm = eio_instances
+    scp = scp_factory(remotes=(remote("MODALITY", modality.listen()),), data_dir=data_dir)
+    paths = instances(2)
+    assert modality.store(scp.port, paths) == [0, 0]  # writes and renames still work
+    arm.touch()
+    assert modality.commit(scp.port, refs_of(paths), "1.2.3.902") == 0
+    assert modality.wait_report(REPORT_WAIT)
+    event_type, information, _ = modality.reports[0]
+    assert event_type == 2
+    assert report_content(information) == (set(), {p.stem: PROCESSING_FAILURE for p in paths})
+
+    arm.unlink()  # the disk recovers: the same instances pass the barrier now
+    assert modality.commit(scp.port, refs_of(paths), "1.2.3.903") == 0
+    assert modality.wait_report(REPORT_WAIT, count=2)
+    event_type, information, _ = modality.reports[1]
+    assert event_type == 1
+    assert report_content(information) == ({p.stem for p in paths}, {})
+
+
 # -- 2. the SCU keeps a file that changed after it was sent ------------------------------------
 
 
