@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 if ! command -v storescu >/dev/null || [ ! -x /usr/sbin/Orthanc ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk orthanc >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk orthanc fuse3 libfuse3-dev pkg-config >/dev/null
   else
     echo "test.sh: install Debian's dcmtk and orthanc first (sudo apt-get install dcmtk orthanc)" >&2
     exit 1
