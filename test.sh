@@ -5,13 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# Real peers from Debian: DCMTK and Orthanc (CI runs as root on a bare machine).
-if ! command -v storescu >/dev/null || [ ! -x /usr/sbin/Orthanc ]; then
+# Real peers from Debian: DCMTK and Orthanc; FUSE 3 for the power-cut harness and the EIO file
+# system (pyfuse3 builds against libfuse3). CI runs as root on a bare machine.
+DEBIAN_PACKAGES="dcmtk orthanc fuse3 libfuse3-dev pkg-config"
+if ! command -v storescu >/dev/null || [ ! -x /usr/sbin/Orthanc ] \
+  || ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk orthanc fuse3 libfuse3-dev pkg-config >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $DEBIAN_PACKAGES >/dev/null
   else
-    echo "test.sh: install Debian's dcmtk and orthanc first (sudo apt-get install dcmtk orthanc)" >&2
+    echo "test.sh: install Debian's packages first (sudo apt-get install $DEBIAN_PACKAGES)" >&2
     exit 1
   fi
 fi
