@@ -34,6 +34,7 @@ from stgcmt.dicom.commitment import (
 from stgcmt.dicom.elements import (
     UNDEFINED_LENGTH,
     MalformedDataset,
+    check_lengths,
     flat_items,
     read_header,
     sequence_end,
@@ -260,6 +261,7 @@ def _fast_report(data: bytes, implicit: bool) -> CommitmentReport:
 
 
 _EMPTY = memoryview(b"")
+_SEQUENCES = frozenset({REFERENCED_SOP_SEQUENCE, FAILED_SOP_SEQUENCE})
 
 
 def _required(value: str | None) -> str:
@@ -269,8 +271,12 @@ def _required(value: str | None) -> str:
 
 
 def _pydicom(data: bytes, implicit: bool, little_endian: bool) -> Dataset:
-    """Decode every element now, so malformed bytes fail here with a status to answer."""
+    """Decode every element now, so malformed bytes fail here with a status to answer. A
+    truncated little endian data set is refused first: pydicom would read it short (a UID cut
+    in the middle is another valid UID, a sequence cut after an item has fewer references)."""
     try:
+        if little_endian:
+            check_lengths(data, implicit, _SEQUENCES)
         ds = read_dataset(cast(BinaryIO, DicomBytesIO(data)), implicit, little_endian)
         for _ in ds.iterall():
             pass

@@ -132,6 +132,77 @@ def flat_items(data: bytes, implicit: bool) -> list[dict[int, bytes]]:
     return items
 
 
+def check_lengths(
+    data: bytes | memoryview, implicit: bool, sequences: frozenset[int] = frozenset()
+) -> None:
+    """Raise :class:`MalformedDataset` unless every element, item and sequence of a little
+    endian data set lies inside what holds it and every undefined length is closed by its
+    delimiter. pydicom reads a truncated data set without complaint (a value cut short is
+    returned short, a partial header at the end is ignored), so a request cut in the middle
+    of a UID would otherwise mean another UID: readers that fall back to pydicom check this
+    first. Sequences are entered when explicit VR says SQ, when their length is undefined, or
+    (implicit VR) when their tag is in ``sequences``; other values are opaque."""
+    _walk(memoryview(data), 0, implicit, sequences, delimited=False)
+
+
+def _walk(
+    data: memoryview, offset: int, implicit: bool, sequences: frozenset[int], delimited: bool
+) -> int:
+    """The elements from ``offset`` to the end of ``data`` (or to the Item Delimitation
+    closing an undefined-length item, when ``delimited``); the offset just past them."""
+    end = len(data)
+    while offset < end:
+        tag, vr, length, offset = read_header(data, offset, implicit)
+        if tag in (ITEM_DELIMITATION, SEQUENCE_DELIMITATION):
+            if delimited and tag == ITEM_DELIMITATION:
+                return offset
+            raise MalformedDataset(f"unexpected delimiter {tag_text(tag)}")
+        if length == UNDEFINED_LENGTH:
+            fragments = not implicit and vr not in (b"SQ", b"UN")
+            if vr == b"UN":  # undefined-length UN holds an implicit VR sequence (PS3.5 6.2.2)
+                offset = _walk_items(data, offset, True, sequences, True, fragments)
+            else:
+                offset = _walk_items(data, offset, implicit, sequences, True, fragments)
+            continue
+        if offset + length > end:
+            raise MalformedDataset(f"element {tag_text(tag)} is truncated")
+        if vr == b"SQ" or (implicit and tag in sequences):
+            _walk_items(data[: offset + length], offset, implicit, sequences, False, False)
+        offset += length
+    if delimited:
+        raise MalformedDataset("undefined-length item without its delimiter")
+    return offset
+
+
+def _walk_items(
+    data: memoryview,
+    offset: int,
+    implicit: bool,
+    sequences: frozenset[int],
+    delimited: bool,
+    fragments: bool,
+) -> int:
+    """The items of a sequence value (or the fragments of encapsulated data, not entered)."""
+    end = len(data)
+    while offset < end:
+        tag, _, length, offset = read_header(data, offset, True)
+        if tag == SEQUENCE_DELIMITATION and delimited:
+            return offset
+        if tag != ITEM:
+            raise MalformedDataset(f"{tag_text(tag)} where a sequence item belongs")
+        if length == UNDEFINED_LENGTH and not fragments:
+            offset = _walk(data, offset, implicit, sequences, delimited=True)
+            continue
+        if offset + length > end:
+            raise MalformedDataset("sequence item is truncated")
+        if not fragments:
+            _walk(data[: offset + length], offset, implicit, sequences, delimited=False)
+        offset += length
+    if delimited:
+        raise MalformedDataset("undefined-length sequence without its delimiter")
+    return offset
+
+
 def tag_text(tag: int) -> str:
     """``(gggg,eeee)``, as the standard writes tags."""
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
