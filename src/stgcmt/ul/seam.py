@@ -25,10 +25,12 @@ from stgcmt.dicom.storage_classes import STORAGE_SOP_CLASSES as STORAGE_SOP_CLAS
 from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION
 
 TRANSFER_SYNTAXES: tuple[str, ...] = tuple(
-    dict.fromkeys([ExplicitVRLittleEndian, *AllTransferSyntaxes, ImplicitVRLittleEndian])
+    dict.fromkeys([ExplicitVRLittleEndian, ImplicitVRLittleEndian, *AllTransferSyntaxes])
 )
-"""Accepted for storage, in order of preference when one context offers several: Explicit VR
-Little Endian first, then the others (compressed ones stored as received), Implicit last."""
+"""Accepted for storage, in order of preference when one context offers several: the two
+uncompressed little endian syntaxes first (Explicit, then Implicit), then the others in
+pydicom's order (compressed ones stored as received). Uncompressed before compressed, so an
+archive never picks a lossy syntax when the sender also offered the original pixels."""
 NON_STORAGE_SYNTAXES: tuple[str, ...] = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
 MAX_CONTEXTS = 128
 
