@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Mutation testing of the safety-critical modules (mutmut 3.x), on a throw-away copy of HEAD.
+#
+#   tools/mutation.sh                 # every module below
+#   tools/mutation.sh scu-files admission   # only these
+#
+# Never mutates this tree: `git archive HEAD` is unpacked into $MUTATION_DIR/<module>
+# (default /tmp/stgcmt-mutation) and mutmut runs there, with that copy's src/ first on
+# PYTHONPATH (so subprocesses the tests start import the mutants too). For each mutant mutmut
+# runs only the selected tests (below) that executed the mutated function, 2 in parallel
+# (MUTATION_JOBS). mutmut is in the `test` extras; if missing it is pip-installed into .venv.
+# Prints per module: killed / survived / timeout / no tests / score, the surviving mutants,
+# and an overall score. Slow (minutes per module): not part of .ci/run.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+OUT=${MUTATION_DIR:-/tmp/stgcmt-mutation}
+JOBS=${MUTATION_JOBS:-2}
+"$PY" -c 'import mutmut' 2>/dev/null || "$PY" -m pip install -q 'mutmut>=3.8,<4'
+MUTMUT=$(dirname "$PY")/mutmut
+
+# name | file to mutate | mutant-name filter (glob, "" = all of the file) | tests (besides test_mutations.py)
+MODULES='
+scu-files|src/stgcmt/scu/files.py||tests/unit/scu tests/unit/storage/test_scu_journal.py tests/e2e/test_scu.py
+scu-results|src/stgcmt/scu/results.py||tests/e2e/test_scu.py tests/e2e/test_send_ux.py
+retry|src/stgcmt/config/model.py|stgcmt.config.model.xǁRetryPolicyǁ*|tests/unit/test_config.py tests/e2e/test_scp_faults.py
+admission|src/stgcmt/scp/admission.py||tests/e2e/test_scp_limits.py tests/e2e/test_scp_trust.py
+verification|src/stgcmt/scp/verification.py||tests/e2e/test_scp.py tests/e2e/test_scp_faults.py
+instances|src/stgcmt/storage/instances.py|stgcmt.storage.instances.*verify*,stgcmt.storage.instances.*_make_durable*|tests/unit/storage/test_instances.py tests/e2e/test_scp_faults.py
+storage-files|src/stgcmt/storage/files.py|stgcmt.storage.files.*sync*|tests/unit/storage/test_files.py tests/unit/storage/test_instances.py
+scu-reports|src/stgcmt/scu/reports.py||tests/e2e/test_scu.py tests/e2e/test_scu_trust.py
+delivery|src/stgcmt/scp/delivery.py||tests/e2e/test_scp.py tests/e2e/test_scp_faults.py
+'
+wanted=" $* "
+total_k=0; total_n=0
+mkdir -p "$OUT"
+while IFS='|' read -r name file filter tests; do
+    [ -n "$name" ] || continue
+    [ $# -eq 0 ] || [[ $wanted == *" $name "* ]] || continue
+    dir=$OUT/$name
+    rm -rf "$dir"; mkdir -p "$dir"
+    git -C "$ROOT" archive HEAD | tar -x -C "$dir"
+    sel=$(printf '"%s", ' tests/e2e/test_mutations.py $tests)
+    cat >> "$dir/pyproject.toml" <<TOML
+
+[tool.mutmut]
+source_paths = ["src/"]
+only_mutate = ["$file"]
+pytest_add_cli_args_test_selection = [${sel%, }]
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]
+timeout_multiplier = 1.5
+TOML
+    echo "== $name: mutating $file ${filter:+($filter)} with: tests/e2e/test_mutations.py $tests"
+    mkdir -p "$dir/mutants/src"   # must exist at start-up, or Python caches it as absent on sys.path
+    names=()
+    if [ -n "$filter" ]; then
+        IFS=',' read -ra names <<<"$filter"
+    fi
+    (cd "$dir" && PYTHONPATH="$dir/mutants/src" "$MUTMUT" run --max-children "$JOBS" "${names[@]}") \
+        >"$dir/run.log" 2>&1 || { echo "mutmut failed, see $dir/run.log"; tail -20 "$dir/run.log"; continue; }
+    (cd "$dir" && "$MUTMUT" results --all true) >"$dir/results.txt" 2>&1 || true
+    counts=$("$PY" - "$dir/results.txt" "$filter" <<'PYEOF'
+import fnmatch, sys
+status = {}
+pats = [p for p in sys.argv[2].split(",") if p]
+for line in open(sys.argv[1], encoding="utf-8"):
+    if ":" not in line:
+        continue
+    key, _, st = line.strip().rpartition(": ")
+    if key and (not pats or any(fnmatch.fnmatch(key, p) for p in pats)):
+        status[key] = st.strip()
+k = sum(s == "killed" for s in status.values())
+sv = [n for n, s in status.items() if s == "survived"]
+t = sum(s == "timeout" for s in status.values())
+nt = sum(s == "no tests" for s in status.values())
+other = len(status) - k - len(sv) - t - nt
+scored = k + t + len(sv) + nt
+score = 100.0 * (k + t) / scored if scored else 0.0
+print(f"{k} {t} {scored}")
+print(f"   killed {k}  survived {len(sv)}  timeout {t}  no tests {nt}  other {other}  score {score:.1f}%", file=sys.stderr)
+for n in sv:
+    print(f"   survived: {n}", file=sys.stderr)
+PYEOF
+    )
+    read -r k t n <<<"$counts"
+    total_k=$((total_k + k + t)); total_n=$((total_n + n))
+    echo "   (mutmut show <name> in $dir to see a mutant)"
+done <<<"$MODULES"
+[ "$total_n" -eq 0 ] || echo "== overall: $total_k/$total_n killed (incl. timeouts) = $((100 * total_k / total_n))%"
