@@ -21,7 +21,7 @@ MUTMUT=$(dirname "$PY")/mutmut
 
 # name | file to mutate | mutant-name filter (glob, "" = all of the file) | tests (besides test_mutations.py)
 MODULES='
-scu-files|src/stgcmt/scu/files.py||tests/unit/scu tests/unit/storage/test_scu_journal.py tests/e2e/test_scu.py
+scu-files|src/stgcmt/scu/files.py||tests/unit/scu tests/unit/storage/test_scu_journal.py
 scu-results|src/stgcmt/scu/results.py||tests/e2e/test_scu.py tests/e2e/test_send_ux.py
 retry|src/stgcmt/config/model.py|stgcmt.config.model.xǁRetryPolicyǁ*|tests/unit/test_config.py tests/e2e/test_scp_faults.py
 admission|src/stgcmt/scp/admission.py||tests/e2e/test_scp_limits.py tests/e2e/test_scp_trust.py
@@ -48,7 +48,8 @@ source_paths = ["src/"]
 only_mutate = ["$file"]
 pytest_add_cli_args_test_selection = [${sel%, }]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]
-timeout_multiplier = 1.5
+timeout_multiplier = 2.0
+timeout_constant = 10.0
 TOML
     echo "== $name: mutating $file ${filter:+($filter)} with: tests/e2e/test_mutations.py $tests"
     mkdir -p "$dir/mutants/src"   # must exist at start-up, or Python caches it as absent on sys.path
