@@ -13,20 +13,9 @@ import pytest
 
 from stgcmt.config import ConfigError, load_scp_config, load_scu_config
 
-from support.common import LOCALHOST, free_port, remote
+from support.common import LOCALHOST, free_port, remote, stgcmt
 
 SCU = "CT1"
-
-
-def stgcmt(*args: str | Path, home: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "XDG_STATE_HOME": str(home / "state")}
-    return subprocess.run(
-        [sys.executable, "-m", "stgcmt", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
 
 
 def write(tmp_path: Path, text: str, name: str = "scu.toml") -> Path:
@@ -195,9 +184,7 @@ def test_archive_timeouts_and_the_same_flag_together(scp_factory, instances, tmp
 def test_scp_only_profile_keys_are_refused_in_an_archive(tmp_path, instances, entry):
     """Keys that only the archive side can act on are refused, not accepted and ignored."""
     key = entry.split()[0]
-    config = write(
-        tmp_path, f'[[archive]]\nname = "p"\naet = "A"\nhost = "h"\nport = 1\n{entry}\n'
-    )
+    config = write(tmp_path, f'[[archive]]\nname = "p"\naet = "A"\nhost = "h"\nport = 1\n{entry}\n')
     run = stgcmt("send", "p", *instances(1), "--config", config, home=tmp_path)
     assert run.returncode == 3
     assert f"{config} [[archive]] #1 {key}: not an archive setting" in run.stderr

@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from stgcmt.dicom.status import describe_status
 
-from support.common import LOCALHOST, free_port, remote
+from support.common import LOCALHOST, free_port, remote, stgcmt
 from support.scu import uids
 
 SCU = "CT1"
-
-
-def stgcmt(*args: str | Path, home: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "XDG_STATE_HOME": str(home / "state")}
-    return subprocess.run(
-        [sys.executable, "-m", "stgcmt", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
 
 
 def send_to(port: int, *args: str | Path, home: Path, archive: str = "STGCMT_SCP"):

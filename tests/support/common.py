@@ -110,3 +110,16 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
             return value
         time.sleep(interval)
     return None
+
+
+def stgcmt(*args: str | Path, home: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m stgcmt ARGS`` as a user runs it, with its state (the default SCU journal)
+    under ``home``; bounded to 60 s."""
+    env = {**os.environ, "XDG_STATE_HOME": str(home / "state")}
+    return subprocess.run(
+        [sys.executable, "-m", "stgcmt", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
