@@ -5,17 +5,25 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# Real peers from Debian: DCMTK and Orthanc; FUSE 3 for the power-cut harness and the EIO file
-# system (pyfuse3 builds against libfuse3). CI runs as root on a bare machine.
-DEBIAN_PACKAGES="dcmtk orthanc fuse3 libfuse3-dev pkg-config"
-if ! command -v storescu >/dev/null || [ ! -x /usr/sbin/Orthanc ] \
-  || ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null; then
+# Real peers and services from Debian, one line each (a feature's tests name what they need):
+DEBIAN_PACKAGES="
+dcmtk orthanc
+fuse3 libfuse3-dev pkg-config
+"
+# DCMTK and Orthanc are the interoperability peers; FUSE 3 is for the power-cut harness and the
+# EIO file system (pyfuse3 builds against libfuse3). CI runs as root on a bare machine.
+missing=""
+for package in $DEBIAN_PACKAGES; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+    || missing="$missing $package"
+done
+if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
     # shellcheck disable=SC2086
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $DEBIAN_PACKAGES >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
   else
-    echo "test.sh: install Debian's packages first (sudo apt-get install $DEBIAN_PACKAGES)" >&2
+    echo "test.sh: install Debian's packages first (sudo apt-get install$missing)" >&2
     exit 1
   fi
 fi
