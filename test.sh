@@ -9,9 +9,11 @@ cd "$(dirname "$0")"
 DEBIAN_PACKAGES="
 dcmtk orthanc
 fuse3 libfuse3-dev pkg-config
+rsyslog rsyslog-gnutls
 "
 # DCMTK and Orthanc are the interoperability peers; FUSE 3 is for the power-cut harness and the
-# EIO file system (pyfuse3 builds against libfuse3). CI runs as root on a bare machine.
+# EIO file system (pyfuse3 builds against libfuse3); rsyslog (+ its GnuTLS driver) is the
+# ATNA audit collector the audit tests start. CI runs as root on a bare machine.
 missing=""
 for package in $DEBIAN_PACKAGES; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
