@@ -11,6 +11,7 @@ dcmtk orthanc
 fuse3 libfuse3-dev pkg-config
 rsyslog rsyslog-gnutls
 postgresql-15
+chromium
 "
 # DCMTK and Orthanc are the interoperability peers; FUSE 3 is for the power-cut harness and the
 # EIO file system (pyfuse3 builds against libfuse3); rsyslog (+ its GnuTLS driver) is the
