@@ -16,6 +16,11 @@ ReportRoute = Literal["new", "same", "auto"]
 """How the SCP routes a report to the requester: a new association, the requesting one, or
 the requesting one while it is open and else a new one."""
 VerifyPolicy = Literal["exists", "size", "checksum"]
+Durability = Literal["auto", "syncfs", "fsync"]
+"""How the commitment barrier reaches stable storage: one ``syncfs`` of the data's file system
+(``syncfs``: only where it reports write-back errors, Linux >= 5.8 on a local file system), a
+pool of parallel ``fsync`` calls (``fsync``), or ``syncfs`` where it is trustworthy and the pool
+elsewhere (``auto``)."""
 
 REPORT_ROUTE_CHOICES: tuple[str, ...] = ("new", "same", "auto")
 VERIFY_CHOICES: tuple[str, ...] = ("exists", "size", "checksum")
@@ -216,6 +221,7 @@ class ScpConfig:
     remotes: tuple[RemoteAE, ...] = ()
     report_assoc: ReportRoute = "new"
     verify: VerifyPolicy = "checksum"
+    durability: Durability = "auto"
     accept_unknown: bool = False
     overwrite_duplicates: bool = False
     max_references: int = 500_000
