@@ -88,7 +88,8 @@ class CStore:
         log.debug("C-STORE %s from %s: %s", request.sop_instance_uid, request.peer, outcome.action)
         return SUCCESS
 
-    def closed(self, link: ul.Link) -> None:
+    def closed(self, link: ul.Link) -> dict[str, int]:
+        """Log and return what the association stored, by outcome."""
         with self._lock:
             stored = self._stored.pop(link.peer.association_id, None)
         if stored:
@@ -97,3 +98,4 @@ class CStore:
                 link.peer,
                 ", ".join(f"{n} {what}" for what, n in sorted(stored.items())),
             )
+        return dict(stored or {})
