@@ -34,6 +34,7 @@ EXAMPLES = """\
   stgcmt scp --remote MODALITY@10.0.0.5:104    # who may store/commit, where reports go
   stgcmt scp --config archive.toml -v
   stgcmt scp --accept-unknown --report-assoc auto --verify size
+  stgcmt scp --database postgresql://stgcmt@db.example/archive --data-dir /mnt/archive
 """
 
 
@@ -103,11 +104,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="store quota; C-STORE beyond it gets 0xA700 out of resources (default none)",
     )
+    add_database_flags(p)
     add_limit_flags(p)
     add_timeout_flags(p)
     add_tls_flags(p)
     add_logging_flags(p)
     p.set_defaults(run=run)
+
+
+def add_database_flags(p: argparse.ArgumentParser) -> None:
+    """PostgreSQL instead of SQLite: the nodes of one archive share --aet, --database and
+    --data-dir (docs/deployment.md)."""
+    p.add_argument(
+        "--database",
+        metavar="URL",
+        help="PostgreSQL libpq URL shared by every node, e.g. postgresql://stgcmt@db/archive or"
+        " postgresql://stgcmt@/archive?host=/run/postgresql (default: SQLite in --data-dir)",
+    )
+    p.add_argument(
+        "--node",
+        metavar="NAME",
+        help="this node's name in the shared journal (default HOSTNAME:PORT)",
+    )
 
 
 def add_limit_flags(p: argparse.ArgumentParser) -> None:
@@ -178,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
             max_pending_associations=args.max_pending_associations,
             max_dataset_bytes=args.max_dataset_bytes,
             tls=tls_overrides(args),
+            database={"url": args.database, "node": args.node},
             timeouts={
                 "acse": args.acse_timeout,
                 "dimse": args.dimse_timeout,

@@ -127,6 +127,38 @@ class TlsConfig:
         return self
 
 
+DATABASE_SCHEMES = ("postgresql://", "postgres://")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """Where the index and the journal live (TOML ``[database]``): unset ``url`` is SQLite in
+    the data dir (one node); a libpq URL is PostgreSQL, shared by every node of one archive."""
+
+    url: str | None = None
+    """``postgresql://user:password@host:port/db`` or the Unix-socket form
+    ``postgresql://user@/db?host=/run/postgresql&port=5432``."""
+    node: str | None = None
+    """This node's name in the journal (who received, verified, delivered); default
+    ``HOSTNAME:PORT``. Unique per node of one archive."""
+    pool_size: int = 8
+    """Connections this node keeps open (associations in flight + the commitment worker)."""
+    lease: float = 120.0
+    """Seconds a node owns a transaction it works on; another node takes it over only when
+    the lease has expired (longer than one delivery attempt's timeouts)."""
+
+    def checked(self, where: str = "[database]") -> DatabaseConfig:
+        """A URL of another kind (``sqlite:``, a path) would only fail at the first query."""
+        if self.url is not None and not self.url.startswith(DATABASE_SCHEMES):
+            raise ConfigError(
+                f"{where} url: expected a PostgreSQL URL (postgresql://...), got {self.url!r}"
+                " (leave it out for SQLite in the data dir)"
+            )
+        if self.node is not None and not (0 < len(self.node) <= 64 and self.node.isprintable()):
+            raise ConfigError(f"{where} node: expected 1 to 64 printable characters")
+        return self
+
+
 @dataclass(frozen=True)
 class PeerProfile:
     """How to talk to one peer; every key unset means "as for everyone" (the global settings).
@@ -236,6 +268,7 @@ class ScpConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeouts: Timeouts = field(default_factory=Timeouts)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
 
     def remote(self, aet: str) -> RemoteAE | None:
         return next((r for r in self.remotes if r.aet == aet), None)

@@ -30,6 +30,7 @@ def load_scp_config(path: Path | None, **overrides: Any) -> ScpConfig:
     retry = {k: v for k, v in (overrides.pop("retry", None) or {}).items() if v is not None}
     tls = {k: v for k, v in (overrides.pop("tls", None) or {}).items() if v is not None}
     timeouts = {k: v for k, v in (overrides.pop("timeouts", None) or {}).items() if v is not None}
+    database = {k: v for k, v in (overrides.pop("database", None) or {}).items() if v is not None}
     given = {k: v for k, v in overrides.items() if v is not None}
     if "data_dir" in given:
         given["data_dir"] = Path(given["data_dir"])
@@ -40,6 +41,7 @@ def load_scp_config(path: Path | None, **overrides: Any) -> ScpConfig:
         retry=replace(config.retry, **retry),
         tls=replace(config.tls, **tls),
         timeouts=replace(config.timeouts, **timeouts),
+        database=replace(config.database, **database),
     )
     return config.checked(free_port=False)
 

@@ -72,6 +72,8 @@ RANGES: dict[tuple[str, str], Range] = {
     ("Timeouts", "*"): POSITIVE,
     ("PeerTimeouts", "*"): POSITIVE,
     ("RetryPolicy", "*"): POSITIVE,
+    ("DatabaseConfig", "pool_size"): AT_LEAST_ONE,
+    ("DatabaseConfig", "lease"): POSITIVE,
 }
 
 # Fields whose strings have a grammar of their own, by field name (array items included).
@@ -299,6 +301,7 @@ def cross_checks(config: ScpConfig, prefix: str) -> None:
             f" ({_number(retry.start)}), got the number {_number(retry.cap)}"
         )
     config.tls.checked(f"{prefix}[tls]")
+    config.database.checked(f"{prefix}[database]")
     for number, remote in enumerate(config.remotes, 1):
         remote.profile.checked_against(config.tls, f"{prefix}[[remote]] #{number}")
 
