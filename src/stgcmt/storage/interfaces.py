@@ -275,6 +275,44 @@ class ScpQueries(Protocol):
     def integrity_problems(self) -> list[str]:
         """What an integrity check of the index and the journal found (empty: none)."""
 
+    def find_transactions(
+        self,
+        *,
+        state: str | None = None,
+        calling_aet: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        transaction_uid: str | None = None,
+        patient_id: str | None = None,
+        study_uid: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """Transactions matching every filter given (None: any; times are epoch seconds of
+        ``received_at``, ``until`` excluded; Patient ID / Study UID of any referenced instance
+        in the index), newest first: ``{"total": N, "items": [row, ...]}``."""
+
+    def transaction(self, tx_id: int) -> dict[str, Any] | None:
+        """One transaction's row with ``references``: seq, SOP Class/Instance UID,
+        failure_reason, and from the index study_instance_uid, patient_id, durable."""
+
+    def find_instances(
+        self,
+        *,
+        sop_instance_uid: str | None = None,
+        study_uid: str | None = None,
+        series_uid: str | None = None,
+        patient_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """Index rows (without blob name and checksum) matching every filter, newest first:
+        ``{"total": N, "items": [...]}``."""
+
+    def peers(self) -> list[dict[str, Any]]:
+        """Per calling AE: transactions, last_request_at, reports_pending, reports_given_up,
+        last_delivered_at, next_attempt_at (of its pending reports), last_error."""
+
 
 class ScuQueries(Protocol):
     """Read-only views of an SCU journal."""
@@ -286,6 +324,28 @@ class ScuQueries(Protocol):
     def due_actions(self) -> int: ...
 
     def integrity_problems(self) -> list[str]: ...
+
+    def find_transactions(
+        self,
+        *,
+        state: str | None = None,
+        archive_aet: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        transaction_uid: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """Transactions matching every filter given (times: ``created_at``), newest first:
+        ``{"total": N, "items": [row, ...]}``."""
+
+    def transaction(self, tx_id: int) -> dict[str, Any] | None:
+        """One transaction's row with ``files`` (seq, path, UIDs, state, store_status,
+        store_error, failure_reason, action, action_note)."""
+
+    def peers(self) -> list[dict[str, Any]]:
+        """Per archive (AE, host, port): transactions, pending, last_sent_at, last_report_at,
+        last_error."""
 
 
 if TYPE_CHECKING:  # conformance, checked by mypy: an implementation that drifts fails here

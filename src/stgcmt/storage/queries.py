@@ -5,6 +5,7 @@ They open the databases read-only, so they are safe to run beside a live service
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,150 @@ class SqliteScpQueries:
 
     def integrity_problems(self) -> list[str]:
         return _integrity(self.index_path) + _integrity(self.journal_path)
+
+
+    # -- the HTTP API's searches -----------------------------------------------------------------
+
+    def find_transactions(
+        self,
+        *,
+        state: str | None = None,
+        calling_aet: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        transaction_uid: str | None = None,
+        patient_id: str | None = None,
+        study_uid: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """Transactions matching every filter given, newest first: ``total`` and one page of
+        ``items``. Patient ID and Study UID match the references' instances in the index."""
+        where = Where()
+        where.add("t.state = ?", state)
+        where.add("t.calling_aet = ?", calling_aet)
+        where.add("t.received_at >= ?", since)
+        where.add("t.received_at < ?", until)
+        where.add("t.transaction_uid = ?", transaction_uid)
+        for column, value in (("patient_id", patient_id), ("study_instance_uid", study_uid)):
+            where.add(
+                "t.id IN (SELECT r.tx_id FROM refs r JOIN idx.instances i"
+                f" ON i.sop_instance_uid = r.sop_instance_uid WHERE i.{column} = ?)",
+                value,
+            )
+        conn = self._journal_with_index()
+        try:
+            return where.page(conn, f"SELECT {_TX_COLUMNS} FROM transactions t", limit, offset)
+        finally:
+            conn.close()
+
+    def transaction(self, tx_id: int) -> dict[str, Any] | None:
+        """One transaction, all columns, with its references (Failure Reason, and the index's
+        Study UID, Patient ID and durable flag when it holds the instance)."""
+        conn = self._journal_with_index()
+        try:
+            row = conn.execute("SELECT * FROM transactions WHERE id = ?", (tx_id,)).fetchone()
+            if row is None:
+                return None
+            refs = conn.execute(
+                "SELECT r.seq, r.sop_class_uid, r.sop_instance_uid, r.failure_reason,"
+                " i.study_instance_uid, i.patient_id, i.durable FROM refs r"
+                " LEFT JOIN idx.instances i ON i.sop_instance_uid = r.sop_instance_uid"
+                " WHERE r.tx_id = ? ORDER BY r.seq",
+                (tx_id,),
+            ).fetchall()
+        finally:
+            conn.close()
+        return dict(row) | {"references": [dict(r) for r in refs]}
+
+    def find_instances(
+        self,
+        *,
+        sop_instance_uid: str | None = None,
+        study_uid: str | None = None,
+        series_uid: str | None = None,
+        patient_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """Index rows matching every filter given, newest first (``durable``: on stable
+        storage, verified by a commitment)."""
+        where = Where()
+        where.add("sop_instance_uid = ?", sop_instance_uid)
+        where.add("study_instance_uid = ?", study_uid)
+        where.add("series_instance_uid = ?", series_uid)
+        where.add("patient_id = ?", patient_id)
+        conn = open_readonly(self.index_path)
+        try:
+            return where.page(
+                conn, f"SELECT {_INSTANCE_COLUMNS} FROM instances", limit, offset, "received_at"
+            )
+        finally:
+            conn.close()
+
+    def peers(self) -> list[dict[str, Any]]:
+        """Each calling AE the journal knows: transactions, reports pending, the last request,
+        the last delivery error and the next attempt of its pending reports."""
+        return _rows(
+            self.journal_path,
+            "SELECT calling_aet, count(*) AS transactions, max(received_at) AS last_request_at,"
+            " sum(state = 'report_pending') AS reports_pending,"
+            " sum(state = 'given_up') AS reports_given_up,"
+            " max(delivered_at) AS last_delivered_at,"
+            " min(CASE WHEN state = 'report_pending' THEN next_attempt_at END) AS next_attempt_at,"
+            " (SELECT last_error FROM transactions e WHERE e.calling_aet = t.calling_aet"
+            "  AND e.last_error IS NOT NULL AND e.state != 'delivered'"
+            "  ORDER BY e.updated_at DESC LIMIT 1) AS last_error"
+            " FROM transactions t GROUP BY calling_aet ORDER BY calling_aet",
+        )
+
+    def _journal_with_index(self) -> sqlite3.Connection:
+        """The journal, read-only, with the index attached read-only as ``idx``."""
+        conn = open_readonly(self.journal_path)
+        conn.execute("ATTACH DATABASE ? AS idx", (f"file:{self.index_path}?mode=ro",))
+        return conn
+
+
+_TX_COLUMNS = (
+    "t.id, t.transaction_uid, t.calling_aet, t.peer_host, t.state, t.n_refs, t.n_committed,"
+    " t.n_failed, t.attempts, t.last_error, t.received_at, t.updated_at, t.next_attempt_at,"
+    " t.delivered_at, t.delivered_via, t.duplicate_of"
+)
+_INSTANCE_COLUMNS = (
+    "sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid, patient_id,"
+    " transfer_syntax, size, source_aet, received_at, durable"
+)
+
+
+class Where:
+    """The WHERE clause of a search: conditions for the filters given (None: no filter)."""
+
+    def __init__(self) -> None:
+        self.conditions: list[str] = []
+        self.params: list[Any] = []
+
+    def add(self, condition: str, value: Any) -> None:
+        if value is not None:
+            self.conditions.append(condition)
+            self.params.append(value)
+
+    def page(
+        self,
+        conn: sqlite3.Connection,
+        select: str,
+        limit: int,
+        offset: int,
+        newest: str = "id",
+    ) -> dict[str, Any]:
+        """``total`` rows matching, and ``items``: ``limit`` of them from ``offset``, newest
+        first."""
+        clause = f" WHERE {' AND '.join(self.conditions)}" if self.conditions else ""
+        sql = f"{select}{clause}"
+        total = conn.execute(f"SELECT count(*) FROM ({sql})", self.params).fetchone()[0]
+        rows = conn.execute(
+            f"{sql} ORDER BY {newest} DESC LIMIT ? OFFSET ?", [*self.params, limit, offset]
+        ).fetchall()
+        return {"total": total, "items": [dict(row) for row in rows]}
 
 
 def scp_status(data_dir: Path, limit: int = 50) -> dict[str, Any]:
@@ -208,6 +353,62 @@ class SqliteScuQueries:
 
     def integrity_problems(self) -> list[str]:
         return _integrity(self.journal_path)
+
+
+    def find_transactions(
+        self,
+        *,
+        state: str | None = None,
+        archive_aet: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        transaction_uid: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """Transactions matching every filter given, newest first: ``total`` and a page."""
+        where = Where()
+        where.add("state = ?", state)
+        where.add("archive_aet = ?", archive_aet)
+        where.add("created_at >= ?", since)
+        where.add("created_at < ?", until)
+        where.add("transaction_uid = ?", transaction_uid)
+        conn = open_readonly(self.journal_path)
+        try:
+            return where.page(conn, "SELECT * FROM transactions", limit, offset)
+        finally:
+            conn.close()
+
+    def transaction(self, tx_id: int) -> dict[str, Any] | None:
+        """One transaction with every file: state, C-STORE status, Failure Reason, action."""
+        conn = open_readonly(self.journal_path)
+        try:
+            row = conn.execute("SELECT * FROM transactions WHERE id = ?", (tx_id,)).fetchone()
+            if row is None:
+                return None
+            files = conn.execute(
+                "SELECT seq, path, sop_class_uid, sop_instance_uid, state, store_status,"
+                " store_error, failure_reason, action, action_note FROM files WHERE tx_id = ?"
+                " ORDER BY seq",
+                (tx_id,),
+            ).fetchall()
+        finally:
+            conn.close()
+        return dict(row) | {"files": [dict(f) for f in files]}
+
+    def peers(self) -> list[dict[str, Any]]:
+        """Each archive the journal sent to: transactions, pending ones, the last sending and
+        report, and the last error."""
+        return _rows(
+            self.journal_path,
+            "SELECT archive_aet, archive_host, archive_port, count(*) AS transactions,"
+            " sum(state = 'pending') AS pending, max(created_at) AS last_sent_at,"
+            " max(reported_at) AS last_report_at,"
+            " (SELECT last_error FROM transactions e WHERE e.archive_aet IS t.archive_aet"
+            "  AND e.last_error IS NOT NULL ORDER BY e.updated_at DESC LIMIT 1) AS last_error"
+            " FROM transactions t GROUP BY archive_aet, archive_host, archive_port"
+            " ORDER BY archive_aet",
+        )
 
 
 def scu_status(journal_path: Path, limit: int = 50) -> dict[str, Any]:
