@@ -8,7 +8,11 @@
 # (default /tmp/stgcmt-mutation) and mutmut runs there, with that copy's src/ first on
 # PYTHONPATH (so subprocesses the tests start import the mutants too). For each mutant mutmut
 # runs only the selected tests (below) that executed the mutated function, 2 in parallel
-# (MUTATION_JOBS). mutmut is in the `test` extras; if missing it is pip-installed into .venv.
+# (MUTATION_JOBS); tools/mutation_hits.py counts the calls made in the `stgcmt` processes the
+# tests start as well. Mutants run in children of mutmut's fork server, never forked from the
+# process that ran the stats: that one's engine-loop thread is gone in a fork, and every test
+# would hang there (a false "timeout"). mutmut is in the `test` extras; if missing it is
+# pip-installed into .venv.
 # Prints per module: killed / survived / timeout / no tests / score, the surviving mutants,
 # and an overall score. Slow (minutes per module): not part of .ci/run.
 set -euo pipefail
@@ -41,13 +45,17 @@ while IFS='|' read -r name file filter tests; do
     rm -rf "$dir"; mkdir -p "$dir"
     git -C "$ROOT" archive HEAD | tar -x -C "$dir"
     sel=$(printf '"%s", ' tests/e2e/test_mutations.py $tests)
+    mkdir -p "$dir/.hooks"
+    cp "$dir/tools/mutation_hits.py" "$dir/.hooks/"
+    echo 'import mutation_hits; mutation_hits.install()' >"$dir/.hooks/sitecustomize.py"
     cat >> "$dir/pyproject.toml" <<TOML
 
 [tool.mutmut]
 source_paths = ["src/"]
 only_mutate = ["$file"]
 pytest_add_cli_args_test_selection = [${sel%, }]
-pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "mutation_hits", "-q"]
+process_isolation = "forkserver"
 timeout_multiplier = 2.0
 timeout_constant = 10.0
 TOML
@@ -57,7 +65,7 @@ TOML
     if [ -n "$filter" ]; then
         IFS=',' read -ra names <<<"$filter"
     fi
-    (cd "$dir" && PYTHONPATH="$dir/mutants/src" "$MUTMUT" run --max-children "$JOBS" "${names[@]}") \
+    (cd "$dir" && PYTHONPATH="$dir/mutants/src:$dir/.hooks" "$MUTMUT" run --max-children "$JOBS" "${names[@]}") \
         >"$dir/run.log" 2>&1 || { echo "mutmut failed, see $dir/run.log"; tail -20 "$dir/run.log"; continue; }
     (cd "$dir" && "$MUTMUT" results --all true) >"$dir/results.txt" 2>&1 || true
     counts=$("$PY" - "$dir/results.txt" "$filter" <<'PYEOF'
