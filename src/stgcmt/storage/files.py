@@ -9,25 +9,37 @@ symlink) is refused by :meth:`FileBlobStore.contains` and never opened.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from stgcmt.storage.fsync import fsync_files_and_directories
+from stgcmt.config import Durability
+from stgcmt.storage.fsync import (
+    FileSystemSync,
+    fsync_files_and_directories,
+    fsync_path,
+    syncfs_untrusted,
+)
 from stgcmt.storage.sqlite import ensure_writable_dir
+
+log = logging.getLogger(__name__)
 
 ROOT_NAME = "instances"
 _REAL_DIRECTORY_CACHE = 4096
 
 
 class FileBlobStore:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, durability: Durability = "auto") -> None:
         self.data_dir = Path(data_dir)
         self.root = self.data_dir / ROOT_NAME
         ensure_writable_dir(self.root, "instances directory")
+        fsync_path(self.data_dir)  # instances/ itself must survive a power cut
+        self._file_system = _file_system_sync(self.root, durability)
         self._real_root = os.path.realpath(self.root)
         self._real_directories: dict[Path, bool] = {}
         self._directories: set[Path] = set()
@@ -97,15 +109,23 @@ class FileBlobStore:
         return open(self.data_dir / name, "rb")
 
     def sync(self, names: Sequence[str]) -> None:
-        """fsync the files, then their directories and the store's root."""
+        """One barrier for all of ``names``: a ``syncfs`` of the store's file system where it
+        is trusted, else the files' fsyncs in parallel, then each of their directories once;
+        then the store's root and the data dir (new fan-out directories, new databases)."""
+        if self._file_system is not None:
+            self._file_system.sync()
+            fsync_path(self.data_dir)
+            return
         files = [self.data_dir / name for name in names]
-        directories = {self.root}
-        for path in files:
-            directories.update((path.parent, path.parent.parent))
-        fsync_files_and_directories(files, directories)
+        directories = dict.fromkeys(path.parent for path in files)
+        fsync_files_and_directories(files, [*directories, self.root, self.data_dir])
 
     def remove(self, name: str) -> None:
         (self.data_dir / name).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._file_system is not None:
+            self._file_system.close()
 
     def recover(self) -> int:
         """Remove temp files of writes a crash interrupted."""
@@ -114,6 +134,26 @@ class FileBlobStore:
             leftover.unlink(missing_ok=True)
             removed += 1
         return removed
+
+
+def _file_system_sync(root: Path, durability: Durability) -> FileSystemSync | None:
+    """The ``syncfs`` barrier for ``root`` when ``durability`` allows it and it is trusted
+    there; None for the fsync pool. ``syncfs`` asked for where it is not trusted is refused."""
+    if durability == "fsync":
+        log.info("durability barrier for %s: parallel fsync (configured)", root)
+        return None
+    untrusted = syncfs_untrusted(root)
+    if untrusted is None:
+        log.info("durability barrier for %s: syncfs", root)
+        return FileSystemSync(root)
+    if durability == "syncfs":
+        raise OSError(
+            errno.ENOTSUP,
+            f"durability = \"syncfs\" cannot be trusted for {root}: {untrusted};"
+            " set durability = \"auto\" or \"fsync\"",
+        )
+    log.info("durability barrier for %s: parallel fsync (syncfs not used: %s)", root, untrusted)
+    return None
 
 
 def sha256_of(path: Path) -> str:

@@ -294,7 +294,7 @@ class InstanceStore:
         try:
             self.blobs.sync([row.blob for row in rows])
             crash_point("scp.barrier.after_fsync")
-            self.index.mark_durable([row.sop_instance_uid for row in rows])
+            self.index.mark_durable(rows, read_back=False)
         except OSError as exc:
             log.error("cannot make %d instances durable: %s", len(rows), exc)
             return RESOURCE_LIMITATION if is_out_of_space(exc) else PROCESSING_FAILURE
@@ -339,6 +339,7 @@ class InstanceStore:
 
     def close(self) -> None:
         self.index.close()
+        self.blobs.close()
 
 
 def is_out_of_space(exc: OSError) -> bool:

@@ -39,6 +39,11 @@ class IndexedInstance:
     size: int
     sha256: str
     durable: bool
+    received_at: float
+    """With the UID and SHA-256, which copy this row describes: a copy stored again (even with
+    the same bytes, ``--overwrite-duplicates``) is a new file that needs its own sync."""
+    read_back: bool = False
+    """Made durable after its bytes were read back and matched ``sha256`` (checksum policy)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +99,16 @@ class InstanceIndex(Protocol):
     def record_conflict(self, sop_instance_uid: str, sop_class_uid: str, aet: str) -> None:
         """Remember an instance UID received under a second SOP Class (kept once)."""
 
-    def mark_durable(self, uids: Sequence[str]) -> None:
-        """Mark rows durable with a commit that has reached stable storage when it returns."""
+    def mark_durable(self, rows: Sequence[IndexedInstance], *, read_back: bool) -> set[str]:
+        """Mark these rows durable (``read_back``: and read back intact) with a commit that has
+        reached stable storage when it returns, and return the UIDs marked. A row is marked
+        only while the index still holds that same copy (UID, SHA-256 and ``received_at``
+        unchanged, rows still pending in a writer included): a copy stored since the caller's
+        sync is left for a sync of its own."""
 
-    def non_durable(self) -> list[IndexedInstance]:
-        """Rows not yet made durable: what recovery must re-check after a crash."""
+    def non_durable(self) -> Iterator[IndexedInstance]:
+        """Rows not yet made durable, in bounded batches (never all of them in memory): what
+        the durability round syncs and what recovery re-checks after a crash."""
 
     def remove(self, sop_instance_uid: str) -> None: ...
 
@@ -140,6 +150,9 @@ class BlobStore(Protocol):
 
     def recover(self) -> int:
         """Clear leftovers of puts interrupted by a crash; returns how many."""
+
+    def close(self) -> None:
+        """Release what :meth:`sync` keeps open (the file system's descriptor)."""
 
 
 # -- journals -------------------------------------------------------------------------------

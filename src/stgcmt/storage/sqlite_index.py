@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from stgcmt.storage.interfaces import IndexedInstance, InstanceRow
@@ -38,12 +38,26 @@ CREATE TABLE IF NOT EXISTS class_conflicts (
 )
 """
 
-_ROW = "sop_instance_uid, sop_class_uid, path, size, sha256, durable"
+_ROW = "sop_instance_uid, sop_class_uid, path, size, sha256, durable, received_at"
+# The durable column: 0 not yet synced, 1 synced, 2 synced and read back matching its SHA-256.
+SYNCED = 1
+READ_BACK = 2
+_MARK = (
+    "UPDATE instances SET durable = max(durable, ?) WHERE sop_instance_uid = ? AND sha256 = ?"
+    " AND received_at = ?"
+)
 _INSERT = (
     "INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid,"
     " series_instance_uid, patient_id, transfer_syntax, path, size, sha256, source_aet,"
     " received_at, durable) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+
+
+def _indexed(row: Sequence) -> IndexedInstance:
+    """An :class:`IndexedInstance` from the columns of ``_ROW``."""
+    return IndexedInstance(
+        row[0], row[1], row[2], row[3], row[4], row[5] >= SYNCED, row[6], row[5] >= READ_BACK
+    )
 
 
 class SqliteInstanceIndex:
@@ -60,9 +74,7 @@ class SqliteInstanceIndex:
             for row in self.db.query(
                 f"SELECT {_ROW} FROM instances WHERE sop_instance_uid IN ({marks})", list(batch)
             ):
-                found[row[0]] = IndexedInstance(
-                    row[0], row[1], row[2], row[3], row[4], bool(row[5])
-                )
+                found[row[0]] = _indexed(row)
         return found
 
     def put(self, row: InstanceRow) -> None:
@@ -97,18 +109,32 @@ class SqliteInstanceIndex:
                 (sop_instance_uid, sop_class_uid, aet, time.time()),
             )
 
-    def mark_durable(self, uids: Sequence[str]) -> None:
+    def mark_durable(self, rows: Sequence[IndexedInstance], *, read_back: bool) -> set[str]:
+        """One synchronous commit for the whole barrier; each UPDATE is keyed on the copy (UID,
+        SHA-256, received_at), so a replacement stored since the caller's sync stays
+        non-durable. A row already marked (by another round) counts as marked."""
+        level = READ_BACK if read_back else SYNCED
+        marked: set[str] = set()
         with self.db.transaction(durable=True) as conn:
-            for batch in chunked(list(uids), LOOKUP_BATCH):
-                marks = ",".join("?" * len(batch))
-                conn.execute(
-                    f"UPDATE instances SET durable = 1 WHERE sop_instance_uid IN ({marks})",
-                    list(batch),
-                )
+            for row in rows:
+                key = (level, row.sop_instance_uid, row.sha256, row.received_at)
+                if conn.execute(_MARK, key).rowcount:
+                    marked.add(row.sop_instance_uid)
+        return marked
 
-    def non_durable(self) -> list[IndexedInstance]:
-        rows = self.db.query(f"SELECT {_ROW} FROM instances WHERE durable = 0")
-        return [IndexedInstance(r[0], r[1], r[2], r[3], r[4], False) for r in rows]
+    def non_durable(self) -> Iterator[IndexedInstance]:
+        """Keyset pages in rowid order over the partial index of non-durable rows."""
+        last = 0
+        while True:
+            rows = self.db.query(
+                f"SELECT rowid, {_ROW} FROM instances WHERE durable = 0 AND rowid > ?"
+                " ORDER BY rowid LIMIT ?",
+                (last, LOOKUP_BATCH),
+            )
+            if not rows:
+                return
+            yield from (_indexed(row[1:]) for row in rows)
+            last = rows[-1][0]
 
     def remove(self, sop_instance_uid: str) -> None:
         with self.db.transaction() as conn:
