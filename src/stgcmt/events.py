@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 log = logging.getLogger("stgcmt.events")
 
@@ -32,6 +32,22 @@ class Peer:
     called_aet: str
     host: str
     port: int
+
+    @classmethod
+    def of(cls, info: _PeerLike) -> Peer:
+        """From the engine's peer description (``ul.PeerInfo``; this module imports no layer)."""
+        return cls(info.calling_aet, info.called_aet, info.host, info.port)
+
+
+class _PeerLike(Protocol):
+    @property
+    def calling_aet(self) -> str: ...
+    @property
+    def called_aet(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)

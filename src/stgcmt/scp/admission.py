@@ -11,6 +11,14 @@ from collections.abc import Callable
 
 from stgcmt import ul
 from stgcmt.config import ScpConfig
+from stgcmt.events import (
+    AssociationAccepted,
+    AssociationRejected,
+    Events,
+    Peer,
+    SecurityAlert,
+)
+from stgcmt.ul.seam import RejectionReason
 
 log = logging.getLogger("stgcmt.scp")
 
@@ -26,34 +34,41 @@ def _addresses(host: str) -> frozenset[str]:
 
 class Admission:
     """The ``accept`` rule of the SCP's listener. ``active`` counts the associations open,
-    this one included."""
+    this one included. Every decision is an event (accepted; rejected, which is also a
+    security alert)."""
 
-    def __init__(self, config: ScpConfig, active: Callable[[], int]) -> None:
+    def __init__(
+        self, config: ScpConfig, active: Callable[[], int], events: Events | None = None
+    ) -> None:
         self.config = config
         self._active = active
+        self.events = events or Events()
         self._remote_addresses = {
             r.aet: frozenset().union(*map(_addresses, (r.host, *r.profile.extra_hosts)))
             for r in config.remotes
         }
 
     def accept(self, peer: ul.PeerInfo) -> ul.Rejection | None:
+        refusal = self._refusal(peer)
+        who = Peer.of(peer)
+        if refusal is None:
+            self.events.emit(AssociationAccepted(who))
+            return None
+        reason, detail = refusal
+        log.warning("rejected association from %s: %s", peer, detail)
+        self.events.emit(AssociationRejected(who, reason, detail))
+        self.events.emit(SecurityAlert("rejected-association", detail, who))
+        return ul.Rejection(reason)
+
+    def _refusal(self, peer: ul.PeerInfo) -> tuple[RejectionReason, str] | None:
+        """None to accept, else the A-ASSOCIATE-RJ reason and why, in a sentence."""
         if peer.called_aet != self.config.aet:
-            log.warning(
-                "rejected association from %s: called AE %r is not ours (%r)",
-                peer,
-                peer.called_aet,
-                self.config.aet,
-            )
-            return ul.Rejection("called-aet")
+            return "called-aet", f"called AE {peer.called_aet!r} is not ours ({self.config.aet!r})"
         active = self._active()
         if active > self.config.max_associations:
-            log.warning(
-                "rejected association from %s: %d associations already open (limit %d)",
-                peer,
-                active - 1,
-                self.config.max_associations,
+            return "congestion", (
+                f"{active - 1} associations already open (limit {self.config.max_associations})"
             )
-            return ul.Rejection("congestion")
         known = self.config.remote(peer.calling_aet)
         check_host = self.config.check_host
         if known is not None and known.profile.check_host is not None:
@@ -61,22 +76,14 @@ class Admission:
         if known is not None and check_host:
             addresses = self._remote_addresses[known.aet]
             if peer.host not in addresses:
-                log.warning(
-                    "rejected association from %s: AE %r is configured at %s, not %s"
-                    " (add it to the peer's extra_hosts, or set check_host = false)",
-                    peer,
-                    peer.calling_aet,
-                    ", ".join((known.host, *known.profile.extra_hosts)),
-                    peer.host,
+                hosts = ", ".join((known.host, *known.profile.extra_hosts))
+                return "calling-aet", (
+                    f"AE {peer.calling_aet!r} is configured at {hosts}, not {peer.host}"
+                    " (add it to the peer's extra_hosts, or set check_host = false)"
                 )
-                return ul.Rejection("calling-aet")
         if known is None and not self.config.accept_unknown:
-            log.warning(
-                "rejected association from %s: calling AE %r is not a known peer"
-                " (add --remote %s@HOST:PORT, or --accept-unknown)",
-                peer,
-                peer.calling_aet,
-                peer.calling_aet,
+            return "calling-aet", (
+                f"calling AE {peer.calling_aet!r} is not a known peer"
+                f" (add --remote {peer.calling_aet}@HOST:PORT, or --accept-unknown)"
             )
-            return ul.Rejection("calling-aet")
         return None

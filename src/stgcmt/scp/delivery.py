@@ -16,6 +16,7 @@ from stgcmt import ul
 from stgcmt.config import REPORT_SYNTAXES, RemoteAE, ScpConfig
 from stgcmt.dicom.commitment import CommitmentReport
 from stgcmt.dicom.status import describe_status
+from stgcmt.events import Events, ReportDelivered, ReportFailed, ReportGivenUp
 from stgcmt.faults import crash_point
 from stgcmt.scp.requesters import Requesters
 from stgcmt.storage import STORAGE_ERRORS
@@ -52,11 +53,13 @@ class Delivery:
         journal: CommitmentJournal,
         requesters: Requesters,
         wake: threading.Condition,
+        events: Events | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
         self.requesters = requesters
         self._wake = wake
+        self.events = events or Events()
         self._stopping = False
         self._in_flight: set[int] = set()
         self._holds: dict[int, _Hold] = {}
@@ -112,8 +115,23 @@ class Delivery:
                 self._in_flight.discard(tx.id)
                 self._wake.notify_all()
 
+    def in_flight(self, tx_id: int) -> bool:
+        """Whether a delivery attempt for this transaction is under way."""
+        with self._wake:
+            return tx_id in self._in_flight
+
+    def retry_now(self, tx: Transaction) -> None:
+        """An administrator asked: the next attempt is due now (even one held back in memory);
+        the attempts count and so the schedule after it are kept."""
+        with self._wake:
+            hold = self._holds.get(tx.id)
+            if hold is not None:
+                hold.until = 0.0
+        self.journal.postpone(tx.id, tx.last_error or "retry requested", time.time())
+
     def _deliver(self, tx: Transaction) -> None:
-        if self._give_up_if_too_old(tx):
+        tx = self.journal.get(tx.id)  # an administrator may have given up or re-verified it
+        if tx.state != REPORT_PENDING or self._give_up_if_too_old(tx):
             return
         report = self.journal.report(tx, self.config.aet)
         try:
@@ -135,6 +153,16 @@ class Delivery:
         crash_point("scp.deliver.after_answer")
         if not self._record_delivery(tx, via):
             return
+        self.events.emit(
+            ReportDelivered(
+                tx.calling_aet,
+                tx.transaction_uid,
+                "same" if via.startswith("the association") else "new",
+                len(report.committed),
+                len(report.failed),
+                time.time() - tx.received_at,
+            )
+        )
         log.info(
             "%s: report (event type %d: %d committed, %d failed) delivered to %s on %s",
             tx.label,
@@ -155,6 +183,7 @@ class Delivery:
         )
         if self._record(tx, lambda: self.journal.mark_given_up(tx.id, error)):
             log.error("%s for %s: %s", tx.label, tx.calling_aet, error)
+            self.events.emit(ReportGivenUp(tx.calling_aet, tx.transaction_uid, error))
         return True
 
     def _send_report(
@@ -200,6 +229,7 @@ class Delivery:
         next_at = time.time() + delay
         if not self._record(tx, lambda: self.journal.record_failed_attempt(tx.id, error, next_at)):
             return
+        self.events.emit(ReportFailed(tx.calling_aet, tx.transaction_uid, error, next_at))
         log.warning(
             "%s: delivery attempt %d failed: %s; next attempt in %.1f s",
             tx.label,

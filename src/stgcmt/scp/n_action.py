@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from stgcmt import ul
 from stgcmt.config import ScpConfig
@@ -23,12 +24,21 @@ from stgcmt.dicom.status import (
     describe_status,
 )
 from stgcmt.dicom.uids import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
+from stgcmt.events import CommitmentRequested, Events, Peer
 from stgcmt.faults import crash_point
 from stgcmt.scp.requesters import Requesters
 from stgcmt.storage.instances import shown
 from stgcmt.storage.scp_journal import CommitmentJournal
 
 log = logging.getLogger("stgcmt.scp")
+
+
+@dataclass
+class _Answer:
+    """What an N-ACTION asked, as far as it could be read (for its event)."""
+
+    transaction_uid: str = ""
+    references: int = 0
 
 
 class NAction:
@@ -41,23 +51,33 @@ class NAction:
         journal: CommitmentJournal,
         requesters: Requesters,
         journal_ok: Callable[[], None],
+        events: Events | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
         self.requesters = requesters
         self._journal_ok = journal_ok
+        self.events = events or Events()
 
     def on_n_action(self, link: ul.Link, request: ul.ActionRequest) -> tuple[int, None]:
-        """Every outcome, even an unexpected exception, is an N-ACTION status and a log line."""
+        """Every outcome, even an unexpected exception, is an N-ACTION status, a log line and
+        a :class:`CommitmentRequested` event."""
+        answered = _Answer()
         try:
-            return self._n_action(link, request)
+            status = self._n_action(link, request, answered)
         except Exception:
             log.exception(
                 "N-ACTION from %s failed (%s)", link.peer, describe_status(PROCESSING_FAILURE)
             )
-            return PROCESSING_FAILURE, None
+            status = PROCESSING_FAILURE
+        self.events.emit(
+            CommitmentRequested(
+                Peer.of(link.peer), status, answered.transaction_uid, answered.references
+            )
+        )
+        return status, None
 
-    def _n_action(self, link: ul.Link, request: ul.ActionRequest) -> tuple[int, None]:
+    def _n_action(self, link: ul.Link, request: ul.ActionRequest, answered: _Answer) -> int:
         peer = link.peer
         try:
             commitment = self._validate(request)
@@ -65,7 +85,9 @@ class NAction:
             log.error(
                 "N-ACTION from %s refused with %s: %s", peer, describe_status(exc.status), exc
             )
-            return exc.status, None
+            return exc.status
+        answered.transaction_uid = commitment.transaction_uid
+        answered.references = len(commitment.references)
         mode = (
             self.config.report_route(peer.calling_aet)
             if self.config.remote(peer.calling_aet)
@@ -81,7 +103,7 @@ class NAction:
             )
         except Exception as exc:  # the journal is the promise: if it fails, do not promise
             log.exception("N-ACTION from %s: cannot journal the request: %s", peer, exc)
-            return PROCESSING_FAILURE, None
+            return PROCESSING_FAILURE
         self._journal_ok()
         crash_point("scp.n_action.after_journal")
         self.requesters.journaled(link, tx.id)
@@ -99,7 +121,7 @@ class NAction:
             mode,
             duplicate,
         )
-        return SUCCESS, None
+        return SUCCESS
 
     def _validate(self, request: ul.ActionRequest) -> CommitmentRequest:
         """The status to refuse with (as InvalidRequest) comes before anything is journaled."""

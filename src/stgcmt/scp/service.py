@@ -17,6 +17,14 @@ import time
 
 from stgcmt import ul
 from stgcmt.config import ScpConfig
+from stgcmt.events import (
+    ApplicationActivity,
+    AssociationClosed,
+    Events,
+    InstanceStored,
+    Peer,
+    ReportGivenUp,
+)
 from stgcmt.scp.admission import Admission
 from stgcmt.scp.c_store import CStore
 from stgcmt.scp.delivery import Delivery
@@ -24,6 +32,8 @@ from stgcmt.scp.n_action import NAction
 from stgcmt.scp.requesters import Requesters
 from stgcmt.scp.verification import Verification
 from stgcmt.storage.instances import InstanceStore
+from stgcmt.storage.interfaces import ScpQueries
+from stgcmt.storage.queries import SqliteScpQueries
 from stgcmt.storage.scp_journal import (
     RECEIVED,
     REPORT_PENDING,
@@ -38,8 +48,9 @@ log = logging.getLogger("stgcmt.scp")
 class StorageCommitmentSCP:
     """Run with :meth:`start` / :meth:`stop` (or as a context manager)."""
 
-    def __init__(self, config: ScpConfig) -> None:
+    def __init__(self, config: ScpConfig, events: Events | None = None) -> None:
         self.config = config.checked()
+        self.events = events or Events()
         data_dir = config.data_dir
         self.store = InstanceStore(
             data_dir,
@@ -53,11 +64,19 @@ class StorageCommitmentSCP:
         self._requesters = Requesters(self._wake)
         self._c_store = CStore(self.store)
         self._verification = Verification(self.config, self.journal, self.store)
-        self._delivery = Delivery(self.config, self.journal, self._requesters, self._wake)
-        self._n_action = NAction(
-            self.config, self.journal, self._requesters, self._delivery.journal_recovered
+        self._delivery = Delivery(
+            self.config, self.journal, self._requesters, self._wake, self.events
         )
-        self._admission = Admission(self.config, lambda: self._server.active_associations)
+        self._n_action = NAction(
+            self.config,
+            self.journal,
+            self._requesters,
+            self._delivery.journal_recovered,
+            self.events,
+        )
+        self._admission = Admission(
+            self.config, lambda: self._server.active_associations, self.events
+        )
         self._worker = threading.Thread(target=self._run, name="stgcmt-commitment", daemon=True)
         self._server = ul.listen(
             config.aet,
@@ -65,7 +84,7 @@ class StorageCommitmentSCP:
             config.port,
             ul.Handlers(
                 accept=self._admission.accept,
-                c_store=self._c_store.on_c_store,
+                c_store=self._on_c_store,
                 n_action=self._n_action.on_n_action,
                 n_action_answered=self._requesters.answered,
                 closed=self._on_closed,
@@ -91,6 +110,7 @@ class StorageCommitmentSCP:
             log.info("%s from %s resumes in state %s", tx.label, tx.calling_aet, tx.state)
         self._server.start()
         self._worker.start()
+        self.events.emit(ApplicationActivity("start", "scp", self.config.aet))
         log.info(
             "SCP %s listening on %s:%d (data %s, verify=%s, reports on %s association,"
             " %d known peers%s)",
@@ -119,6 +139,7 @@ class StorageCommitmentSCP:
         self._delivery.stop()
         self.journal.close()
         self.store.close()
+        self.events.emit(ApplicationActivity("stop", "scp", self.config.aet))
         log.info("SCP %s stopped", self.config.aet)
 
     def __enter__(self) -> StorageCommitmentSCP:
@@ -131,9 +152,26 @@ class StorageCommitmentSCP:
         with self._wake:
             self._wake.notify_all()
 
+    def _on_c_store(self, request: ul.StoreRequest) -> int:
+        """The C-STORE handler, timed: its answer is an :class:`InstanceStored` event."""
+        started = time.perf_counter()
+        status = self._c_store.on_c_store(request)
+        self.events.emit(
+            InstanceStored(
+                Peer.of(request.peer),
+                status,
+                request.sop_class_uid,
+                request.sop_instance_uid,
+                len(request.dataset),
+                time.perf_counter() - started,
+            )
+        )
+        return status
+
     def _on_closed(self, link: ul.Link) -> None:
         self._requesters.closed(link)
-        self._c_store.closed(link)
+        stored = self._c_store.closed(link)
+        self.events.emit(AssociationClosed(Peer.of(link.peer), stored))
 
     # -- the worker: verify, then deliver --------------------------------------------------------
 
@@ -161,6 +199,51 @@ class StorageCommitmentSCP:
                 self._verification.verify(tx)
         next_due = self._delivery.deliver_due(unanswered, reassociated)
         return max(0.05, next_due - time.time())
+
+    # -- actions an administrator asks for (HTTP API) ------------------------------------------
+
+    @property
+    def queries(self) -> ScpQueries:
+        """Read-only views of this archive's data, safe from any thread."""
+        return SqliteScpQueries(self.config.data_dir)
+
+    def retry_report(self, tx_id: int) -> Transaction:
+        """Deliver a pending report now instead of at its scheduled attempt. Raises
+        LookupError for an unknown transaction, ValueError when it has no report pending."""
+        tx = self._pending_report(tx_id, "retry")
+        self._delivery.retry_now(tx)
+        self.wake()
+        log.info("%s: report retry requested by an administrator", tx.label)
+        return self.journal.get(tx_id)
+
+    def give_up_report(self, tx_id: int) -> Transaction:
+        """Stop delivering a pending report (the requester will never get it)."""
+        tx = self._pending_report(tx_id, "give up")
+        error = f"given up by an administrator after {tx.attempts} attempts"
+        self.journal.mark_given_up(tx.id, error)
+        self.events.emit(ReportGivenUp(tx.calling_aet, tx.transaction_uid, error))
+        log.warning("%s for %s: %s", tx.label, tx.calling_aet, error)
+        return self.journal.get(tx_id)
+
+    def reverify(self, tx_id: int) -> Transaction:
+        """Verify a pending report's references again (e.g. instances arrived since), so the
+        report sent says what the archive holds now."""
+        tx = self._pending_report(tx_id, "re-verify")
+        self.journal.set_state(tx.id, VERIFYING)
+        self.wake()
+        log.info("%s: re-verification requested by an administrator", tx.label)
+        return self.journal.get(tx_id)
+
+    def _pending_report(self, tx_id: int, what: str) -> Transaction:
+        try:
+            tx = self.journal.get(tx_id)
+        except IndexError:
+            raise LookupError(f"no transaction #{tx_id}") from None
+        if tx.state != REPORT_PENDING:
+            raise ValueError(f"cannot {what} {tx.label}: it is {tx.state}, not report_pending")
+        if self._delivery.in_flight(tx.id):
+            raise ValueError(f"cannot {what} {tx.label}: a delivery attempt is under way")
+        return tx
 
     # -- for tests and tools ------------------------------------------------------------------
 

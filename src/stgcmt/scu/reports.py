@@ -33,6 +33,14 @@ from stgcmt.dicom.commitment import (
 )
 from stgcmt.dicom.status import PROCESSING_FAILURE, SUCCESS, describe_status
 from stgcmt.dicom.uids import VERIFICATION
+from stgcmt.events import (
+    AssociationAccepted,
+    AssociationClosed,
+    AssociationRejected,
+    Events,
+    Peer,
+    SecurityAlert,
+)
 from stgcmt.faults import crash_point
 from stgcmt.scu.files import perform_actions
 from stgcmt.scu.results import failure_words
@@ -204,16 +212,30 @@ class ReportHandler:
     or a reporter that is not the archive the transaction was sent to).
     """
 
-    def __init__(self, journal: ScuJournal, aet: str, reporters: Sequence[Reporter] = ()) -> None:
+    def __init__(
+        self,
+        journal: ScuJournal,
+        aet: str,
+        reporters: Sequence[Reporter] = (),
+        events: Events | None = None,
+    ) -> None:
         self.journal = journal
         self.aet = aet
+        self.events = events or Events()
         self.trust = TrustPolicy(journal, reporters)
         self._changed = threading.Condition()
         self._answering: set[int] = set()
 
     def accept(self, peer: ul.PeerInfo) -> ul.Rejection | None:
         """Only associations addressed to our AE title (anything else is misdirected), from an
-        archive we asked or a named reporter (anything else may be a forger)."""
+        archive we asked or a named reporter (anything else may be a forger). Each decision is
+        an event."""
+        rejection = self._admit(peer)
+        if rejection is None:
+            self.events.emit(AssociationAccepted(Peer.of(peer)))
+        return rejection
+
+    def _admit(self, peer: ul.PeerInfo) -> ul.Rejection | None:
         if peer.called_aet != self.aet:
             log.warning(
                 "rejected association from %s: called AE %r is not ours (%r)",
@@ -221,6 +243,7 @@ class ReportHandler:
                 peer.called_aet,
                 self.aet,
             )
+            self._rejected(peer, "called-aet", f"called AE {peer.called_aet!r} is not ours")
             return ul.Rejection("called-aet")
         if verification_only(peer):
             log.info(
@@ -233,8 +256,20 @@ class ReportHandler:
         why = self.trust.admits(peer)
         if why is not None:
             security_event(peer, "association rejected (calling AE title not recognised)", why)
+            self._rejected(peer, "calling-aet", why)
             return ul.Rejection("calling-aet")
         return None
+
+    def _rejected(self, peer: ul.PeerInfo, reason: str, why: str) -> None:
+        who = Peer.of(peer)
+        self.events.emit(AssociationRejected(who, reason, why))
+        self.events.emit(SecurityAlert("rejected-association", why, who))
+
+    def _forged(self, peer: ul.PeerInfo, what: str, why: str) -> int:
+        """A report from someone who may not make us act: logged, alerted, refused."""
+        security_event(peer, what, why)
+        self.events.emit(SecurityAlert("forged-report", f"{what}: {why}", Peer.of(peer)))
+        return PROCESSING_FAILURE
 
     def handlers(self, via: str) -> ul.Handlers:
         """Handlers for an association; ``via`` says which kind ('new' or 'same')."""
@@ -242,6 +277,7 @@ class ReportHandler:
             accept=self.accept,
             n_event_report=lambda link, event: self.on_report(event, f"{via} association"),
             n_event_report_answered=self._answered,
+            closed=lambda link: self.events.emit(AssociationClosed(Peer.of(link.peer), {})),
         )
 
     def on_report(self, event: ul.EventReport, via: str) -> int:
@@ -279,19 +315,17 @@ class ReportHandler:
         except InvalidRequest as exc:
             return _refuse(peer, f"unusable report: {exc}")
         if verification_only(peer):
-            security_event(
+            return self._forged(
                 peer,
                 f"N-EVENT-REPORT on {via} refused",
                 "the association proposed only Verification (accepted from anyone for C-ECHO)",
             )
-            return PROCESSING_FAILURE
         sent = self.journal.find(report.transaction_uid)
         if sent is None:
             return _refuse(peer, f"unknown Transaction UID {report.transaction_uid}")
         why = self.trust.may_report(sent, peer, same=via.startswith("same"))
         if why is not None:
-            security_event(peer, f"N-EVENT-REPORT on {via} refused", why)
-            return PROCESSING_FAILURE
+            return self._forged(peer, f"N-EVENT-REPORT on {via} refused", why)
         outcome = self.journal.record_report(report, f"{via} from {peer}")
         if outcome.tx is None:
             return _refuse(peer, f"unknown Transaction UID {report.transaction_uid}")
