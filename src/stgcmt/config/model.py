@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
+from stgcmt.config.audit import AuditConfig
+
 ReportRoute = Literal["new", "same", "auto"]
 """How the SCP routes a report to the requester: a new association, the requesting one, or
 the requesting one while it is open and else a new one."""
@@ -269,6 +271,7 @@ class ScpConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     tls: TlsConfig = field(default_factory=TlsConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def remote(self, aet: str) -> RemoteAE | None:
         return next((r for r in self.remotes if r.aet == aet), None)
@@ -313,6 +316,7 @@ class ScuConfig:
     archives: tuple[Archive, ...] = ()
     timeouts: PeerTimeouts = field(default_factory=PeerTimeouts)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def archive(self, name: str) -> Archive | None:
         return next((a for a in self.archives if a.name == name), None)

@@ -31,6 +31,7 @@ def load_scp_config(path: Path | None, **overrides: Any) -> ScpConfig:
     tls = {k: v for k, v in (overrides.pop("tls", None) or {}).items() if v is not None}
     timeouts = {k: v for k, v in (overrides.pop("timeouts", None) or {}).items() if v is not None}
     database = {k: v for k, v in (overrides.pop("database", None) or {}).items() if v is not None}
+    audit = {k: v for k, v in (overrides.pop("audit", None) or {}).items() if v is not None}
     given = {k: v for k, v in overrides.items() if v is not None}
     if "data_dir" in given:
         given["data_dir"] = Path(given["data_dir"])
@@ -42,6 +43,7 @@ def load_scp_config(path: Path | None, **overrides: Any) -> ScpConfig:
         tls=replace(config.tls, **tls),
         timeouts=replace(config.timeouts, **timeouts),
         database=replace(config.database, **database),
+        audit=replace(config.audit, **audit),
     )
     return config.checked(free_port=False)
 
@@ -102,6 +104,7 @@ def load_scu_config(path: Path) -> ScuConfig:
         _scp_only_keys(archive.remote.profile, where)
         archive.remote.profile.checked_against(config.tls, where)
     config.tls.checked(f"{path} [tls]")
+    config.audit.checked(f"{path} [audit]")
     return config
 
 

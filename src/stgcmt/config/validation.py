@@ -17,6 +17,7 @@ from dataclasses import MISSING, Field, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type_hints
 
+from stgcmt.config.audit import syslog_url
 from stgcmt.config.model import ConfigError, ScpConfig, non_empty, transfer_syntax, validate_aet
 
 
@@ -84,6 +85,7 @@ STRING_CHECKS: dict[str, Callable[[str], str]] = {
     "extra_hosts": non_empty,
     "listen_bind": non_empty,
     "transfer_syntaxes": transfer_syntax,
+    "syslog": syslog_url,
 }
 
 # Tuple fields written in the file as an array of tables under another name.
@@ -302,6 +304,7 @@ def cross_checks(config: ScpConfig, prefix: str) -> None:
         )
     config.tls.checked(f"{prefix}[tls]")
     config.database.checked(f"{prefix}[database]")
+    config.audit.checked(f"{prefix}[audit]")
     for number, remote in enumerate(config.remotes, 1):
         remote.profile.checked_against(config.tls, f"{prefix}[[remote]] #{number}")
 
