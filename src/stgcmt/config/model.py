@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from stgcmt.config.audit import AuditConfig
+from stgcmt.config.http import HttpConfig
 
 ReportRoute = Literal["new", "same", "auto"]
 """How the SCP routes a report to the requester: a new association, the requesting one, or
@@ -272,6 +273,7 @@ class ScpConfig:
     tls: TlsConfig = field(default_factory=TlsConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     def remote(self, aet: str) -> RemoteAE | None:
         return next((r for r in self.remotes if r.aet == aet), None)
@@ -317,6 +319,7 @@ class ScuConfig:
     timeouts: PeerTimeouts = field(default_factory=PeerTimeouts)
     tls: TlsConfig = field(default_factory=TlsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     def archive(self, name: str) -> Archive | None:
         return next((a for a in self.archives if a.name == name), None)

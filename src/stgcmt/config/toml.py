@@ -32,6 +32,7 @@ def load_scp_config(path: Path | None, **overrides: Any) -> ScpConfig:
     timeouts = {k: v for k, v in (overrides.pop("timeouts", None) or {}).items() if v is not None}
     database = {k: v for k, v in (overrides.pop("database", None) or {}).items() if v is not None}
     audit = {k: v for k, v in (overrides.pop("audit", None) or {}).items() if v is not None}
+    http = {k: v for k, v in (overrides.pop("http", None) or {}).items() if v is not None}
     given = {k: v for k, v in overrides.items() if v is not None}
     if "data_dir" in given:
         given["data_dir"] = Path(given["data_dir"])
@@ -44,6 +45,7 @@ def load_scp_config(path: Path | None, **overrides: Any) -> ScpConfig:
         timeouts=replace(config.timeouts, **timeouts),
         database=replace(config.database, **database),
         audit=replace(config.audit, **audit),
+        http=replace(config.http, **http),
     )
     return config.checked(free_port=False)
 
@@ -105,6 +107,7 @@ def load_scu_config(path: Path) -> ScuConfig:
         archive.remote.profile.checked_against(config.tls, where)
     config.tls.checked(f"{path} [tls]")
     config.audit.checked(f"{path} [audit]")
+    config.http.checked(f"{path} [http]")
     return config
 
 

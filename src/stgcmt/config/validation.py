@@ -305,6 +305,7 @@ def cross_checks(config: ScpConfig, prefix: str) -> None:
     config.tls.checked(f"{prefix}[tls]")
     config.database.checked(f"{prefix}[database]")
     config.audit.checked(f"{prefix}[audit]")
+    config.http.checked(f"{prefix}[http]")
     for number, remote in enumerate(config.remotes, 1):
         remote.profile.checked_against(config.tls, f"{prefix}[[remote]] #{number}")
 
