@@ -1,7 +1,8 @@
-"""``python -m bench``: the benchmark suite of issue 5, in one command.
+"""``python -m bench``: the benchmark suite of issues 5 and 12, in one command.
 
-It measures stgcmt beside DCMTK and Orthanc on 127.0.0.1 (ingest, send, commitment latency,
-concurrency), prints a table with the issue's targets, and writes JSON and a PNG to
+It measures stgcmt beside DCMTK and Orthanc on 127.0.0.1 (start-up, ingest, send, commitment
+latency with every reference stored, concurrency, Nagle-on clients, one big C-STORE), prints
+every row of issue 12's table with its target and met / not met, and writes JSON and a PNG to
 ``bench/results/``. Speed figures never fail the run: the exit status is 0 unless something
 broke (a peer would not start, a transfer failed), then 1; 2 for unusable arguments or missing
 tools, 130 on Ctrl-C. Every process it starts is stopped by its PID on the way out.
@@ -10,6 +11,7 @@ tools, 130 on Ctrl-C. Every process it starts is stopped by its PID on the way o
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import shutil
@@ -17,14 +19,27 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import deps, report, scenarios
+from . import commitment, deps, nagle, report, scenarios
 from .peer import ReferencePeer
 from .procs import BenchError, Children
 from .scenarios import Bench, Plan, Tools, say
 from .servers import PEER_AET
+
+SCENARIOS: list[tuple[str, str, Callable[[Bench], None]]] = [
+    ("startup", "start-up", scenarios.startup),
+    ("ingest", "ingest", scenarios.ingest),
+    ("send", "send", scenarios.send),
+    ("commitment", "commitment (stgcmt)", commitment.commitment),
+    ("commitment", "commitment (Orthanc)", commitment.orthanc_commitment),
+    ("concurrency", "concurrency", scenarios.concurrency),
+    ("nagle", "Nagle-on clients", nagle.nagle),
+    ("memory", "one big C-STORE", nagle.memory),
+]
+"""(key for --only, name, function) of every measurement, in order."""
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -42,29 +57,33 @@ def _counts(text: str) -> tuple[int, ...]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="stgcmt benchmarks beside DCMTK and Orthanc (issue 5), on 127.0.0.1",
+        description="stgcmt benchmarks beside DCMTK and Orthanc (issues 5, 12), on 127.0.0.1",
     )
-    p.add_argument("--runs", type=int, default=None, help="runs per figure, medians (default 3)")
+    p.add_argument("--runs", type=int, default=None, help="runs per figure (default 3)")
     p.add_argument("--quick", action="store_true", help="short smoke run: small counts, 1 run")
-    p.add_argument(
-        "--commit-stored",
-        type=int,
-        default=None,
-        metavar="K",
-        help="instances really stored per commitment request; further references name missing"
-        " instances (default 1000, --quick 100)",
-    )
     p.add_argument(
         "--commit-refs",
         type=_counts,
         metavar="N,N,...",
-        help="reference counts for our SCP (default 100,1000,10000,100000)",
+        help="reference counts of the commitment figures, every one stored (default 10000,100000)",
+    )
+    p.add_argument(
+        "--big-mb",
+        type=int,
+        default=None,
+        metavar="MIB",
+        help="pixel data of the one-C-STORE memory figure (default 512)",
     )
     p.add_argument("--no-orthanc", action="store_true", help="leave Orthanc out")
     p.add_argument(
+        "--no-uvloop",
+        action="store_true",
+        help="leave out our SCP on uvloop (measured beside asyncio when installed)",
+    )
+    p.add_argument(
         "--only",
         action="append",
-        choices=sorted({key for key, _, _ in scenarios.SCENARIOS}),
+        choices=sorted({key for key, _, _ in SCENARIOS}),
         help="run only this measurement (repeatable; default all)",
     )
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (bench/results)")
@@ -77,17 +96,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     if args.quick:
-        plan = Plan(1, 100, 10, (100, 1_000), (100,), 100, (1, 2))
+        plan = Plan(1, 50, 5, (100, 1_000), (1_000, 100), (100,), (1, 2), 20, 32, 5)
     else:
-        plan = Plan(3, 500, 50, (100, 1_000, 10_000, 100_000), (100, 1_000, 2_000), 1000, (1, 2, 4))
-    changes: dict[str, Any] = {"orthanc": not args.no_orthanc}
-    if args.runs is not None:
-        changes["runs"] = args.runs
-    if args.commit_refs is not None:
-        changes["commit_refs"] = args.commit_refs
-    if args.commit_stored is not None:
-        changes["commit_stored"] = max(0, args.commit_stored)
+        plan = Plan(
+            3, 500, 50, (10_000, 100_000), (10_000, 1_000), (100, 1_000), (1, 2, 4), 100, 512, 20
+        )
+    uvloop = importlib.util.find_spec("uvloop") is not None and not args.no_uvloop
+    changes: dict[str, Any] = {"orthanc": not args.no_orthanc, "uvloop": uvloop}
+    for name in ("runs", "commit_refs", "big_mb"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
     return Plan(**{**plan.__dict__, **changes})
+
+
+def stgcmt_command() -> list[str]:
+    """The console script a user runs (``.venv/bin/stgcmt``), else ``python -m stgcmt``."""
+    script = Path(sys.executable).parent / "stgcmt"
+    return [str(script)] if os.access(script, os.X_OK) else [sys.executable, "-m", "stgcmt"]
 
 
 def find_tools(plan: Plan) -> Tools:
@@ -95,7 +120,7 @@ def find_tools(plan: Plan) -> Tools:
     storescu = deps.ensure_dcmtk("storescu")
     storescp = deps.ensure_dcmtk("storescp")
     orthanc = deps.ensure_command("Orthanc", "orthanc") if plan.orthanc else None
-    return Tools(storescu, storescp, orthanc)
+    return Tools(storescu, storescp, orthanc, stgcmt_command())
 
 
 def _sigterm_as_interrupt(*_: object) -> None:
@@ -108,7 +133,7 @@ def measure(plan: Plan, tools: Tools, workdir: Path, only: list[str] | None) -> 
         peer = ReferencePeer(PEER_AET).start()
         try:
             bench = Bench(plan, tools, workdir, children, peer)
-            for key, name, run in scenarios.SCENARIOS:
+            for key, name, run in SCENARIOS:
                 if only and key not in only:
                     continue
                 if "Orthanc" in name and not (plan.orthanc and tools.orthanc):
@@ -150,14 +175,19 @@ def document(bench: Bench, argv: list[str], started: float, load_before: tuple) 
         "versions": _versions(bench.tools),
         "plan": bench.plan.__dict__,
         "method": {
+            "timing": "every client waited for with a blocking wait() (a watchdog thread kills"
+            " it past its deadline); nothing deleted before the end of the run",
             "ingest": "storescu (TCP_NODELAY=1) wall time, one association; ingest+commit adds"
-            " an N-ACTION for every instance sent and runs until its report arrives",
-            "send": "stgcmt send into storescp (exits 1: no Storage Commitment there) minus the"
-            " median start-up of 'python -m stgcmt --version'; storescu wall time",
+            " an N-ACTION for every instance sent and runs until its report arrives; CPU ="
+            " server utime+stime delta (/proc/PID/stat)",
+            "send": "stgcmt send into storescp (exits 1: no Storage Commitment there), whole"
+            " command and its C-STORE phase (its -v log), vs storescu's whole command",
             "commitment": "reference peer = pynetdicom directly; clock from N-ACTION handed to"
             " the wire (EVT_DIMSE_SENT) to N-EVENT-REPORT reassembled at its listener"
-            " (new association)",
-            "ratios": "computed within each run, median over runs",
+            " (new association); 'all stored': every reference stored just before (untimed)",
+            "nagle": "storescu without TCP_NODELAY=1, and pynetdicom, wall time / instances",
+            "memory": "server VmHWM after one big C-STORE minus VmHWM before it",
+            "ratios": "computed within each run; median (min-max) over runs",
         },
         "summary": report.summarize(bench.results),
         "raw": bench.results,
@@ -211,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  - {error}", file=sys.stderr)
         print(f"logs kept in {workdir}", file=sys.stderr)
         return 1
-    if not args.keep:
+    if not args.keep:  # only now: deleting between figures would slow the next one down
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

@@ -7,12 +7,16 @@ barrier has new, not yet durable files to fsync.
 
 from __future__ import annotations
 
+import io
+import math
 import os
+import secrets
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
@@ -70,22 +74,62 @@ def _template(side: int) -> Dataset:
     return ds
 
 
+UID_ROOT = "1.2.826.0.1.3680043.8.498."
+"""pydicom's UID root; our instance UIDs are ``ROOT.<10-digit set token>.<10-digit number>``,
+all of one length, so that one encoded file can be copied with only its UID bytes changed."""
+_PLACEHOLDER = f"{UID_ROOT}{'1' * 10}.{'1' * 10}"
+
+
+def _uid(token: int, n: int) -> str:
+    return f"{UID_ROOT}{token}.{10**9 + n}"
+
+
+def _encoded(ds: Dataset) -> bytes:
+    """The Part 10 bytes of ``ds`` with the placeholder SOP Instance UID (meta and data set)."""
+    ds.SOPInstanceUID = UID(_PLACEHOLDER)
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(_PLACEHOLDER)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    if data.count(_PLACEHOLDER.encode()) != 2:
+        raise RuntimeError("the instance UID placeholder is not exactly in meta and data set")
+    return data
+
+
 def make_set(folder: Path, count: int, side: int) -> InstanceSet:
-    """``count`` new instances of ``side`` x ``side`` pixels in one new series."""
+    """``count`` new instances of ``side`` x ``side`` pixels in one new series: one encoded
+    template, each copy with its own SOP Instance UID (100,000 files in seconds, where pydicom
+    would take minutes)."""
     folder.mkdir(parents=True, exist_ok=False)
-    ds = _template(side)
+    template = _encoded(_template(side))
+    token = secrets.randbelow(9 * 10**9) + 10**9
     refs = []
-    total = 0
     for n in range(count):
-        uid = generate_uid()
-        ds.SOPInstanceUID = uid
-        ds.file_meta.MediaStorageSOPInstanceUID = uid
-        ds.InstanceNumber = n + 1
-        path = folder / f"{n:06d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        total += path.stat().st_size
+        uid = _uid(token, n)
+        (folder / f"{n:06d}.dcm").write_bytes(template.replace(_PLACEHOLDER.encode(), uid.encode()))
         refs.append(Ref(SECONDARY_CAPTURE, uid))
-    return InstanceSet(folder, tuple(refs), total)
+    return InstanceSet(folder, tuple(refs), len(template) * count)
+
+
+def make_big(folder: Path, megabytes: int) -> InstanceSet:
+    """One instance with ``megabytes`` MiB of pixel data, written in chunks (the bench itself
+    never holds it whole): the memory figure sends it in one C-STORE."""
+    folder.mkdir(parents=True, exist_ok=False)
+    side = 1024 * int(math.sqrt(megabytes / 2))  # side x side x 2 bytes
+    ds = _template(0)
+    del ds.PixelData
+    ds.Rows = ds.Columns = side
+    header = _encoded(ds)
+    uid = _uid(secrets.randbelow(9 * 10**9) + 10**9, 0)
+    path = folder / "big.dcm"
+    chunk = os.urandom(1 << 23)
+    left = side * side * 2
+    with open(path, "wb") as out:
+        out.write(header.replace(_PLACEHOLDER.encode(), uid.encode()))
+        out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, left))
+        while left:
+            left -= out.write(chunk[: min(left, len(chunk))])
+    return InstanceSet(folder, (Ref(SECONDARY_CAPTURE, uid),), path.stat().st_size)
 
 
 def missing_refs(count: int) -> list[Ref]:

@@ -34,45 +34,52 @@ def _bars(ax: Any, groups: dict[str, dict[str, float | None]], ylabel: str, titl
     _legend(ax)
 
 
+def _median(stats: dict[str, float] | None) -> float | None:
+    return None if stats is None else stats["median"]
+
+
 def _ingest(ax: Any, summary: dict[str, Any]) -> None:
     groups: dict[str, dict[str, float | None]] = {}
     for size, rows in summary["ingest"].items():
-        groups[size] = {name: r["instances_per_s"] for name, r in rows.items()}
+        groups[size] = {name: _median(r["instances_per_s"]) for name, r in rows.items()}
         for name, r in rows.items():
             if "ingest_commit_instances_per_s" in r:
-                groups[size][f"{name} +commit"] = r["ingest_commit_instances_per_s"]
-    _bars(ax, groups, "instances/s", "1. Ingest (storescu, 1 association)")
+                groups[size][f"{name} +commit"] = _median(r["ingest_commit_instances_per_s"])
+    _bars(ax, groups, "instances/s", "Ingest (storescu, 1 association)")
 
 
 def _send(ax: Any, summary: dict[str, Any]) -> None:
     groups = {
-        size: {name: r["instances_per_s"] for name, r in rows.items()}
+        size: {name: _median(r["instances_per_s"]) for name, r in rows.items()}
         for size, rows in summary["send"].items()
     }
-    _bars(ax, groups, "instances/s", "2. Send into storescp (start-up subtracted)")
+    _bars(ax, groups, "instances/s", "Send into storescp (whole command)")
 
 
 def _commitment(ax: Any, summary: dict[str, Any]) -> None:
-    for name, by_refs in summary["commitment"].items():
-        points = sorted((int(k), r["latency_s"]) for k, r in by_refs.items() if r["latency_s"])
-        if points:
-            ax.plot(*zip(*points, strict=True), marker="o", label=name)
+    for kind, by_server in summary["commitment"].items():
+        for name, by_refs in by_server.items():
+            points = sorted(
+                (int(k), _median(r["latency_s"])) for k, r in by_refs.items() if r["latency_s"]
+            )
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=f"{name} ({kind})")
     ax.plot([10_000, 100_000], [0.3, 3.0], "k*", markersize=10, label="target")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("references in one N-ACTION")
     ax.set_ylabel("seconds to report")
-    ax.set_title("3. Commitment latency")
+    ax.set_title("Commitment latency")
     _legend(ax)
 
 
 def _concurrency(ax: Any, summary: dict[str, Any]) -> None:
     for name, by_level in summary["concurrency"].items():
-        points = sorted((int(k), r["instances_per_s"]) for k, r in by_level.items())
+        points = sorted((int(k), _median(r["instances_per_s"])) for k, r in by_level.items())
         ax.plot(*zip(*points, strict=True), marker="o", label=name)
     ax.set_xlabel("simultaneous storescu associations")
     ax.set_ylabel("instances/s (total)")
-    ax.set_title("4. Concurrency (small instances)")
+    ax.set_title("Concurrency (small instances)")
     ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.15)
     ax.set_xticks(sorted({int(k) for rows in summary["concurrency"].values() for k in rows}))
     _legend(ax)

@@ -7,10 +7,12 @@ machine is shared, and a stray server would skew the next measurement.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import IO
@@ -40,6 +42,11 @@ def dcmtk_env(**extra: str) -> dict[str, str]:
     """DCMTK (and Orthanc, built on it) leave Nagle on unless TCP_NODELAY=1 is set: without it
     every small PDU waits for a delayed ACK (~40 ms) and the figures would measure that."""
     return {**os.environ, "TCP_NODELAY": "1", **extra}
+
+
+def nagle_env() -> dict[str, str]:
+    """DCMTK as Debian ships it: no ``TCP_NODELAY`` in the environment, Nagle on."""
+    return {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -124,6 +131,39 @@ class Children:
         self.stop_all()
 
 
+class Watchdog:
+    """Kills a client that outlives its deadline, from a timer thread, so that the caller can
+    block in ``wait()``: ``subprocess.run(timeout=)`` and ``Popen.wait(timeout=)`` poll with
+    sleeps of up to 50 ms, which rounds every wall time up to the next step (25 % of a 0.2 s
+    run). A blocking ``wait()`` returns the moment the child is reaped."""
+
+    def __init__(self, procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+        self.procs = procs
+        self.fired = False
+        self._timer = threading.Timer(timeout, self._expired)
+        self._timer.daemon = True
+
+    def _expired(self) -> None:
+        self.fired = True
+        self._kill()
+
+    def _kill(self) -> None:
+        for process in self.procs:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+
+    def __enter__(self) -> Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        self._kill()  # on an exception in the caller: nothing of ours outlives the block
+        for process in self.procs:
+            process.wait()
+
+
 def run_timed(
     argv: list[str],
     *,
@@ -133,43 +173,43 @@ def run_timed(
 ) -> tuple[float, int]:
     """Run a client to completion; (wall seconds, exit status). Output goes to ``log``;
     ``env`` None: this process's environment."""
-    start = time.perf_counter()
-    done = subprocess.run(
-        argv,
-        stdout=log or subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
-    return time.perf_counter() - start, done.returncode
+    seconds, codes = run_parallel([argv], env=env, timeout=timeout, log=log)
+    return seconds, codes[0]
 
 
 def run_parallel(
-    argvs: list[list[str]], *, env: dict[str, str], timeout: float, log: Path
+    argvs: list[list[str]],
+    *,
+    env: dict[str, str] | None,
+    timeout: float,
+    log: IO[bytes] | None = None,
 ) -> tuple[float, list[int]]:
-    """Start several clients at once and wait for all (bounded); (wall seconds from the first
-    start to the last exit, exit statuses). Stragglers past the deadline are killed."""
-    deadline = time.monotonic() + timeout
+    """Start several clients at once and wait for all, each with a blocking ``wait()``; (wall
+    seconds from the first start to the last exit, exit statuses). Past the deadline the
+    watchdog kills them and this raises :class:`BenchError`."""
     procs: list[subprocess.Popen[bytes]] = []
-    with open(log, "ab") as out:
+    with Watchdog(procs, timeout) as watchdog:
         start = time.perf_counter()
-        try:
-            for argv in argvs:
-                procs.append(
-                    subprocess.Popen(
-                        argv,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                        env=env,
-                    )
+        for argv in argvs:
+            procs.append(
+                subprocess.Popen(
+                    argv,
+                    stdout=log or subprocess.DEVNULL,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
                 )
-            codes = [p.wait(timeout=max(0.1, deadline - time.monotonic())) for p in procs]
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait(timeout=10)
-        return time.perf_counter() - start, codes
+            )
+        codes = [process.wait() for process in procs]
+        seconds = time.perf_counter() - start
+    if watchdog.fired:
+        raise BenchError(f"{argvs[0][0]} still running after {timeout:.0f} s: killed")
+    return seconds, codes
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a live process has used so far (every thread, also those that
+    have ended), from /proc/<pid>/stat, in seconds (clock-tick resolution, 10 ms)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks / os.sysconf("SC_CLK_TCK")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from .procs import (
     dcmtk_env,
     free_port,
     free_port_everywhere,
+    nagle_env,
     peak_rss_mb,
     wait_listening,
 )
@@ -66,41 +68,50 @@ port = {peer_port}
 """
 
 
-def start_our_scp(children: Children, workdir: Path, peer_port: int) -> Server:
-    """``python -m stgcmt scp --config ...`` in a new process with its own data directory."""
+LOOPS = {"stgcmt": "asyncio", "stgcmt+uvloop": "uvloop"}
+"""Our SCP's variants by name: the event loop it runs on (``STGCMT_LOOP``)."""
+
+
+def start_our_scp(
+    children: Children, workdir: Path, peer_port: int, name: str = "stgcmt"
+) -> Server:
+    """``python -m stgcmt scp --config ...`` in a new process with its own data directory,
+    on the event loop its ``name`` stands for (:data:`LOOPS`)."""
     workdir.mkdir(parents=True)
     port = free_port()
     config = workdir / "scp.toml"
     config.write_text(_scp_toml(workdir / "data", port, peer_port))
     argv = [sys.executable, "-m", "stgcmt", "scp", "--config", str(config)]
-    process = children.start(argv, log=workdir / "scp.log")
+    env = {**os.environ, "STGCMT_LOOP": LOOPS[name]}
+    process = children.start(argv, log=workdir / "scp.log", env=env)
     try:
-        wait_listening(port, process, START_TIMEOUT, "stgcmt scp")
+        wait_listening(port, process, START_TIMEOUT, name)
     except BenchError:
         children.stop(process)
-        raise BenchError(_tail(workdir / "scp.log", "stgcmt scp did not start")) from None
-    return Server("stgcmt", "STGCMT_SCP", port, process, workdir)
+        raise BenchError(_tail(workdir / "scp.log", f"{name} scp did not start")) from None
+    return Server(name, "STGCMT_SCP", port, process, workdir)
 
 
-def start_storescp(children: Children, binary: str, workdir: Path) -> Server:
+def start_storescp(
+    children: Children, binary: str, workdir: Path, *, nagle: bool = False
+) -> Server:
     """DCMTK ``storescp`` writing Part 10 files into a folder (its default: one association at
-    a time, no --fork)."""
+    a time, no --fork); ``nagle``: without ``TCP_NODELAY=1``, as Debian runs it."""
     out = workdir / "out"
     out.mkdir(parents=True)
     port = free_port()
     argv = [binary, "--aetitle", "STORESCP", "-od", str(out), str(port)]
-    process = children.start(argv, log=workdir / "storescp.log", env=dcmtk_env())
+    env = nagle_env() if nagle else dcmtk_env()
+    process = children.start(argv, log=workdir / "storescp.log", env=env)
     wait_listening(port, process, START_TIMEOUT, "storescp")
     return Server("storescp", "STORESCP", port, process, workdir)
 
 
-def clear_folder(folder: Path) -> int:
-    """Delete what storescp wrote (untimed) so the next measurement starts from the same state;
-    returns how many files there were."""
-    files = [p for p in folder.iterdir() if p.is_file()]
-    for path in files:
-        path.unlink()
-    return len(files)
+def count_files(folder: Path) -> int:
+    """How many files storescp has written so far. Nothing is deleted during a run: deleting
+    thousands of files makes the next file creations on ext4 10-30x slower for seconds, and
+    whoever is measured next would pay for it."""
+    return sum(1 for path in folder.iterdir() if path.is_file())
 
 
 @dataclass

@@ -1,0 +1,102 @@
+"""Two figures about the receiving side rather than throughput: clients that leave Nagle's
+algorithm on (Debian's storescu without ``TCP_NODELAY=1``, a pynetdicom modality), whose small
+PDUs wait for the receiver's delayed ACK unless the receiver acknowledges at once; and the
+memory one 512 MB C-STORE costs the server (peak RSS, ``VmHWM``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pynetdicom import AE
+
+from .dicomdata import SECONDARY_CAPTURE, SMALL_SIDE, InstanceSet, make_big
+from .procs import LOCALHOST, BenchError, nagle_env
+from .scenarios import (
+    Bench,
+    commit,
+    rotated,
+    samples,
+    say,
+    servers_running,
+    storescu,
+)
+from .servers import SCU_AET, Server
+
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+
+
+def pynetdicom_store(server: Server, paths: list[Path], timeout: float = 600.0) -> float:
+    """Seconds for a plain pynetdicom modality (Nagle on, its default) to associate, send
+    every file as a C-STORE and release."""
+    ae = AE(SCU_AET)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(SECONDARY_CAPTURE, EXPLICIT_VR_LE)
+    start = time.perf_counter()
+    assoc = ae.associate(LOCALHOST, server.port, ae_title=server.aet)
+    if not assoc.is_established:
+        raise BenchError(f"pynetdicom could not associate with {server.name}")
+    try:
+        for path in paths:
+            status = assoc.send_c_store(path)
+            if status is None or int(status.Status) != 0:
+                raise BenchError(f"pynetdicom C-STORE into {server.name}: status {status}")
+    finally:
+        assoc.release()
+    return time.perf_counter() - start
+
+
+def nagle(bench: Bench) -> None:
+    """Per-instance wall time of Nagle-on clients: storescu into our SCP and into storescp (also
+    Nagle on, as Debian runs it), and pynetdicom into our SCP."""
+    plan = bench.plan
+    ours = bench.start_scp("stgcmt", "nagle")
+    dcmtk = bench.start_storescp("nagle", nagle=True)
+    with servers_running(bench, [ours, dcmtk]):
+        for run in range(plan.runs):
+            for client, server in rotated(
+                [("storescu", ours), ("storescu", dcmtk), ("pynetdicom", ours)], run
+            ):
+                # fresh UIDs each: a repeat would take our SCP's duplicate path
+                instances = bench.new_set("nagle", plan.nagle, SMALL_SIDE)
+                _nagle_one(bench, client, server, instances)
+            say(f"Nagle-on run {run + 1}/{plan.runs} done")
+
+
+def _nagle_one(bench: Bench, client: str, server: Server, instances: InstanceSet) -> None:
+    if client == "storescu":
+        seconds = storescu(bench, server, instances, env=nagle_env())
+    else:
+        seconds = pynetdicom_store(server, instances.paths)
+    sample = {"seconds": seconds, "instances": instances.count}
+    samples(bench.results, "nagle", f"{client} -> {server.name}").append(sample)
+
+
+def memory(bench: Bench) -> None:
+    """Peak RSS of a fresh server before and after one C-STORE of ``big_mb`` MiB (storescu,
+    after one small C-STORE so that start-up and first-use allocations are in the baseline);
+    for our SCP the instance is then committed, to show it was stored whole."""
+    big = make_big(bench.folder("big"), bench.plan.big_mb)
+    for server in (bench.start_scp("stgcmt", "memory"), bench.start_storescp("memory")):
+        with servers_running(bench, [server]):
+            storescu(bench, server, bench.new_set("memory-warm-up", 1, SMALL_SIDE))
+            before = server.peak_rss_mb()
+            seconds = storescu(bench, server, big)
+            after = server.peak_rss_mb()
+            if before is None or after is None:
+                raise BenchError(f"{server.name} ended during the big C-STORE")
+            sample: dict[str, float | None] = {
+                "bytes": big.total_bytes,
+                "seconds": seconds,
+                "rss_before_mb": before,
+                "rss_after_mb": after,
+            }
+            if server.name == "stgcmt":
+                report, _ = commit(bench, server, list(big.refs), 1)
+                sample["commit_seconds"] = report.latency_s
+                sample["rss_after_commit_mb"] = server.peak_rss_mb()
+            samples(bench.results, "memory", server.name).append(sample)
+            say(
+                f"one {big.total_bytes / 2**20:.0f} MiB C-STORE into {server.name}: +"
+                f"{after - before:.1f} MB peak RSS"
+            )
