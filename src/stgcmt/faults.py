@@ -20,6 +20,7 @@ POINTS = (
     "scp.n_action.after_journal",
     "scp.verify.mid",
     "scp.barrier.after_fsync",
+    "scp.durability.after_sync",
     "scp.deliver.after_answer",
     "scu.send.after_store",
     "scu.send.after_pending",

@@ -57,6 +57,7 @@ class StorageCommitmentSCP:
             supported_classes=ul.STORAGE_SOP_CLASSES,
             overwrite_duplicates=config.overwrite_duplicates,
             max_bytes=config.max_store_bytes,
+            durability=config.durability,
         )
         self.journal = CommitmentJournal(data_dir / "commitment.sqlite")
         self._wake = threading.Condition(threading.Lock())
@@ -106,6 +107,7 @@ class StorageCommitmentSCP:
         dropped = self.store.recover()
         if dropped:
             log.warning("%d instances were lost in a crash before being committed", dropped)
+        self.store.start_durability_rounds(self.config.verify)
         for tx in self.journal.in_state(RECEIVED, VERIFYING, REPORT_PENDING):
             log.info("%s from %s resumes in state %s", tx.label, tx.calling_aet, tx.state)
         self._server.start()

@@ -149,8 +149,8 @@ def _file_system_sync(root: Path, durability: Durability) -> FileSystemSync | No
     if durability == "syncfs":
         raise OSError(
             errno.ENOTSUP,
-            f"durability = \"syncfs\" cannot be trusted for {root}: {untrusted};"
-            " set durability = \"auto\" or \"fsync\"",
+            f'durability = "syncfs" cannot be trusted for {root}: {untrusted};'
+            ' set durability = "auto" or "fsync"',
         )
     log.info("durability barrier for %s: parallel fsync (syncfs not used: %s)", root, untrusted)
     return None

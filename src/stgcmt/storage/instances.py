@@ -20,11 +20,14 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
+from stgcmt.config import Durability, VerifyPolicy
 from stgcmt.dicom.commitment import Reference
 from stgcmt.dicom.part10 import MalformedDataset, file_meta, scanned_attributes
 from stgcmt.dicom.status import (
@@ -43,9 +46,28 @@ from stgcmt.storage.interfaces import BlobStore, IndexedInstance, InstanceIndex,
 from stgcmt.storage.sqlite import ensure_writable_dir
 from stgcmt.storage.sqlite_index import SqliteInstanceIndex
 
-__all__ = ["InstanceStore", "StoreOutcome", "StoreRefused", "is_out_of_space", "sha256_of"]
+__all__ = [
+    "DurabilityBarrier",
+    "InstanceStore",
+    "StoreOutcome",
+    "StoreRefused",
+    "is_out_of_space",
+    "sha256_of",
+]
 
 log = logging.getLogger(__name__)
+
+ROUND_INTERVAL = 0.25
+"""Seconds between background durability rounds: short enough that a commitment sent right
+after its C-STOREs finds most of them durable, long enough that a round syncs many at once."""
+ROUND_ROWS = 20_000
+"""Rows one round takes at most (memory stays bounded; the next round takes the rest)."""
+BARRIER_ROWS = 20_000
+"""References a commitment keeps waiting for its barrier before it passes one (memory bound
+for a huge commitment; with the rounds, rarely reached)."""
+BARRIER_ATTEMPTS = 3
+"""Barriers for an instance replaced again and again while being made durable before it is
+reported failed (0110H)."""
 
 
 @dataclass(frozen=True)
@@ -87,10 +109,13 @@ class InstanceStore:
         max_bytes: int = 0,
         index: InstanceIndex | None = None,
         blobs: BlobStore | None = None,
+        durability: Durability = "auto",
     ) -> None:
         self.data_dir = Path(data_dir)
         ensure_writable_dir(self.data_dir, "data dir")
-        self.blobs: BlobStore = blobs if blobs is not None else FileBlobStore(self.data_dir)
+        self.blobs: BlobStore = (
+            blobs if blobs is not None else FileBlobStore(self.data_dir, durability)
+        )
         self.index: InstanceIndex = (
             index if index is not None else SqliteInstanceIndex(self.data_dir / "index.sqlite")
         )
@@ -102,6 +127,8 @@ class InstanceStore:
         # (resource limitation) rather than 0112H, which tells the sender to try again later.
         self._refused_for_space: set[str] = set()
         self._bytes = self.index.total_bytes()
+        self._rounds: threading.Thread | None = None
+        self._stop_rounds = threading.Event()
 
     @property
     def root(self) -> Path:
@@ -253,26 +280,22 @@ class InstanceStore:
 
     # -- the commitment barrier ----------------------------------------------------------------
 
-    def verify(self, refs: Sequence[Reference], policy: str) -> list[int]:
-        """Failure Reason per reference (0 = committed), checking by ``policy`` (exists, size
-        or checksum) and making every instance reported committed durable first."""
-        rows = self._lookup([r.sop_instance_uid for r in refs])
-        reasons = [self._check(ref, rows.get(ref.sop_instance_uid), policy) for ref in refs]
-        passing = {
-            ref.sop_instance_uid: rows[ref.sop_instance_uid]
-            for ref, reason in zip(refs, reasons, strict=True)
-            if reason == 0 and not rows[ref.sop_instance_uid].durable
-        }
-        if passing:
-            barrier_failure = self._make_durable(list(passing.values()))
-            if barrier_failure:
-                reasons = [
-                    barrier_failure if r == 0 and ref.sop_instance_uid in passing else r
-                    for ref, r in zip(refs, reasons, strict=True)
-                ]
-        return reasons
+    def barrier(self, policy: VerifyPolicy) -> DurabilityBarrier:
+        """A barrier for one commitment: check its references batch by batch, then make all
+        that pass durable at once."""
+        return DurabilityBarrier(self, policy)
 
-    def _check(self, ref: Reference, row: IndexedInstance | None, policy: str) -> int:
+    def verify(self, refs: Sequence[Reference], policy: VerifyPolicy) -> list[int]:
+        """Failure Reason per reference (0 = committed) with a barrier of their own."""
+        barrier = self.barrier(policy)
+        reasons = barrier.check(refs)
+        outcome = barrier.commit()
+        return [
+            outcome[ref.sop_instance_uid] if reason is None else reason
+            for ref, reason in zip(refs, reasons, strict=True)
+        ]
+
+    def _check(self, ref: Reference, row: IndexedInstance | None, policy: VerifyPolicy) -> int:
         if ref.sop_class_uid not in self.supported_classes:
             return SOP_CLASS_NOT_SUPPORTED
         if row is None:
@@ -287,21 +310,21 @@ class InstanceStore:
             return PROCESSING_FAILURE
         return 0
 
-    def _make_durable(self, rows: list[IndexedInstance]) -> int:
-        """Sync the blobs (files, then their directories), then mark the rows durable with a
-        synchronous commit. Returns 0, or the Failure Reason to report if stable storage
-        failed."""
-        try:
-            self.blobs.sync([row.blob for row in rows])
-            crash_point("scp.barrier.after_fsync")
-            self.index.mark_durable(rows, read_back=False)
-        except OSError as exc:
-            log.error("cannot make %d instances durable: %s", len(rows), exc)
-            return RESOURCE_LIMITATION if is_out_of_space(exc) else PROCESSING_FAILURE
-        return 0
+    def _make_durable(
+        self, rows: Sequence[IndexedInstance], policy: VerifyPolicy, after_sync: Callable[[], None]
+    ) -> set[str]:
+        """One sync of all the blobs (syncfs, or the files then their directories), then the
+        rows marked durable with one synchronous commit; returns the UIDs marked (a row whose
+        copy was replaced after the sync is not). Raises OSError if stable storage failed."""
+        self.blobs.sync([row.blob for row in rows])
+        after_sync()
+        return self.index.mark_durable(rows, read_back=policy == "checksum")
 
-    def blob_problem(self, row: IndexedInstance, policy: str) -> str | None:
-        """Why the blob behind an index row (inside the store) is not what the index says."""
+    def blob_problem(self, row: IndexedInstance, policy: VerifyPolicy) -> str | None:
+        """Why the blob behind an index row (inside the store) is not what the index says.
+        ``checksum`` reads the bytes back unless this copy was read back when it was made
+        durable (the read may come from the page cache: it proves what the file system
+        returns, not what the platter holds)."""
         where = self.blobs.locate(row.blob)
         try:
             size = self.blobs.size(row.blob)
@@ -309,11 +332,45 @@ class InstanceStore:
             return f"file {where} unreadable: {exc.strerror}"
         if policy in ("size", "checksum") and size != row.size:
             return f"file {where} has {size} bytes, index says {row.size}"
-        if policy == "checksum":
+        if policy == "checksum" and not row.read_back:
             digest = self.blobs.sha256(row.blob)
             if digest != row.sha256:
                 return f"file {where} SHA-256 {digest[:12]}… differs from index {row.sha256[:12]}…"
         return None
+
+    # -- the background durability round -------------------------------------------------------
+
+    def start_durability_rounds(self, policy: VerifyPolicy) -> None:
+        """Every :data:`ROUND_INTERVAL` seconds make what was stored since durable (checked by
+        ``policy``), so that a commitment finds most of its instances durable already and its
+        barrier has only the last ones left. Stopped by :meth:`close`."""
+        self._rounds = threading.Thread(
+            target=self._run_rounds, args=(policy,), name="stgcmt-durability", daemon=True
+        )
+        self._rounds.start()
+
+    def _run_rounds(self, policy: VerifyPolicy) -> None:
+        while not self._stop_rounds.wait(ROUND_INTERVAL):
+            try:
+                self.durability_round(policy)
+            except OSError as exc:  # the commitment barrier reports it: 0110H / 0213H
+                log.error("durability round failed (%s): retrying in %.2f s", exc, ROUND_INTERVAL)
+            except Exception:
+                log.exception("durability round failed: retrying in %.2f s", ROUND_INTERVAL)
+
+    def durability_round(self, policy: VerifyPolicy) -> int:
+        """One round over at most :data:`ROUND_ROWS` non-durable rows: those that pass
+        ``policy`` are synced and marked durable. Returns how many were marked."""
+        rows = [
+            row
+            for row in islice(self.index.non_durable(), ROUND_ROWS)
+            if self._inside_store(row) and self.blob_problem(row, policy) is None
+        ]
+        if not rows:
+            return 0
+        marked = self._make_durable(rows, policy, lambda: crash_point("scp.durability.after_sync"))
+        log.debug("durability round: %d instances made durable", len(marked))
+        return len(marked)
 
     # -- after a crash -------------------------------------------------------------------------
 
@@ -338,9 +395,82 @@ class InstanceStore:
         return dropped
 
     def close(self) -> None:
+        """Stop the durability rounds, then close the index and the blob store."""
+        self._stop_rounds.set()
+        if self._rounds is not None:
+            self._rounds.join(timeout=30)
         self.index.close()
         self.blobs.close()
 
 
 def is_out_of_space(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class DurabilityBarrier:
+    """The barrier of one commitment: :meth:`check` decides each reference by ``policy``
+    (batch by batch, as they are read from the journal) and keeps those that pass but are not
+    yet durable; :meth:`commit` then makes them all durable with one sync and one synchronous
+    commit — never one fsync after another."""
+
+    def __init__(self, store: InstanceStore, policy: VerifyPolicy) -> None:
+        self._store = store
+        self._policy = policy
+        self._waiting: dict[str, tuple[Reference, IndexedInstance]] = {}
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def check(self, refs: Sequence[Reference]) -> list[int | None]:
+        """Failure Reason per reference, 0 for one durable already, None for one that waits
+        for :meth:`commit`."""
+        rows = self._store._lookup([r.sop_instance_uid for r in refs])
+        reasons: list[int | None] = []
+        for ref in refs:
+            row = rows.get(ref.sop_instance_uid)
+            reason = self._store._check(ref, row, self._policy)
+            if reason == 0 and row is not None and not self._durable(row):
+                self._waiting[ref.sop_instance_uid] = (ref, row)
+                reasons.append(None)
+            else:
+                reasons.append(reason)
+        return reasons
+
+    def _durable(self, row: IndexedInstance) -> bool:
+        """Durable as this policy needs it: under ``checksum`` also read back once."""
+        return row.durable and (row.read_back or self._policy != "checksum")
+
+    def commit(self) -> dict[str, int]:
+        """Failure Reason per waiting UID: 0 once synced and marked durable, 0110H / 0213H if
+        stable storage failed. A copy replaced after the sync (``--overwrite-duplicates``) is
+        checked again and needs a sync of its own."""
+        outcome: dict[str, int] = {}
+        for _ in range(BARRIER_ATTEMPTS):
+            waiting, self._waiting = self._waiting, {}
+            if not waiting:
+                return outcome
+            marked, failure = self._pass(waiting)
+            outcome.update((uid, failure) for uid in waiting if failure or uid in marked)
+            replaced = [ref for uid, (ref, _) in waiting.items() if uid not in outcome]
+            outcome.update(
+                (ref.sop_instance_uid, reason)
+                for ref, reason in zip(replaced, self.check(replaced), strict=True)
+                if reason is not None
+            )
+        for uid in self._waiting:
+            log.error("instance %s replaced during every barrier: reported failed", shown(uid))
+            outcome[uid] = PROCESSING_FAILURE
+        self._waiting = {}
+        return outcome
+
+    def _pass(self, waiting: dict[str, tuple[Reference, IndexedInstance]]) -> tuple[set[str], int]:
+        """(UIDs marked, 0) or (nothing, the Failure Reason of a failed sync or commit)."""
+        rows = [row for _, row in waiting.values()]
+        try:
+            marked = self._store._make_durable(
+                rows, self._policy, lambda: crash_point("scp.barrier.after_fsync")
+            )
+        except OSError as exc:
+            log.error("cannot make %d instances durable: %s", len(rows), exc)
+            return set(), RESOURCE_LIMITATION if is_out_of_space(exc) else PROCESSING_FAILURE
+        return marked, 0

@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS instances (
     sha256 TEXT NOT NULL,
     source_aet TEXT,
     received_at REAL NOT NULL,
-    durable INTEGER NOT NULL DEFAULT 0
+    durable INTEGER NOT NULL DEFAULT 0,
+    read_back INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS instances_not_durable ON instances (durable) WHERE durable = 0;
 CREATE TABLE IF NOT EXISTS class_conflicts (
@@ -38,13 +39,10 @@ CREATE TABLE IF NOT EXISTS class_conflicts (
 )
 """
 
-_ROW = "sop_instance_uid, sop_class_uid, path, size, sha256, durable, received_at"
-# The durable column: 0 not yet synced, 1 synced, 2 synced and read back matching its SHA-256.
-SYNCED = 1
-READ_BACK = 2
+_ROW = "sop_instance_uid, sop_class_uid, path, size, sha256, durable, received_at, read_back"
 _MARK = (
-    "UPDATE instances SET durable = max(durable, ?) WHERE sop_instance_uid = ? AND sha256 = ?"
-    " AND received_at = ?"
+    "UPDATE instances SET durable = 1, read_back = max(read_back, ?)"
+    " WHERE sop_instance_uid = ? AND sha256 = ? AND received_at = ?"
 )
 _INSERT = (
     "INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid,"
@@ -56,8 +54,17 @@ _INSERT = (
 def _indexed(row: Sequence) -> IndexedInstance:
     """An :class:`IndexedInstance` from the columns of ``_ROW``."""
     return IndexedInstance(
-        row[0], row[1], row[2], row[3], row[4], row[5] >= SYNCED, row[6], row[5] >= READ_BACK
+        row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], bool(row[7])
     )
+
+
+def _add_read_back_column(db: Database) -> None:
+    """Indexes made before ``read_back`` existed get it (0: such rows are read back once more
+    by the checksum policy)."""
+    columns = {row[1] for row in db.query("PRAGMA table_info(instances)")}
+    if "read_back" not in columns:
+        with db.transaction() as conn:
+            conn.execute("ALTER TABLE instances ADD COLUMN read_back INTEGER NOT NULL DEFAULT 0")
 
 
 class SqliteInstanceIndex:
@@ -65,6 +72,7 @@ class SqliteInstanceIndex:
 
     def __init__(self, path: Path) -> None:
         self.db = Database(path, SCHEMA)
+        _add_read_back_column(self.db)
         self.path = path
 
     def lookup(self, uids: Sequence[str]) -> dict[str, IndexedInstance]:
@@ -113,11 +121,10 @@ class SqliteInstanceIndex:
         """One synchronous commit for the whole barrier; each UPDATE is keyed on the copy (UID,
         SHA-256, received_at), so a replacement stored since the caller's sync stays
         non-durable. A row already marked (by another round) counts as marked."""
-        level = READ_BACK if read_back else SYNCED
         marked: set[str] = set()
         with self.db.transaction(durable=True) as conn:
             for row in rows:
-                key = (level, row.sop_instance_uid, row.sha256, row.received_at)
+                key = (int(read_back), row.sop_instance_uid, row.sha256, row.received_at)
                 if conn.execute(_MARK, key).rowcount:
                     marked.add(row.sop_instance_uid)
         return marked
