@@ -11,15 +11,13 @@ body is buffered. What each action does is :mod:`.actions`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stgcmt.config import Timeouts
-from stgcmt.ul import fsm
+from stgcmt.ul import fsm, sockets
 from stgcmt.ul.acse import PresentationContext
 from stgcmt.ul.actions import ACTIONS, Abort, AssociationActions
 from stgcmt.ul.dimse import DEFAULT_MAX_DATA_SET_BYTES, MessageAssembler
@@ -100,6 +98,7 @@ class UpperLayer(AssociationActions, asyncio.Protocol):
         self.finished: asyncio.Future[None] = self._loop.create_future()
         """Done once the association is over and its service user has been told."""
         self._transport: asyncio.Transport | None = None
+        self._socket: Any = None  # the transport's socket, for its TCP options
         self._early: list[bytes] = []
         self._reader = PDUReader(self._check_header)
         self._assembler = MessageAssembler(max_data_set)
@@ -137,10 +136,8 @@ class UpperLayer(AssociationActions, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._socket = transport.get_extra_info("socket")
+        sockets.tune(self._socket)
         peername = transport.get_extra_info("peername") or ("", 0)
         self.address = (str(peername[0]), int(peername[1]))
         if self.is_requester:
@@ -162,6 +159,7 @@ class UpperLayer(AssociationActions, asyncio.Protocol):
             self._close_transport()
 
     def data_received(self, data: bytes) -> None:
+        sockets.rearm_quickack(self._socket)
         if self._transport is None:  # TLS: bytes may come before start_tls hands us over
             self._early.append(data)
             return
