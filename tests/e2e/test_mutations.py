@@ -89,9 +89,10 @@ def options(**overrides) -> SendOptions:
 def test_failed_fsync_is_reported_failed_never_committed(
     scp_factory, modality, instances, monkeypatch, code, reason
 ):
-    scp = scp_factory(remotes=(remote("MODALITY", modality.listen()),))
+    # fsync, not syncfs: the disk's answer is patched into fsync_path. Failing from before the
+    # C-STOREs on, so that the background durability round cannot make them durable first.
+    scp = scp_factory(remotes=(remote("MODALITY", modality.listen()),), durability="fsync")
     paths = instances(2)
-    assert modality.store(scp.port, paths) == [0, 0]
     calls: list[str] = []
 
     def failing_fsync(path):  # the disk answers the barrier's fsync with an error
@@ -99,6 +100,7 @@ def test_failed_fsync_is_reported_failed_never_committed(
         raise OSError(code, os.strerror(code), str(path))
 
     monkeypatch.setattr(fsync_module, "fsync_path", failing_fsync)
+    assert modality.store(scp.port, paths) == [0, 0]
     assert modality.commit(scp.port, refs_of(paths), "1.2.3.900") == 0
     assert modality.wait_report(REPORT_WAIT)
     event_type, information, _ = modality.reports[0]
@@ -158,8 +160,8 @@ def test_fsync_eio_from_the_disk_fails_the_commitment_with_0110(
     data_dir, arm = eio_instances
     scp = scp_factory(remotes=(remote("MODALITY", modality.listen()),), data_dir=data_dir)
     paths = instances(2)
+    arm.touch()  # before the C-STOREs: the background durability round fails on them too
     assert modality.store(scp.port, paths) == [0, 0]  # writes and renames still work
-    arm.touch()
     assert modality.commit(scp.port, refs_of(paths), "1.2.3.902") == 0
     assert modality.wait_report(REPORT_WAIT)
     event_type, information, _ = modality.reports[0]
