@@ -305,9 +305,12 @@ class ScpQueries(Protocol):
         ``received_at``, ``until`` excluded; Patient ID / Study UID of any referenced instance
         in the index), newest first: ``{"total": N, "items": [row, ...]}``."""
 
-    def transaction(self, tx_id: int) -> dict[str, Any] | None:
-        """One transaction's row with ``references``: seq, SOP Class/Instance UID,
-        failure_reason, and from the index study_instance_uid, patient_id, durable."""
+    def transaction(
+        self, tx_id: int, *, refs_limit: int | None = None, refs_offset: int = 0
+    ) -> dict[str, Any] | None:
+        """One transaction's row with ``references`` (``refs_limit`` of them, None: all, from
+        ``refs_offset``): seq, SOP Class/Instance UID, failure_reason, and from the index
+        study_instance_uid, patient_id, durable."""
 
     def find_instances(
         self,

@@ -132,9 +132,12 @@ class SqliteScpQueries:
         finally:
             conn.close()
 
-    def transaction(self, tx_id: int) -> dict[str, Any] | None:
+    def transaction(
+        self, tx_id: int, *, refs_limit: int | None = None, refs_offset: int = 0
+    ) -> dict[str, Any] | None:
         """One transaction, all columns, with its references (Failure Reason, and the index's
-        Study UID, Patient ID and durable flag when it holds the instance)."""
+        Study UID, Patient ID and durable flag when it holds the instance), ``refs_limit`` of
+        them (None: all) from ``refs_offset``."""
         conn = self._journal_with_index()
         try:
             row = conn.execute("SELECT * FROM transactions WHERE id = ?", (tx_id,)).fetchone()
@@ -144,8 +147,8 @@ class SqliteScpQueries:
                 "SELECT r.seq, r.sop_class_uid, r.sop_instance_uid, r.failure_reason,"
                 " i.study_instance_uid, i.patient_id, i.durable FROM refs r"
                 " LEFT JOIN idx.instances i ON i.sop_instance_uid = r.sop_instance_uid"
-                " WHERE r.tx_id = ? ORDER BY r.seq",
-                (tx_id,),
+                " WHERE r.tx_id = ? ORDER BY r.seq LIMIT ? OFFSET ?",
+                (tx_id, -1 if refs_limit is None else refs_limit, refs_offset),
             ).fetchall()
         finally:
             conn.close()
