@@ -107,3 +107,14 @@ def postgres_url(postgres_cluster) -> Iterator[str]:
     name = postgres_cluster.create_database()
     yield postgres_cluster.url(name)
     postgres_cluster.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def scp_backend(request, tmp_path: Path):
+    """The SCP's storage on each backend in turn (support/backends.py); closed afterwards."""
+    from support.backends import Backend
+
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    backend = Backend(request.param, tmp_path / "scp-data", url)
+    yield backend
+    backend.close()

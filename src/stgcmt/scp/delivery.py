@@ -20,7 +20,8 @@ from stgcmt.events import Events, ReportDelivered, ReportFailed, ReportGivenUp
 from stgcmt.faults import crash_point
 from stgcmt.scp.requesters import Requesters
 from stgcmt.storage import STORAGE_ERRORS
-from stgcmt.storage.scp_journal import REPORT_PENDING, CommitmentJournal, Transaction
+from stgcmt.storage.interfaces import ScpJournal
+from stgcmt.storage.scp_journal import REPORT_PENDING, Transaction
 
 log = logging.getLogger("stgcmt.scp")
 
@@ -50,7 +51,7 @@ class Delivery:
     def __init__(
         self,
         config: ScpConfig,
-        journal: CommitmentJournal,
+        journal: ScpJournal,
         requesters: Requesters,
         wake: threading.Condition,
         events: Events | None = None,

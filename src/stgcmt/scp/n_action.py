@@ -28,7 +28,7 @@ from stgcmt.events import CommitmentRequested, Events, Peer
 from stgcmt.faults import crash_point
 from stgcmt.scp.requesters import Requesters
 from stgcmt.storage.instances import shown
-from stgcmt.storage.scp_journal import CommitmentJournal
+from stgcmt.storage.interfaces import ScpJournal
 
 log = logging.getLogger("stgcmt.scp")
 
@@ -48,7 +48,7 @@ class NAction:
     def __init__(
         self,
         config: ScpConfig,
-        journal: CommitmentJournal,
+        journal: ScpJournal,
         requesters: Requesters,
         journal_ok: Callable[[], None],
         events: Events | None = None,

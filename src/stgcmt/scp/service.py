@@ -31,14 +31,13 @@ from stgcmt.scp.delivery import Delivery
 from stgcmt.scp.n_action import NAction
 from stgcmt.scp.requesters import Requesters
 from stgcmt.scp.verification import Verification
+from stgcmt.storage.backends import open_scp_queries, open_scp_storage
 from stgcmt.storage.instances import InstanceStore
-from stgcmt.storage.interfaces import ScpQueries
-from stgcmt.storage.queries import SqliteScpQueries
+from stgcmt.storage.interfaces import ScpJournal, ScpQueries
 from stgcmt.storage.scp_journal import (
     RECEIVED,
     REPORT_PENDING,
     VERIFYING,
-    CommitmentJournal,
     Transaction,
 )
 
@@ -52,14 +51,16 @@ class StorageCommitmentSCP:
         self.config = config.checked()
         self.events = events or Events()
         data_dir = config.data_dir
+        storage = open_scp_storage(self.config.database, data_dir, self.config.port)
         self.store = InstanceStore(
             data_dir,
             supported_classes=ul.STORAGE_SOP_CLASSES,
             overwrite_duplicates=config.overwrite_duplicates,
             max_bytes=config.max_store_bytes,
             durability=config.durability,
+            index=storage.index,
         )
-        self.journal = CommitmentJournal(data_dir / "commitment.sqlite")
+        self.journal: ScpJournal = storage.journal
         self._wake = threading.Condition(threading.Lock())
         self._stopping = False
         self._requesters = Requesters(self._wake)
@@ -207,7 +208,7 @@ class StorageCommitmentSCP:
     @property
     def queries(self) -> ScpQueries:
         """Read-only views of this archive's data, safe from any thread."""
-        return SqliteScpQueries(self.config.data_dir)
+        return open_scp_queries(self.config.database.url, self.config.data_dir)
 
     def retry_report(self, tx_id: int) -> Transaction:
         """Deliver a pending report now instead of at its scheduled attempt. Raises

@@ -161,7 +161,9 @@ class BlobStore(Protocol):
 class ScpJournal(Protocol):
     """The SCP's commitment journal (see :mod:`stgcmt.storage.scp_journal` for the states)."""
 
-    path: Path
+    @property
+    def path(self) -> Path | str:
+        """Where it is, for log lines: the SQLite file, or the database URL (no password)."""
 
     def record_request(
         self,
@@ -177,6 +179,10 @@ class ScpJournal(Protocol):
     def in_state(self, *states: str) -> list[ScpTransaction]: ...
 
     def latest_finished(self, transaction_uid: str) -> ScpTransaction | None: ...
+
+    def claim(self, tx_id: int) -> ScpTransaction | None:
+        """Own an active transaction before verifying it or delivering its report: its fresh
+        row, or None when it is finished or another node of the cluster holds its lease."""
 
     def set_state(self, tx_id: int, state: str) -> None: ...
 
@@ -385,3 +391,15 @@ if TYPE_CHECKING:  # conformance, checked by mypy: an implementation that drifts
         _scu: ScuJournal = scu
         _scp_queries: ScpQueries = scp_queries
         _scu_queries: ScuQueries = scu_queries
+
+if TYPE_CHECKING:  # the PostgreSQL backend conforms to the same Protocols
+    from stgcmt.storage.postgres.index import PgInstanceIndex
+    from stgcmt.storage.postgres.journal import PgScpJournal
+    from stgcmt.storage.postgres.queries import PgScpQueries
+
+    def _postgres_conformance(
+        index: PgInstanceIndex, scp: PgScpJournal, scp_queries: PgScpQueries
+    ) -> None:
+        _index: InstanceIndex = index
+        _scp: ScpJournal = scp
+        _scp_queries: ScpQueries = scp_queries

@@ -150,6 +150,13 @@ class CommitmentJournal:
         )
         return self.get(rows[0][0]) if rows else None
 
+    def claim(self, tx_id: int) -> Transaction | None:
+        """The fresh row of an active transaction this node may work on, None once it is
+        finished. One node owns the whole SQLite journal, so there is no lease to take (the
+        PostgreSQL journal leases it, see :mod:`stgcmt.storage.postgres.journal`)."""
+        tx = self.get(tx_id)
+        return tx if tx.state in ACTIVE_STATES else None
+
     def set_state(self, tx_id: int, state: str) -> None:
         with self.db.transaction() as conn:
             conn.execute(

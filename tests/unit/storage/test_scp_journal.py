@@ -1,7 +1,12 @@
-"""The SCP's commitment journal: states, durable requests, duplicates, batches, attempts."""
+"""The SCP's commitment journal: states, durable requests, duplicates, batches, attempts, on
+both backends (SQLite file, PostgreSQL); then what only the shared PostgreSQL journal does
+(leases between nodes, cluster-wide duplicates)."""
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -9,8 +14,7 @@ import pytest
 from stgcmt.dicom.commitment import Reference
 from stgcmt.dicom.status import NO_SUCH_OBJECT_INSTANCE
 from stgcmt.storage import scp_journal as sj
-from stgcmt.storage.interfaces import JournalTransaction
-from stgcmt.storage.queries import SqliteScpQueries
+from stgcmt.storage.interfaces import JournalTransaction, ScpJournal
 from stgcmt.storage.scp_journal import CommitmentJournal
 
 CLASS = "1.2.840.10008.5.1.4.1.1.7"
@@ -21,39 +25,39 @@ def refs(count: int, start: int = 0) -> list[Reference]:
 
 
 @pytest.fixture
-def journal(tmp_path: Path):
+def journal(scp_backend):
+    return scp_backend.journal()
+
+
+@pytest.fixture
+def sqlite_journal(tmp_path: Path):
     j = CommitmentJournal(tmp_path / "commitment.sqlite")
     yield j
     j.close()
 
 
-def request(journal: CommitmentJournal, uid: str = "1.2.3.100", count: int = 2):
+def request(journal: ScpJournal, uid: str = "1.2.3.100", count: int = 2):
     return journal.record_request(uid, "MODALITY", "127.0.0.1", "new", refs(count))
 
 
-def test_record_request_starts_received_and_survives_reopening(journal, tmp_path):
+def test_record_request_starts_received_and_survives_reopening(journal, scp_backend):
     tx = request(journal, count=3)
     assert isinstance(tx, JournalTransaction)
     assert (tx.state, tx.n_refs, tx.attempts, tx.duplicate_of) == (sj.RECEIVED, 3, 0, None)
     assert (tx.calling_aet, tx.peer_host, tx.report_assoc) == ("MODALITY", "127.0.0.1", "new")
     assert tx.label == f"transaction 1.2.3.100 (#{tx.id})"
     # durable before the N-ACTION is answered: another reader and a new journal see it
-    assert [t["transaction_uid"] for t in SqliteScpQueries(tmp_path).transactions()] == [
-        "1.2.3.100"
-    ]
+    assert [t["transaction_uid"] for t in scp_backend.queries().transactions()] == ["1.2.3.100"]
     journal.close()
-    reopened = CommitmentJournal(tmp_path / "commitment.sqlite")
-    try:
-        assert reopened.get(tx.id) == tx
-        assert [ref for _, ref in next(reopened.reference_batches(tx.id))] == refs(3)
-    finally:
-        reopened.close()
+    reopened = scp_backend.journal()
+    assert reopened.get(tx.id) == tx
+    assert [ref for _, ref in next(reopened.reference_batches(tx.id))] == refs(3)
 
 
-def test_record_request_commits_with_full_sync(journal):
+def test_record_request_commits_with_full_sync(sqlite_journal):
     """The promise is made durable (synchronous=FULL for its commit), then NORMAL again."""
-    request(journal)
-    assert journal.db.query("PRAGMA synchronous")[0][0] == 1
+    request(sqlite_journal)
+    assert sqlite_journal.db.query("PRAGMA synchronous")[0][0] == 1
 
 
 def test_state_progression_to_delivered(journal):
@@ -106,7 +110,7 @@ def test_a_uid_still_active_makes_a_duplicate(journal):
     assert other_uid_is_not_duplicate(journal)
 
 
-def other_uid_is_not_duplicate(journal: CommitmentJournal) -> bool:
+def other_uid_is_not_duplicate(journal: ScpJournal) -> bool:
     return request(journal, uid="1.2.3.200").duplicate_of is None
 
 
@@ -138,3 +142,118 @@ def test_empty_request_has_no_batches_and_an_empty_report(journal):
     assert (queued.n_committed, queued.n_failed) == (0, 0)
     report = journal.report(queued, "SCP")
     assert report.committed == [] and report.failed == []
+
+
+def test_claim_gives_the_fresh_row_until_the_transaction_is_finished(journal):
+    tx = request(journal)
+    journal.set_state(tx.id, sj.VERIFYING)
+    claimed = journal.claim(tx.id)
+    assert claimed is not None and claimed.state == sj.VERIFYING  # fresh, not the old row
+    journal.finish_verification(tx.id, first_attempt_at=0.0)
+    assert journal.claim(tx.id) == journal.get(tx.id)
+    journal.mark_delivered(tx.id, "new association")
+    assert journal.claim(tx.id) is None
+
+
+# -- the shared PostgreSQL journal: several nodes --------------------------------------------
+
+
+@pytest.fixture
+def nodes(postgres_url, tmp_path):
+    """Two nodes' journals on one database (leases of 0.3 s, so expiry is quick to reach)."""
+    from support.backends import Backend
+
+    backend = Backend("postgresql", tmp_path / "data", postgres_url)
+    yield backend.journal("node-a", lease=0.3), backend.journal("node-b", lease=0.3)
+    backend.close()
+
+
+def _lease(journal, tx_id: int) -> tuple[str | None, float | None]:
+    return tuple(
+        journal.db.query(  # type: ignore[return-value]
+            "SELECT lease_node, lease_until FROM transactions WHERE id = %s", (tx_id,)
+        )[0]
+    )
+
+
+def test_the_receiving_node_holds_the_request_until_its_lease_expires(nodes):
+    """No other node may verify or report before the receiving node has answered."""
+    a, b = nodes
+    tx = request(a)
+    assert b.claim(tx.id) is None
+    assert a.claim(tx.id) is not None  # renewed by its holder
+    assert b.claim(tx.id) is None
+    time.sleep(0.4)
+    taken = b.claim(tx.id)
+    assert taken is not None and taken.id == tx.id
+    assert _lease(a, tx.id)[0] == "node-b"
+    assert a.claim(tx.id) is None  # now the other way round
+
+
+def test_a_failed_attempt_keeps_the_lease_until_the_next_attempt_is_due(nodes):
+    a, b = nodes
+    tx = request(a)
+    a.finish_verification(tx.id, first_attempt_at=0.0)
+    next_at = time.time() + 0.8
+    a.record_failed_attempt(tx.id, "cannot connect", next_attempt_at=next_at)
+    assert _lease(a, tx.id) == ("node-a", next_at)
+    time.sleep(0.4)  # past the lease, not yet the next attempt: no early retry elsewhere
+    assert b.claim(tx.id) is None
+    time.sleep(0.5)
+    assert b.claim(tx.id) is not None
+
+
+def test_postponing_and_delivering_release_the_lease(nodes):
+    a, b = nodes
+    tx = request(a)
+    a.finish_verification(tx.id, first_attempt_at=0.0)
+    a.postpone(tx.id, "waiting for the requester", next_attempt_at=time.time() + 60)
+    assert _lease(a, tx.id) == (None, None)
+    assert b.claim(tx.id) is not None  # the requester came back to node B
+    b.mark_delivered(tx.id, "the association it opened")
+    row = b.db.query(
+        "SELECT received_by, verified_by, delivered_by, lease_node FROM transactions WHERE id = %s",
+        (tx.id,),
+    )[0]
+    assert row == ("node-a", "node-a", "node-b", None)
+    assert a.claim(tx.id) is None
+
+
+def test_a_claim_is_taken_by_exactly_one_of_many_racing_nodes(postgres_url, tmp_path):
+    """Eight nodes claim one expired transaction at the same moment: one wins."""
+    from support.backends import Backend
+
+    backend = Backend("postgresql", tmp_path / "data", postgres_url)
+    try:
+        journals = [backend.journal(f"node-{i}", lease=30.0) for i in range(8)]
+        tx = request(journals[0])
+        journals[0].db.query("UPDATE transactions SET lease_until = 0 RETURNING id")
+        start = threading.Barrier(len(journals))
+
+        def claim(journal):
+            start.wait(timeout=10)
+            return journal.claim(tx.id)
+
+        with ThreadPoolExecutor(len(journals)) as pool:
+            won = [c for c in pool.map(claim, journals) if c is not None]
+        assert len(won) == 1
+        assert _lease(journals[0], tx.id)[0] in {f"node-{i}" for i in range(8)}
+    finally:
+        backend.close()
+
+
+def test_a_duplicate_transaction_uid_is_seen_across_nodes(nodes):
+    a, b = nodes
+    first = request(a)
+    second = request(b)
+    assert second.duplicate_of == first.id
+
+
+def test_a_verification_taken_over_is_not_queued_twice(nodes):
+    """Node A's late finish after node B delivered must not put the report back in the queue."""
+    a, b = nodes
+    tx = request(a)
+    b.finish_verification(tx.id, first_attempt_at=0.0)
+    b.mark_delivered(tx.id, "new association")
+    late = a.finish_verification(tx.id, first_attempt_at=0.0)
+    assert late.state == sj.DELIVERED
