@@ -95,7 +95,9 @@ class CollectorTls:
 class Rsyslog:
     """``rsyslogd -n -f CONF -i PIDFILE`` with UDP, and TLS when given certificates."""
 
-    def __init__(self, folder: Path, tls: CollectorTls | None = None) -> None:
+    def __init__(
+        self, folder: Path, tls: CollectorTls | None = None, tls_port: int | None = None
+    ) -> None:
         self.binary = ensure_debian_package("rsyslogd", "rsyslog")
         if tls is not None:
             _ensure_gtls_driver()
@@ -103,7 +105,7 @@ class Rsyslog:
         folder.mkdir(parents=True, exist_ok=True)
         self.tls = tls
         self.udp_port = free_udp_port()
-        self.tls_port = free_port() if tls is not None else None
+        self.tls_port = (tls_port or free_port()) if tls is not None else None
         self.received = folder / "received.log"
         self.internal = folder / "rsyslogd.log"
         self.proc: subprocess.Popen[bytes] | None = None
