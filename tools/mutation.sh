@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Mutation testing of the safety-critical modules (mutmut 3.x), on a throw-away copy of HEAD.
 #
-#   tools/mutation.sh                 # every module below
+#   tools/mutation.sh                       # every module below
 #   tools/mutation.sh scu-files admission   # only these
+#   tools/mutation.sh --report [NAMES]      # score the last runs again, without running
 #
 # Never mutates this tree: `git archive HEAD` is unpacked into $MUTATION_DIR/<module>
 # (default /tmp/stgcmt-mutation) and mutmut runs there, with that copy's src/ first on
@@ -11,8 +12,9 @@
 # (MUTATION_JOBS); tools/mutation_hits.py counts the calls made in the `stgcmt` processes the
 # tests start as well. Mutants run in children of mutmut's fork server, never forked from the
 # process that ran the stats: that one's engine-loop thread is gone in a fork, and every test
-# would hang there (a false "timeout"). mutmut is in the `test` extras; if missing it is
-# pip-installed into .venv.
+# would hang there (a false "timeout"). Log calls are not mutated: their wording is for people,
+# no behaviour depends on it (what users rely on is tested: statuses, files, exit codes).
+# mutmut is in the `test` extras; if missing it is pip-installed into .venv.
 # Prints per module: killed / survived / timeout / no tests / score, the surviving mutants,
 # and an overall score. Slow (minutes per module): not part of .ci/run.
 set -euo pipefail
@@ -35,40 +37,10 @@ storage-files|src/stgcmt/storage/files.py|stgcmt.storage.files.*sync*|tests/unit
 scu-reports|src/stgcmt/scu/reports.py||tests/e2e/test_scu.py tests/e2e/test_scu_trust.py
 delivery|src/stgcmt/scp/delivery.py||tests/e2e/test_scp.py tests/e2e/test_scp_faults.py
 '
-wanted=" $* "
-total_k=0; total_n=0
-mkdir -p "$OUT"
-while IFS='|' read -r name file filter tests; do
-    [ -n "$name" ] || continue
-    [ $# -eq 0 ] || [[ $wanted == *" $name "* ]] || continue
-    dir=$OUT/$name
-    rm -rf "$dir"; mkdir -p "$dir"
-    git -C "$ROOT" archive HEAD | tar -x -C "$dir"
-    sel=$(printf '"%s", ' tests/e2e/test_mutations.py $tests)
-    mkdir -p "$dir/.hooks"
-    cp "$dir/tools/mutation_hits.py" "$dir/.hooks/"
-    echo 'import mutation_hits; mutation_hits.install()' >"$dir/.hooks/sitecustomize.py"
-    cat >> "$dir/pyproject.toml" <<TOML
-
-[tool.mutmut]
-source_paths = ["src/"]
-only_mutate = ["$file"]
-pytest_add_cli_args_test_selection = [${sel%, }]
-pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "mutation_hits", "-q"]
-process_isolation = "forkserver"
-timeout_multiplier = 2.0
-timeout_constant = 10.0
-TOML
-    echo "== $name: mutating $file ${filter:+($filter)} with: tests/e2e/test_mutations.py $tests"
-    mkdir -p "$dir/mutants/src"   # must exist at start-up, or Python caches it as absent on sys.path
-    names=()
-    if [ -n "$filter" ]; then
-        IFS=',' read -ra names <<<"$filter"
-    fi
-    (cd "$dir" && PYTHONPATH="$dir/mutants/src:$dir/.hooks" "$MUTMUT" run --max-children "$JOBS" "${names[@]}") \
-        >"$dir/run.log" 2>&1 || { echo "mutmut failed, see $dir/run.log"; tail -20 "$dir/run.log"; continue; }
-    (cd "$dir" && "$MUTMUT" results --all true) >"$dir/results.txt" 2>&1 || true
-    counts=$("$PY" - "$dir/results.txt" "$filter" <<'PYEOF'
+# Scores one module's last run ($OUT/<name>/results.txt): prints its line and survivors on
+# stderr, "killed+timeout scored" on stdout.
+score() {
+    "$PY" - "$1" "$2" <<'PYEOF'
 import fnmatch, sys
 status = {}
 pats = [p for p in sys.argv[2].split(",") if p]
@@ -85,14 +57,65 @@ nt = sum(s == "no tests" for s in status.values())
 other = len(status) - k - len(sv) - t - nt
 scored = k + t + len(sv) + nt
 score = 100.0 * (k + t) / scored if scored else 0.0
-print(f"{k} {t} {scored}")
+print(f"{k + t} {scored}")
 print(f"   killed {k}  survived {len(sv)}  timeout {t}  no tests {nt}  other {other}  score {score:.1f}%", file=sys.stderr)
 for n in sv:
     print(f"   survived: {n}", file=sys.stderr)
 PYEOF
-    )
-    read -r k t n <<<"$counts"
-    total_k=$((total_k + k + t)); total_n=$((total_n + n))
-    echo "   (mutmut show <name> in $dir to see a mutant)"
-done <<<"$MODULES"
-[ "$total_n" -eq 0 ] || echo "== overall: $total_k/$total_n killed (incl. timeouts) = $((100 * total_k / total_n))%"
+}
+
+# Runs mutmut on one module, in a fresh copy of HEAD.
+run_module() {
+    local name=$1 file=$2 filter=$3 tests=$4 dir=$OUT/$1 sel names=()
+    rm -rf "$dir"; mkdir -p "$dir"
+    git -C "$ROOT" archive HEAD | tar -x -C "$dir"
+    sel=$(printf '"%s", ' tests/e2e/test_mutations.py $tests)
+    mkdir -p "$dir/.hooks"
+    cp "$dir/tools/mutation_hits.py" "$dir/.hooks/"
+    echo 'import mutation_hits; mutation_hits.install()' >"$dir/.hooks/sitecustomize.py"
+    cat >> "$dir/pyproject.toml" <<TOML
+
+[tool.mutmut]
+source_paths = ["src/"]
+only_mutate = ["$file"]
+pytest_add_cli_args_test_selection = [${sel%, }]
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "mutation_hits", "-q"]
+process_isolation = "forkserver"
+do_not_mutate_patterns = ['^\\s*log\\.(debug|info|warning|error|exception)\\(']
+timeout_multiplier = 2.0
+timeout_constant = 10.0
+TOML
+    mkdir -p "$dir/mutants/src"   # must exist at start-up, or Python caches it as absent on sys.path
+    if [ -n "$filter" ]; then
+        IFS=',' read -ra names <<<"$filter"
+    fi
+    (cd "$dir" && PYTHONPATH="$dir/mutants/src:$dir/.hooks" "$MUTMUT" run --max-children "$JOBS" "${names[@]}") \
+        >"$dir/run.log" 2>&1 || { echo "mutmut failed, see $dir/run.log"; tail -20 "$dir/run.log"; return 1; }
+    (cd "$dir" && "$MUTMUT" results --all true) >"$dir/results.txt" 2>&1 || true
+}
+
+main() {
+    local report=0 total_k=0 total_n=0 counts k n
+    if [ "${1:-}" = --report ]; then report=1; shift; fi
+    local wanted=" $* "
+    mkdir -p "$OUT"
+    while IFS='|' read -r name file filter tests; do
+        [ -n "$name" ] || continue
+        [ $# -eq 0 ] || [[ $wanted == *" $name "* ]] || continue
+        echo "== $name: mutating $file ${filter:+($filter)} with: tests/e2e/test_mutations.py $tests"
+        if [ $report -eq 0 ]; then
+            run_module "$name" "$file" "$filter" "$tests" || continue
+        elif [ ! -f "$OUT/$name/results.txt" ]; then
+            echo "   not run yet"; continue
+        fi
+        counts=$(score "$OUT/$name/results.txt" "$filter")
+        read -r k n <<<"$counts"
+        total_k=$((total_k + k)); total_n=$((total_n + n))
+        echo "   (mutmut show <name> in $OUT/$name to see a mutant)"
+    done <<<"$MODULES"
+    [ "$total_n" -eq 0 ] || awk -v k="$total_k" -v n="$total_n" \
+        'BEGIN { printf "== overall: %d/%d killed (incl. timeouts) = %.1f%%\n", k, n, 100 * k / n }'
+}
+
+main "$@"
+exit
