@@ -16,9 +16,11 @@ from stgcmt.cli.common import (
     subcommand,
     tls_config,
 )
+from stgcmt.cli.http_opts import add_http_flag, http_config, start_http
 from stgcmt.cli.scu_config import add_scu_config_flags, apply_scu_config
 from stgcmt.cli.send_cmd import add_journal_flag, add_reporter_flag
 from stgcmt.config import ConfigError
+from stgcmt.http import serve_agent
 from stgcmt.logs import setup_logging
 from stgcmt.scu import DEFAULT_AET, DEFAULT_LISTEN_BIND, DEFAULT_PORT, Agent, default_journal_path
 
@@ -47,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_reporter_flag(p)
     add_journal_flag(p)
     add_tls_flags(p)
+    add_http_flag(p)
     add_scu_config_flags(p)
     add_logging_flags(p)
     p.set_defaults(run=run)
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     port = args.port or config.listen_port or DEFAULT_PORT
     try:
         tls = tls_config(args).checked()
+        http = http_config(config.http, args)
         agent = Agent(
             args.journal or default_journal_path(),
             args.aet,
@@ -74,9 +78,16 @@ def run(args: argparse.Namespace) -> int:
             max_pdu=args.max_pdu,
         )
         agent.start()
+        try:
+            web = start_http(serve_agent, agent, http)
+        except OSError:
+            agent.stop()
+            raise
     except (ConfigError, OSError) as exc:  # e.g. StorageUnavailable: the journal's path
         return fail(args, f"cannot start the agent: {exc}")
     stop.wait()
     log.info("shutting down")
+    if web is not None:
+        web.stop()
     agent.stop()
     return 0

@@ -23,7 +23,9 @@ from stgcmt.cli.common import (
     subcommand,
     tls_overrides,
 )
+from stgcmt.cli.http_opts import add_http_flag, http_config, start_http
 from stgcmt.config import REPORT_ROUTE_CHOICES, VERIFY_CHOICES, ConfigError, load_scp_config
+from stgcmt.http import serve_scp
 from stgcmt.logs import setup_logging
 from stgcmt.scp import StorageCommitmentSCP, StorageUnavailable
 
@@ -45,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=port_number, help="listen port (default 11112)")
     p.add_argument("--data-dir", type=Path, help="files and index (default ./stgcmt-data)")
     p.add_argument("--config", type=Path, metavar="FILE.toml", help="TOML configuration")
+    add_http_flag(p)
     p.add_argument(
         "--remote",
         action="append",
@@ -211,8 +214,14 @@ def run(args: argparse.Namespace) -> int:
                 "give_up_after": args.give_up_after,
             },
         )
+        http = http_config(config.http, args)
         scp = StorageCommitmentSCP(config)
         scp.start()
+        try:
+            web = start_http(serve_scp, scp, http)
+        except OSError:
+            scp.stop()
+            raise
     except StorageUnavailable as exc:
         return fail(args, f"cannot start the SCP: {exc} (--data-dir)")
     except (ConfigError, OSError) as exc:
@@ -222,5 +231,7 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
     log.info("shutting down")
+    if web is not None:
+        web.stop()
     scp.stop()
     return 0

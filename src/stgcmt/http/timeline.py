@@ -1,0 +1,158 @@
+"""What happened recently, in memory, for the dashboard: per-minute counts (stores,
+commitments, delivered reports, N-ACTION to report latency), each peer's last association, and
+each transaction's delivery attempts with their errors. Fed by the service's events; bounded
+(a few hours of minutes, the latest transactions), and lost at restart by design: the journal
+stays the record, this is only the picture of the last hours."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from stgcmt.events import (
+    AssociationAccepted,
+    AssociationRejected,
+    CommitmentRequested,
+    Event,
+    InstanceStored,
+    Peer,
+    ReportDelivered,
+    ReportFailed,
+    ReportGivenUp,
+)
+
+MINUTES = 180
+"""Minutes the charts can show."""
+TRANSACTIONS = 2000
+"""Transactions whose delivery attempts are remembered (the newest)."""
+ATTEMPTS = 50
+"""Attempts remembered per transaction."""
+
+
+@dataclass
+class Minute:
+    """One minute's counts (``at``: its start, epoch seconds)."""
+
+    at: int
+    stores: int = 0
+    store_failures: int = 0
+    bytes: int = 0
+    commitments: int = 0
+    reports: int = 0
+    report_failures: int = 0
+    latency_sum: float = 0.0
+    latency_max: float = 0.0
+
+
+class Timeline:
+    """The events observer behind ``/api/v1/timeline`` and the attempt histories."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._minutes: deque[Minute] = deque(maxlen=MINUTES)
+        self._attempts: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
+        self._peers: dict[str, dict[str, Any]] = {}
+
+    def observe(self, event: Event) -> None:
+        with self._lock:
+            match event:
+                case InstanceStored():
+                    minute = self._minute(event.at)
+                    minute.stores += 1
+                    minute.store_failures += event.status != 0
+                    minute.bytes += event.size
+                case CommitmentRequested():
+                    self._minute(event.at).commitments += event.status == 0
+                case ReportDelivered():
+                    minute = self._minute(event.at)
+                    minute.reports += 1
+                    minute.latency_sum += event.latency
+                    minute.latency_max = max(minute.latency_max, event.latency)
+                    self._attempt(event.transaction_uid, event.at, "delivered", None, event.via)
+                case ReportFailed():
+                    self._minute(event.at).report_failures += 1
+                    self._attempt(
+                        event.transaction_uid,
+                        event.at,
+                        "failed",
+                        event.error,
+                        None,
+                        event.next_attempt_at,
+                    )
+                case ReportGivenUp():
+                    self._attempt(event.transaction_uid, event.at, "given up", event.error, None)
+                case AssociationAccepted():
+                    self._association(event.peer, event.at, "accepted", None)
+                case AssociationRejected():
+                    self._association(event.peer, event.at, "rejected", event.detail)
+
+    def _minute(self, at: float) -> Minute:
+        start = int(at // 60 * 60)
+        if not self._minutes or self._minutes[-1].at < start:
+            self._minutes.append(Minute(start))
+            return self._minutes[-1]
+        for minute in reversed(self._minutes):  # an event from a thread that lagged behind
+            if minute.at <= start:
+                return minute
+        return self._minutes[0]
+
+    def _attempt(
+        self,
+        transaction_uid: str,
+        at: float,
+        outcome: str,
+        error: str | None,
+        via: str | None,
+        next_attempt_at: float | None = None,
+    ) -> None:
+        attempts = self._attempts.pop(transaction_uid, None) or deque(maxlen=ATTEMPTS)
+        attempts.append(
+            {
+                "at": at,
+                "outcome": outcome,
+                "error": error,
+                "via": via,
+                "next_attempt_at": next_attempt_at,
+            }
+        )
+        self._attempts[transaction_uid] = attempts
+        while len(self._attempts) > TRANSACTIONS:
+            self._attempts.popitem(last=False)
+
+    def _association(self, peer: Peer, at: float, outcome: str, detail: str | None) -> None:
+        self._peers[peer.calling_aet] = {
+            "at": at,
+            "host": peer.host,
+            "outcome": outcome,
+            "detail": detail,
+        }
+
+    # -- views ------------------------------------------------------------------------------
+
+    def minutes(self, count: int = 60, now: float | None = None) -> list[dict[str, Any]]:
+        """The last ``count`` minutes, oldest first, quiet minutes included as zeros."""
+        current = int((now or time.time()) // 60 * 60)
+        with self._lock:
+            held = {m.at: asdict(m) for m in self._minutes}
+        return [
+            held.get(at) or asdict(Minute(at))
+            for at in range(current - 60 * (count - 1), current + 1, 60)
+        ]
+
+    def attempts(self, transaction_uid: str) -> list[dict[str, Any]]:
+        """This transaction's delivery attempts since the service started, oldest first."""
+        with self._lock:
+            return list(self._attempts.get(transaction_uid, ()))
+
+    def last_association(self, aet: str) -> dict[str, Any] | None:
+        """When ``aet`` last asked us for an association, from where, and how it went."""
+        with self._lock:
+            found = self._peers.get(aet)
+            return dict(found) if found else None
+
+    def peers_seen(self) -> list[str]:
+        with self._lock:
+            return sorted(self._peers)
