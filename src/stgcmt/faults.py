@@ -17,6 +17,7 @@ import time
 
 POINTS = (
     "scp.store.after_rename",
+    "scp.index.mid_batch",
     "scp.n_action.after_journal",
     "scp.verify.mid",
     "scp.barrier.after_fsync",

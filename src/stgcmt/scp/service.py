@@ -87,6 +87,7 @@ class StorageCommitmentSCP:
             ul.Handlers(
                 accept=self._admission.accept,
                 c_store=self._on_c_store,
+                c_store_stream=self._c_store.on_c_store_stream,
                 n_action=self._n_action.on_n_action,
                 n_action_answered=self._requesters.answered,
                 closed=self._on_closed,

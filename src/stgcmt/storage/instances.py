@@ -23,9 +23,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 
 from stgcmt.config import Durability, VerifyPolicy
 from stgcmt.dicom.commitment import Reference
@@ -48,6 +49,7 @@ from stgcmt.storage.sqlite_index import SqliteInstanceIndex
 
 __all__ = [
     "DurabilityBarrier",
+    "IncomingInstance",
     "InstanceStore",
     "StoreOutcome",
     "StoreRefused",
@@ -56,6 +58,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ROUND_INTERVAL = 0.25
 """Seconds between background durability rounds: short enough that a commitment sent right
@@ -200,12 +203,36 @@ class InstanceStore:
         *,
         abstract_syntax: str | None = None,
     ) -> StoreOutcome:
-        """Write one received instance and index it. Raises :class:`StoreRefused` (with the
-        status) for a C-STORE whose UIDs are invalid or do not match each other, the data set
-        or the presentation context's ``abstract_syntax`` (not checked when None), and
-        ``OSError`` for storage failures (the caller maps it to a C-STORE status)."""
+        """Write one received instance, held whole, and index it (see :meth:`receive`)."""
+        receiving = self.receive(
+            sop_class_uid,
+            sop_instance_uid,
+            transfer_syntax,
+            dataset,
+            source_aet,
+            abstract_syntax=abstract_syntax,
+        )
+        return receiving if isinstance(receiving, StoreOutcome) else receiving.finish()
+
+    def receive(
+        self,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        prefix: bytes,
+        source_aet: str,
+        *,
+        abstract_syntax: str | None = None,
+    ) -> IncomingInstance | StoreOutcome:
+        """Start receiving an instance whose data set begins with ``prefix`` (all of it, or
+        enough to hold the attributes the index needs): the :class:`IncomingInstance` the rest
+        is written to, or the outcome already decided (a duplicate or a SOP Class conflict:
+        the rest is not needed). Raises :class:`StoreRefused` (with the status) for a C-STORE
+        whose UIDs are invalid or do not match each other, the data set or the presentation
+        context's ``abstract_syntax`` (not checked when None), and ``OSError`` for storage
+        failures (the caller maps it to a C-STORE status)."""
         attributes = self.checked_identity(
-            sop_class_uid, sop_instance_uid, transfer_syntax, dataset, abstract_syntax
+            sop_class_uid, sop_instance_uid, transfer_syntax, prefix, abstract_syntax
         )
         existing = self._lookup([sop_instance_uid]).get(sop_instance_uid)
         if existing is not None and existing.sop_class_uid != sop_class_uid:
@@ -213,38 +240,38 @@ class InstanceStore:
             return StoreOutcome("conflict", existing.blob)
         if existing is not None and not self.overwrite_duplicates:
             return StoreOutcome("duplicate", existing.blob)
+        study, series, patient = attributes
+        row = InstanceRow(
+            sop_instance_uid,
+            sop_class_uid,
+            study,
+            series,
+            patient,
+            transfer_syntax,
+            self.blobs.name_for(sop_instance_uid),
+            0,
+            "",
+            source_aet,
+            0.0,
+        )
+        incoming = IncomingInstance(self, row, existing)
+        incoming.write(file_meta(sop_class_uid, sop_instance_uid, transfer_syntax), prefix)
+        return incoming
 
-        content = file_meta(sop_class_uid, sop_instance_uid, transfer_syntax) + dataset
-        try:
-            self._check_quota(len(content))
-            name = self.blobs.name_for(sop_instance_uid)
-            self.blobs.put(name, content)
-            crash_point("scp.store.after_rename")
-            study, series, patient = attributes
-            self.index.put(
-                InstanceRow(
-                    sop_instance_uid,
-                    sop_class_uid,
-                    study,
-                    series,
-                    patient,
-                    transfer_syntax,
-                    name,
-                    len(content),
-                    hashlib.sha256(content).hexdigest(),
-                    source_aet,
-                    time.time(),
-                )
-            )
-        except OSError as exc:
-            if is_out_of_space(exc):
-                self._refused_for_space.add(sop_instance_uid)
-            raise
-        self._refused_for_space.discard(sop_instance_uid)
-        if existing is not None and self.blobs.locate(existing.blob) != self.blobs.locate(name):
+    def _received(self, row: InstanceRow, existing: IndexedInstance | None) -> StoreOutcome:
+        """An instance's file is under its name: index it, account for it."""
+        crash_point("scp.store.after_rename")
+        self.index.put(row)
+        self._refused_for_space.discard(row.sop_instance_uid)
+        if existing is not None and self.blobs.locate(existing.blob) != self.blobs.locate(row.blob):
             self.blobs.remove(existing.blob)  # a replaced copy under its pre-hash name
-        self._bytes += len(content) - (existing.size if existing else 0)
-        return StoreOutcome("replaced" if existing else "stored", name)
+        self._bytes += row.size - (existing.size if existing else 0)
+        return StoreOutcome("replaced" if existing else "stored", row.blob)
+
+    def _failed(self, sop_instance_uid: str, exc: OSError) -> None:
+        """A store failed: if for lack of space, its commitment will say 0213H."""
+        if is_out_of_space(exc):
+            self._refused_for_space.add(sop_instance_uid)
 
     def _check_quota(self, size: int) -> None:
         if self.max_bytes and self._bytes + size > self.max_bytes:
@@ -401,6 +428,51 @@ class InstanceStore:
             self._rounds.join(timeout=30)
         self.index.close()
         self.blobs.close()
+
+
+class IncomingInstance:
+    """One instance being received: its bytes go to a blob writer as they arrive (hashed on the
+    way, counted against the quota), :meth:`finish` names the file and indexes it,
+    :meth:`discard` (an aborted C-STORE) leaves no file and no row. Any ``OSError`` discards
+    it too."""
+
+    def __init__(
+        self, store: InstanceStore, row: InstanceRow, existing: IndexedInstance | None
+    ) -> None:
+        self._store = store
+        self._row = row
+        self._existing = existing
+        self._digest = hashlib.sha256()
+        self._size = 0
+        self._writer = self._guarded(lambda: store.blobs.create(row.blob))
+
+    def write(self, *pieces: bytes | memoryview) -> None:
+        """Append the next bytes of the file (the quota is a cap on each instance too)."""
+        self._size += sum(len(piece) for piece in pieces)
+        self._guarded(lambda: self._store._check_quota(self._size))
+        for piece in pieces:
+            self._digest.update(piece)
+        self._guarded(lambda: self._writer.write(pieces))
+
+    def finish(self) -> StoreOutcome:
+        """The whole data set has arrived: put the file under its name and index it."""
+        self._guarded(self._writer.commit)
+        row = replace(
+            self._row, size=self._size, sha256=self._digest.hexdigest(), received_at=time.time()
+        )
+        return self._guarded(lambda: self._store._received(row, self._existing))
+
+    def discard(self) -> None:
+        self._writer.discard()
+
+    def _guarded(self, step: Callable[[], T]) -> T:
+        try:
+            return step()
+        except OSError as exc:
+            if hasattr(self, "_writer"):
+                self._writer.discard()
+            self._store._failed(self._row.sop_instance_uid, exc)
+            raise
 
 
 def is_out_of_space(exc: OSError) -> bool:

@@ -119,6 +119,19 @@ class InstanceIndex(Protocol):
     def close(self) -> None: ...
 
 
+class BlobWriter(Protocol):
+    """A blob being written: nothing is under its name until :meth:`commit`, and nothing is
+    left at all after :meth:`discard` or a crash."""
+
+    def write(self, pieces: Sequence[bytes | memoryview]) -> None: ...
+
+    def commit(self) -> None:
+        """Put it under its name atomically (the old content or the new, never a part)."""
+
+    def discard(self) -> None:
+        """Give up (idempotent; also after a failed :meth:`commit`)."""
+
+
 class BlobStore(Protocol):
     """Instance bytes, named by a name derived from the SOP Instance UID (never the UID itself).
 
@@ -126,6 +139,9 @@ class BlobStore(Protocol):
     other method is given it (a name pointing outside the store is never opened)."""
 
     def name_for(self, sop_instance_uid: str) -> str: ...
+
+    def create(self, name: str) -> BlobWriter:
+        """Start writing blob ``name`` piece by piece (a C-STORE streamed as it arrives)."""
 
     def put(self, name: str, content: bytes) -> None:
         """Store atomically: under ``name`` there is the old content or the new, never a part."""

@@ -1,17 +1,30 @@
-"""The SQLite :class:`~stgcmt.storage.interfaces.InstanceIndex` (``index.sqlite``)."""
+"""The SQLite :class:`~stgcmt.storage.interfaces.InstanceIndex` (``index.sqlite``).
+
+Rows of small instances are written in batches by a :class:`~.row_writer.RowWriter` (visible to
+:meth:`SqliteInstanceIndex.lookup` from the moment they are put); lookups read through a
+connection of their own per thread, so a C-STORE answered on the event loop never waits for the
+writer's transaction (WAL readers do not block on a writer).
+"""
 
 from __future__ import annotations
 
 import errno
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from stgcmt.faults import crash_point
 from stgcmt.storage.interfaces import IndexedInstance, InstanceRow
+from stgcmt.storage.row_writer import RowWriter
 from stgcmt.storage.sqlite import Database, chunked
 
 LOOKUP_BATCH = 500
+WRITE_AT_ONCE_BYTES = 64 * 1024
+"""A row for an instance at least this big is written before :meth:`SqliteInstanceIndex.put`
+returns: its transfer took far longer than an insert, and a full disk is then told to the
+C-STORE that filled it rather than to a commitment later."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -74,38 +87,60 @@ class SqliteInstanceIndex:
         self.db = Database(path, SCHEMA)
         _add_read_back_column(self.db)
         self.path = path
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._rows = RowWriter(self._insert, "stgcmt-index-writer")
 
     def lookup(self, uids: Sequence[str]) -> dict[str, IndexedInstance]:
+        """Pending rows first (the newest copy), then the database."""
         found: dict[str, IndexedInstance] = {}
-        for batch in chunked(list(uids), LOOKUP_BATCH):
+        unwritten = []
+        for uid in uids:
+            pending = self._rows.pending(uid)
+            if pending is None:
+                unwritten.append(uid)
+            else:
+                found[uid] = _pending_instance(pending)
+        reader = self._reader()
+        for batch in chunked(unwritten, LOOKUP_BATCH):
             marks = ",".join("?" * len(batch))
-            for row in self.db.query(
+            for row in reader.execute(
                 f"SELECT {_ROW} FROM instances WHERE sop_instance_uid IN ({marks})", list(batch)
             ):
-                found[row[0]] = _indexed(row)
+                found.setdefault(row[0], _indexed(row))
         return found
 
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection (opened on first use, closed by :meth:`close`)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "reader", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=30.0
+            )
+            conn.execute("PRAGMA query_only=ON")
+            self._local.reader = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
     def put(self, row: InstanceRow) -> None:
-        """Insert or replace; an SQLite failure becomes ``OSError`` (ENOSPC when full)."""
+        """Insert or replace, in the writer's next batch (at once for a large instance). OSError
+        while rows cannot be written (ENOSPC when the index is full)."""
+        self._rows.add(row)
+        if row.size >= WRITE_AT_ONCE_BYTES:
+            self._rows.flush()
+
+    def flush(self) -> None:
+        """Write every row put so far (the durability barrier needs them in the database)."""
+        self._rows.flush()
+
+    def _insert(self, rows: Sequence[InstanceRow]) -> None:
+        """One transaction for a batch; an SQLite failure becomes ``OSError``."""
         try:
             with self.db.transaction() as conn:
-                conn.execute(
-                    _INSERT,
-                    (
-                        row.sop_instance_uid,
-                        row.sop_class_uid,
-                        row.study_instance_uid,
-                        row.series_instance_uid,
-                        row.patient_id,
-                        row.transfer_syntax,
-                        row.blob,
-                        row.size,
-                        row.sha256,
-                        row.source_aet,
-                        row.received_at,
-                        int(row.durable),
-                    ),
-                )
+                conn.executemany(_INSERT, map(_columns, rows))
+                crash_point("scp.index.mid_batch")
         except sqlite3.Error as exc:
             code = errno.ENOSPC if "full" in str(exc) else errno.EIO
             raise OSError(code, f"index: {exc}") from exc
@@ -121,6 +156,7 @@ class SqliteInstanceIndex:
         """One synchronous commit for the whole barrier; each UPDATE is keyed on the copy (UID,
         SHA-256, received_at), so a replacement stored since the caller's sync stays
         non-durable. A row already marked (by another round) counts as marked."""
+        self.flush()
         marked: set[str] = set()
         with self.db.transaction(durable=True) as conn:
             for row in rows:
@@ -131,6 +167,7 @@ class SqliteInstanceIndex:
 
     def non_durable(self) -> Iterator[IndexedInstance]:
         """Keyset pages in rowid order over the partial index of non-durable rows."""
+        self.flush()
         last = 0
         while True:
             rows = self.db.query(
@@ -144,14 +181,56 @@ class SqliteInstanceIndex:
             last = rows[-1][0]
 
     def remove(self, sop_instance_uid: str) -> None:
+        self._rows.drop(sop_instance_uid)
         with self.db.transaction() as conn:
             conn.execute("DELETE FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
 
     def count(self) -> int:
+        self.flush()
         return int(self.db.query("SELECT count(*) FROM instances")[0][0])
 
     def total_bytes(self) -> int:
+        self.flush()
         return int(self.db.query("SELECT coalesce(sum(size), 0) FROM instances")[0][0])
 
     def close(self) -> None:
-        self.db.close()
+        """Write what is pending, then close every connection."""
+        try:
+            self._rows.close()
+        finally:
+            with self._readers_lock:
+                for reader in self._readers:
+                    reader.close()
+                self._readers.clear()
+            self.db.close()
+
+
+def _columns(row: InstanceRow) -> tuple[object, ...]:
+    """The values of ``_INSERT`` for a row."""
+    return (
+        row.sop_instance_uid,
+        row.sop_class_uid,
+        row.study_instance_uid,
+        row.series_instance_uid,
+        row.patient_id,
+        row.transfer_syntax,
+        row.blob,
+        row.size,
+        row.sha256,
+        row.source_aet,
+        row.received_at,
+        int(row.durable),
+    )
+
+
+def _pending_instance(row: InstanceRow) -> IndexedInstance:
+    """What :meth:`SqliteInstanceIndex.lookup` says of a row not written yet."""
+    return IndexedInstance(
+        row.sop_instance_uid,
+        row.sop_class_uid,
+        row.blob,
+        row.size,
+        row.sha256,
+        row.durable,
+        row.received_at,
+    )

@@ -28,6 +28,7 @@ from stgcmt.ul.seam import (
     Rejection,
     Server,
     StoreRequest,
+    StoreSink,
     Unreachable,
     is_success,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "Rejection",
     "Server",
     "StoreRequest",
+    "StoreSink",
     "Unreachable",
     "is_success",
     "listen",

@@ -101,9 +101,10 @@ class UpperLayer(AssociationActions, asyncio.Protocol):
         self._socket: Any = None  # the transport's socket, for its TCP options
         self._early: list[bytes] = []
         self._reader = PDUReader(self._check_header)
-        self._assembler = MessageAssembler(max_data_set)
+        self._assembler = MessageAssembler(max_data_set, self._streams)
         self._max_data_set = max_data_set
         self._queued = 0  # requests received, not yet answered
+        self._streaming = 0  # bytes of a streamed data set waiting for the service thread
         self._paused = False
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._serving = False

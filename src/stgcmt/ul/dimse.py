@@ -8,7 +8,7 @@ round-trip. A command set is a plain ``dict`` from element number (group 0000) t
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -179,22 +179,40 @@ MAX_COMMAND_BYTES = 64 * 1024
 """Largest reassembled command set accepted: real ones are a few hundred bytes."""
 DEFAULT_MAX_DATA_SET_BYTES = 1 << 30
 """Default cap on a data set reassembled in memory (see :class:`MessageAssembler`)."""
+STREAM_PREFIX_BYTES = 64 * 1024
+"""Bytes of a data set held before it may be streamed: what a C-STORE is checked and indexed
+by lies within them; a data set complete within them is handled whole."""
 
 
 @dataclass
 class Message:
     """A complete DIMSE message as received: its command set and its data set, if any.
     ``oversized`` says the data set passed the assembler's cap and was discarded (then
-    ``data_set`` is None and the request is answered with a failure, never handled)."""
+    ``data_set`` is None and the request is answered with a failure, never handled).
+    ``streamed`` says ``data_set`` holds only its first bytes: the rest follows as
+    :class:`Fragment` s."""
 
     context_id: int
     command: CommandSet
     data_set: bytes | None = None
     oversized: bool = False
+    streamed: bool = False
 
     @property
     def command_field(self) -> int:
         return int(self.command[COMMAND_FIELD])
+
+
+@dataclass(slots=True)
+class Fragment:
+    """The next bytes of a streamed data set (a view on the received PDU), ``last`` or not."""
+
+    data: bytes | memoryview
+    last: bool
+
+
+StreamDecision = Callable[[Message, bytes], bool]
+"""Whether a message whose data set begins with these bytes is streamed (else held whole)."""
 
 
 class MessageAssembler:
@@ -204,24 +222,39 @@ class MessageAssembler:
     Memory is bounded whatever the peer sends: a command set past :data:`MAX_COMMAND_BYTES` is
     a protocol error (PDUError, so the association is aborted); a data set past
     ``max_data_set`` stops being buffered, the rest of its fragments are dropped and the
-    message is delivered ``oversized``. Data sets are held in memory until complete: streaming
-    them to disk is a later issue, and until then this cap is what protects the process."""
+    message is delivered ``oversized``. A data set still arriving past ``stream_after`` bytes
+    is offered to ``stream``: if it takes it, the message is delivered ``streamed`` with those
+    first bytes, and every later fragment is handed on as a :class:`Fragment` at once, never
+    buffered here (so ``max_data_set`` bounds only what is held)."""
 
-    def __init__(self, max_data_set: int = DEFAULT_MAX_DATA_SET_BYTES) -> None:
+    def __init__(
+        self,
+        max_data_set: int = DEFAULT_MAX_DATA_SET_BYTES,
+        stream: StreamDecision | None = None,
+        stream_after: int = STREAM_PREFIX_BYTES,
+    ) -> None:
         self._max_data_set = max_data_set
+        self._stream = stream
+        self._stream_after = stream_after
         self._command: list[bytes | memoryview] = []
         self._command_size = 0
         self._data_set: list[bytes | memoryview] = []
         self._data_set_size = 0
         self._message: Message | None = None
+        self._offered = False
 
-    def feed(self, pdv: PresentationDataValueItem) -> Message | None:
-        """Returns the message this PDV completes, else None."""
+    def feed(self, pdv: PresentationDataValueItem) -> Message | Fragment | None:
+        """The message this PDV completes (or whose streaming it starts), the fragment of a
+        streamed data set it carries, else None."""
         if pdv.is_command:
             return self._feed_command(pdv)
         message = self._message
         if message is None or pdv.context_id != message.context_id:
             raise PDUError("data set fragment without its command set")
+        if message.streamed:
+            if pdv.is_last:
+                self.clear()
+            return Fragment(pdv.data, pdv.is_last)
         self._data_set_size += len(pdv.data)
         if self._data_set_size > self._max_data_set:
             message.oversized = True
@@ -229,10 +262,28 @@ class MessageAssembler:
         elif not message.oversized:
             self._data_set.append(pdv.data)
         if not pdv.is_last:
-            return None
+            return self._offer(message)
         if not message.oversized:
             message.data_set = b"".join(self._data_set)
         self.clear()
+        return message
+
+    def _offer(self, message: Message) -> Message | None:
+        """Offer a data set for streaming once, when its first ``stream_after`` bytes are in."""
+        if (
+            self._stream is None
+            or self._offered
+            or message.oversized
+            or self._data_set_size < self._stream_after
+        ):
+            return None
+        self._offered = True
+        first = b"".join(self._data_set)
+        if not self._stream(message, first):
+            self._data_set = [first]
+            return None
+        message.streamed, message.data_set = True, first
+        self._data_set, self._data_set_size = [], 0
         return message
 
     def _feed_command(self, pdv: PresentationDataValueItem) -> Message | None:
@@ -256,6 +307,7 @@ class MessageAssembler:
         self._command, self._command_size = [], 0
         self._data_set, self._data_set_size = [], 0
         self._message = None
+        self._offered = False
 
     @property
     def receiving(self) -> Message | None:

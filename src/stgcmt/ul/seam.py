@@ -114,7 +114,9 @@ class Rejection:
 
 @dataclass
 class StoreRequest:
-    """A received C-STORE: the encoded dataset (without File Meta) and its identity."""
+    """A received C-STORE: the encoded dataset (without File Meta) and its identity. Given to
+    :attr:`Handlers.c_store_stream`, ``dataset`` holds only the first bytes of the data set
+    (at least 64 KiB, and every attribute up to Patient ID)."""
 
     peer: PeerInfo
     sop_class_uid: str
@@ -163,6 +165,20 @@ Information = Dataset | CommitmentRequest | CommitmentReport
 engine encodes them, fast), or a pydicom Dataset (for tests that need odd content)."""
 
 
+class StoreSink(Protocol):
+    """Where the rest of a streamed C-STORE's data set goes, piece by piece as P-DATA-TF
+    PDUs arrive (in the association's thread, in order)."""
+
+    def write(self, data: bytes | memoryview) -> None:
+        """The next bytes (a view on a received PDU: copy what must outlive the call)."""
+
+    def finish(self) -> int:
+        """The last bytes have arrived: the C-STORE status to answer."""
+
+    def discard(self) -> None:
+        """The association ended before the last bytes came: keep nothing of it."""
+
+
 class Link(Protocol):
     """An established association, seen from a service: what arrived came on it, and a
     report can be sent back on it."""
@@ -185,6 +201,13 @@ class Handlers:
 
     accept: Callable[[PeerInfo], Rejection | None] | None = None
     c_store: Callable[[StoreRequest], int] | None = None
+    """A C-STORE held whole in memory; for a small one (and any other answered at once) it
+    runs on the engine's event loop, so it must not wait on anything slow."""
+    c_store_stream: Callable[[StoreRequest], StoreSink | int] | None = None
+    """A C-STORE whose data set is longer than the first bytes it is checked by, called (in
+    the association's thread) with those bytes: a status refuses it (the rest is read and
+    dropped, the status answered once it has all arrived), a :class:`StoreSink` takes the
+    rest. Unset: every data set is held whole (up to the engine's ``max_dataset_bytes``)."""
     n_action: Callable[[Link, ActionRequest], tuple[int, Dataset | None]] | None = None
     n_action_answered: Callable[[Link], None] | None = None
     n_event_report: Callable[[Link, EventReport], int] | None = None

@@ -13,17 +13,29 @@ from pydicom.uid import UID
 
 from stgcmt.dicom import codec
 from stgcmt.dicom.datasets import encode_data_set
+from stgcmt.dicom.part10 import MalformedDataset, scanned_attributes
+from stgcmt.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN
 from stgcmt.ul.acse import PresentationContext
 from stgcmt.ul.association import UpperLayer
 from stgcmt.ul.dimse import STATUS, CommandField, CommandSet, Message
 from stgcmt.ul.engine import run
 from stgcmt.ul.exchange import Answer
 from stgcmt.ul.messages import CStoreRq, NActionRq, NEventReportRq, Response
-from stgcmt.ul.seam import ActionRequest, EventReport, Handlers, Information, PeerInfo, StoreRequest
+from stgcmt.ul.seam import (
+    ActionRequest,
+    EventReport,
+    Handlers,
+    Information,
+    PeerInfo,
+    StoreRequest,
+    StoreSink,
+)
 
 log = logging.getLogger("stgcmt.engine")
 
 UNRECOGNIZED_OPERATION = 0x0211
+HELD_WHOLE_SYNTAXES = frozenset((EXPLICIT_VR_BIG_ENDIAN, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN))
+"""Data sets never streamed: their first bytes cannot be read alone (pydicom reads them)."""
 
 
 def _encode(information: Information, transfer_syntax: str) -> bytes:
@@ -110,6 +122,26 @@ class Services:
         call = self._by_field.get(message.command_field)
         return call(message) if call is not None else Answer(UNRECOGNIZED_OPERATION)
 
+    def streams(self, message: Message, first: bytes) -> bool:
+        """A C-STORE is streamed when a handler takes it so, its syntax can be read from the
+        first bytes, and they hold every attribute it is checked and indexed by (else it is
+        held whole, as far as ``max_dataset_bytes`` allows)."""
+        if self.handlers.c_store_stream is None or message.command_field != CommandField.C_STORE_RQ:
+            return False
+        syntax = self._transfer_syntax(message)
+        if syntax in HELD_WHOLE_SYNTAXES:
+            return False
+        try:
+            scanned_attributes(first, syntax)
+        except MalformedDataset:
+            return False
+        return True
+
+    def begin(self, message: Message) -> StoreSink | Answer:
+        assert self.handlers.c_store_stream is not None
+        begun = self.handlers.c_store_stream(self._store_request(message))
+        return Answer(begun) if isinstance(begun, int) else begun
+
     def closed(self) -> None:
         if self.handlers.closed is not None:
             self.handlers.closed(self.link)
@@ -117,10 +149,9 @@ class Services:
     def _transfer_syntax(self, message: Message) -> str:
         return self.association.contexts[message.context_id].transfer_syntax
 
-    def _c_store(self, message: Message) -> Answer:
-        assert self.handlers.c_store is not None
+    def _store_request(self, message: Message) -> StoreRequest:
         command = CStoreRq.from_command(message.command)
-        request = StoreRequest(
+        return StoreRequest(
             peer=self.link.peer,
             sop_class_uid=command.affected_sop_class_uid,
             sop_instance_uid=command.affected_sop_instance_uid,
@@ -128,7 +159,10 @@ class Services:
             dataset=message.data_set or b"",
             abstract_syntax=self.association.contexts[message.context_id].abstract_syntax,
         )
-        return Answer(self.handlers.c_store(request))
+
+    def _c_store(self, message: Message) -> Answer:
+        assert self.handlers.c_store is not None
+        return Answer(self.handlers.c_store(self._store_request(message)))
 
     def _information(self, message: Message) -> tuple[bytes | None, bool, bool]:
         """The data set as received, and its encoding: the service decodes it."""

@@ -40,6 +40,8 @@ def _store(store: InstanceStore, ds) -> None:
 def test_store_indexes_and_verify_makes_durable(store):
     ds = make_dataset(patient_id="P42")
     _store(store, ds)
+    assert isinstance(store.index, SqliteInstanceIndex)
+    store.index.flush()  # small rows wait for the writer's next batch
     row = SqliteScpQueries(store.data_dir).instances()[0]
     assert (row["patient_id"], row["durable"]) == ("P42", 0)
     assert row["study_instance_uid"] == ds.StudyInstanceUID
