@@ -6,7 +6,9 @@ import argparse
 import logging
 import signal
 import threading
+from dataclasses import replace
 
+from stgcmt.audit import attach as attach_audit
 from stgcmt.cli.common import (
     add_logging_flags,
     add_tls_flags,
@@ -17,6 +19,7 @@ from stgcmt.cli.common import (
     tls_config,
 )
 from stgcmt.cli.http_opts import add_http_flag, http_config, start_http
+from stgcmt.cli.scp_cmd import add_audit_flag
 from stgcmt.cli.scu_config import add_scu_config_flags, apply_scu_config
 from stgcmt.cli.send_cmd import add_journal_flag, add_reporter_flag
 from stgcmt.config import ConfigError
@@ -51,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_tls_flags(p)
     add_http_flag(p)
     add_scu_config_flags(p)
+    add_audit_flag(p)
     add_logging_flags(p)
     p.set_defaults(run=run)
 
@@ -77,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
             reporters=args.reporter,
             max_pdu=args.max_pdu,
         )
+        audit_config = replace(config.audit, syslog=args.audit or config.audit.syslog)
+        audit = attach_audit(audit_config.checked(), agent.events, agent.aet)
         agent.start()
         try:
             web = start_http(serve_agent, agent, http)
@@ -90,4 +96,5 @@ def run(args: argparse.Namespace) -> int:
     if web is not None:
         web.stop()
     agent.stop()
+    audit.close()
     return 0

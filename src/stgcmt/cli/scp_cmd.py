@@ -8,6 +8,7 @@ import signal
 import threading
 from pathlib import Path
 
+from stgcmt.audit import attach as attach_audit
 from stgcmt.cli.common import (
     add_dimse_timeout_flags,
     add_logging_flags,
@@ -25,6 +26,7 @@ from stgcmt.cli.common import (
 )
 from stgcmt.cli.http_opts import add_http_flag, http_config, start_http
 from stgcmt.config import REPORT_ROUTE_CHOICES, VERIFY_CHOICES, ConfigError, load_scp_config
+from stgcmt.config.audit import syslog_url
 from stgcmt.http import serve_scp
 from stgcmt.logs import setup_logging
 from stgcmt.scp import StorageCommitmentSCP, StorageUnavailable
@@ -111,8 +113,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_limit_flags(p)
     add_timeout_flags(p)
     add_tls_flags(p)
+    add_audit_flag(p)
     add_logging_flags(p)
     p.set_defaults(run=run)
+
+
+def add_audit_flag(p: argparse.ArgumentParser) -> None:
+    """``--audit URL``: where the IHE ATNA audit trail goes (``[audit]`` has the rest)."""
+    p.add_argument(
+        "--audit",
+        type=audit_url,
+        metavar="URL",
+        help="send the IHE ATNA audit trail (DICOM PS3.15 A.5) as syslog to udp://HOST:PORT"
+        " or tls://HOST:PORT; TLS files, a local file: [audit] in --config",
+    )
+
+
+def audit_url(text: str) -> str:
+    try:
+        return syslog_url(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_database_flags(p: argparse.ArgumentParser) -> None:
@@ -199,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
             max_pending_associations=args.max_pending_associations,
             max_dataset_bytes=args.max_dataset_bytes,
             tls=tls_overrides(args),
+            audit={"syslog": args.audit},
             database={"url": args.database, "node": args.node},
             timeouts={
                 "acse": args.acse_timeout,
@@ -216,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
         )
         http = http_config(config.http, args)
         scp = StorageCommitmentSCP(config)
+        audit = attach_audit(config.audit, scp.events, config.aet)
         scp.start()
         try:
             web = start_http(serve_scp, scp, http)
@@ -234,4 +257,5 @@ def run(args: argparse.Namespace) -> int:
     if web is not None:
         web.stop()
     scp.stop()
+    audit.close()
     return 0
