@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import socket
 import ssl
@@ -672,3 +673,90 @@ def test_any_host_flag_lets_a_known_ae_associate_from_another_address(scp_proces
     assert assoc.acceptor.primitive.diagnostic == 0x03
     stranger = _associate_from(relaxed.port, "127.0.0.2", aet="STRANGER")
     assert stranger.is_rejected  # --any-host relaxes the host, not who is known
+
+
+# -- 12. what `send --json` prints: every field a script reads, and why each file is kept ----------
+
+
+class RefusesOneStore(Archive):
+    """Answers C-STORE 0xA700 (out of resources) for ``refused``; reports the rest on the
+    requesting association, ``lose`` as failed (0112H)."""
+
+    refused: str = ""
+
+    def _on_store(self, event) -> int:
+        if str(event.request.AffectedSOPInstanceUID) == self.refused:
+            return 0xA700
+        return super()._on_store(event)
+
+
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+FILE_FIELDS = {"path", "sop_instance_uid", "state", "reason", "action", "action_note"}
+
+
+def _send_json(port: int, *args: str | Path, home: Path) -> tuple[int, dict]:
+    run = _stgcmt("send", f"ARCHIVE@{LOCALHOST}:{port}", *args, "--aet", SCU, "--json", home=home)
+    return run.returncode, json.loads(run.stdout)
+
+
+def test_send_json_names_each_field_and_why_each_file_was_kept(instances, tmp_path):
+    stored_failed, lost, committed = instances(3)
+    [not_accepted] = instances(1, sop_class=MR_IMAGE)  # the archive takes no MR images
+    not_dicom = committed.parent / "notes.txt"
+    not_dicom.write_text("not DICOM")
+    archive = RefusesOneStore(report="same", lose={lost.stem})
+    archive.refused = stored_failed.stem
+    port = archive.start()
+    journal = tmp_path / "j.sqlite"
+    try:
+        status, result = _send_json(
+            port, committed.parent, "--journal", journal, "--delete-committed", home=tmp_path
+        )
+    finally:
+        archive.stop()
+
+    assert status == EXIT_FAILED
+    assert set(result) == {
+        "exit_status", "error", "journal", "files_by_state", "actions", "notes",
+        "transactions", "skipped",
+    }  # fmt: skip
+    assert (result["exit_status"], result["error"], result["journal"]) == (1, None, str(journal))
+    assert result["files_by_state"] == {"store_failed": 2, "failed": 1, "committed": 1}
+    assert result["actions"] == {"done": 1}
+    assert result["skipped"] == [{"path": str(not_dicom), "reason": "not a DICOM Part 10 file"}]
+    [tx] = result["transactions"]
+    assert set(tx) == {"transaction_uid", "journal_id", "state", "files", "error"}
+    assert (tx["state"], tx["journal_id"]) == ("failed", 1)
+    files = {f["path"]: f for f in tx["files"]}
+    assert all(set(f) == FILE_FIELDS for f in tx["files"])
+    refused = files.pop(str(not_accepted))
+    assert refused["state"] == "store_failed"
+    assert refused["reason"] == (
+        f"C-STORE failed: ARCHIVE@{LOCALHOST}:{port} rejected the presentation context"
+        f" MR Image Storage ({MR_IMAGE}) in Explicit VR Little Endian (1.2.840.10008.1.2.1)"
+        " or Implicit VR Little Endian (1.2.840.10008.1.2)"
+    )
+    assert {p: (f["state"], f["reason"], f["action"]) for p, f in files.items()} == {
+        str(stored_failed): ("store_failed", "C-STORE failed: 0xA700 out of resources", None),
+        str(lost): ("failed", "Failure Reason 0x0112 no such object instance", None),
+        str(committed): ("committed", None, "done"),
+    }
+    assert files[str(committed)]["sop_instance_uid"] == committed.stem
+    assert not committed.exists() and stored_failed.exists() and lost.exists()
+
+
+def test_send_json_says_no_report_yet_and_aborted_exactly(instances, tmp_path):
+    paths = instances(2)
+    archive = Archive(report="never")
+    port = archive.start()
+    try:
+        status, result = _send_json(port, *paths, "--timeout", "0.3", home=tmp_path)
+    finally:
+        archive.stop()
+    assert status == EXIT_PENDING
+    assert [f["reason"] for f in result["transactions"][0]["files"]] == ["no report yet"] * 2
+
+    status, result = _send_json(free_port(), *paths, home=tmp_path)  # nobody listens there
+    [tx] = result["transactions"]
+    assert status == 3 and tx["state"] == "aborted" and tx["error"]
+    assert [f["reason"] for f in tx["files"]] == [f"aborted: {tx['error']}"] * 2
