@@ -221,16 +221,17 @@ def application_activity(
 @dataclass(frozen=True)
 class Transfer:
     """What A.5.3.3 and A.5.3.4 describe: one study (of one patient) from a source to a
-    destination, with its instances counted per SOP Class."""
+    destination, with its instances counted per SOP Class. A data set that named no study
+    (or no patient) leaves that object out rather than inventing one."""
 
     source: Participant
     destination: Participant
-    study_uid: str
+    study_uid: str | None
     patient_id: str | None
     sop_classes: Mapping[str, int]
 
     def objects(self) -> list[ParticipantObject]:
-        found = [study(self.study_uid, self.sop_classes)]
+        found = [study(self.study_uid, self.sop_classes)] if self.study_uid is not None else []
         return found + ([patient(self.patient_id)] if self.patient_id is not None else [])
 
 

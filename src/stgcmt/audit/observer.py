@@ -75,7 +75,7 @@ def remote(peer: Peer, role: m.Code | None, *, requestor: bool = True) -> m.Part
 class _Association:
     """What one open association stored, by (study, patient), and its failures by status."""
 
-    studies: dict[tuple[str, str | None], Counter[str]] = field(default_factory=dict)
+    studies: dict[tuple[str | None, str | None], Counter[str]] = field(default_factory=dict)
     failures: Counter[int] = field(default_factory=Counter)
 
 
@@ -106,28 +106,27 @@ class AuditObserver:
     # -- transfers ------------------------------------------------------------------------------
 
     def _transfer(
-        self, peer: Peer, study: str, patient: str | None, counts: Counter[str]
+        self, peer: Peer, study: str | None, patient: str | None, counts: Counter[str]
     ) -> m.Transfer:
         destination = self.local.participant(m.DESTINATION)
         return m.Transfer(remote(peer, m.SOURCE), destination, study, patient, counts)
 
     def _instance_stored(self, event: InstanceStored) -> None:
-        study = event.study_instance_uid if transferred(event.status) else None
+        key = (event.study_instance_uid, event.patient_id)
         with self._lock:
             association, written = self._association(event.peer, event.at)
-            if study is None:
+            if not transferred(event.status):
                 association.failures[event.status] += 1
                 began = False
             else:
-                began = (study, event.patient_id) not in association.studies
+                began = key not in association.studies
                 if began and len(association.studies) >= MAX_STUDIES_PER_ASSOCIATION:
                     written += self._written_out(event.peer, association, event.at)
-                counts = association.studies.setdefault((study, event.patient_id), Counter())
-                counts[event.sop_class_uid] += 1
+                association.studies.setdefault(key, Counter())[event.sop_class_uid] += 1
         for xml, severity in written:
             self._record(xml, event.at, severity)
-        if began and study is not None:
-            transfer = self._transfer(event.peer, study, event.patient_id, Counter())
+        if began:
+            transfer = self._transfer(event.peer, *key, Counter())
             xml = m.begin_transferring(transfer, self.local.source_id, event.at)
             self._record(xml, event.at, NOTICE)
 

@@ -186,3 +186,14 @@ def test_open_associations_are_bounded(observer, recorded, monkeypatch) -> None:
     # the third association wrote out the oldest, whose close was lost
     assert recorded.events() == ["110102", "110102", "110104", "110102"]
     assert recorded[2][0].find("ActiveParticipant").get("UserID") == "M"
+
+
+def test_a_stored_instance_without_a_study_is_no_failure(observer, recorded) -> None:
+    """The study object is left out, not invented; the outcome stays a success."""
+    observer(stored(study=None))
+    observer(AssociationClosed(PEER, {"stored": 1}))
+    assert recorded.events() == ["110102", "110104"]
+    root, severity = recorded[1]
+    assert root.find("EventIdentification").get("EventOutcomeIndicator") == "0"
+    (patient,) = root.findall("ParticipantObjectIdentification")
+    assert patient.get("ParticipantObjectID") == "P1" and severity == NOTICE
