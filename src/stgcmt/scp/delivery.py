@@ -76,7 +76,8 @@ class Delivery:
     def deliver_due(self, unanswered: set[int], reassociated: set[str]) -> float:
         """Start every delivery that is due; returns when the next one is due (epoch)."""
         now = time.time()
-        next_due = now + 60.0
+        # Another node's expired lease is noticed within a quarter of the lease.
+        next_due = now + min(60.0, self.config.database.lease / 4)
         for tx in self.journal.in_state(REPORT_PENDING):
             if tx.id in unanswered:
                 continue
@@ -131,9 +132,12 @@ class Delivery:
         self.journal.postpone(tx.id, tx.last_error or "retry requested", time.time())
 
     def _deliver(self, tx: Transaction) -> None:
-        tx = self.journal.get(tx.id)  # an administrator may have given up or re-verified it
-        if tx.state != REPORT_PENDING or self._give_up_if_too_old(tx):
+        # Fresh (an administrator may have given up or re-verified it), and ours alone: another
+        # node of a cluster holding its lease delivers it, not us.
+        claimed = self.journal.claim(tx.id)
+        if claimed is None or claimed.state != REPORT_PENDING or self._give_up_if_too_old(claimed):
             return
+        tx = claimed
         report = self.journal.report(tx, self.config.aet)
         try:
             outcome = self._send_report(tx, report)

@@ -25,7 +25,12 @@ class Verification:
         self.store = store
 
     def verify(self, tx: Transaction) -> None:
-        """Verify every reference of ``tx``; it is then pending its report."""
+        """Verify every reference of ``tx``; it is then pending its report. Skipped while
+        another node of a cluster holds it (it answers, verifies and reports it)."""
+        claimed = self.journal.claim(tx.id)
+        if claimed is None:
+            return
+        tx = claimed
         self.journal.set_state(tx.id, VERIFYING)
         log.info("%s: verifying %d references (policy %s)", tx.label, tx.n_refs, self.config.verify)
         barrier = self.store.barrier(self.config.verify)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from stgcmt.config import DatabaseConfig
 from stgcmt.storage.interfaces import InstanceIndex, ScpJournal, ScpQueries
@@ -55,3 +56,11 @@ def open_scp_queries(database_url: str | None, data_dir: Path) -> ScpQueries:
     from stgcmt.storage.postgres.queries import PgScpQueries
 
     return PgScpQueries(database_url)
+
+
+def scp_status(
+    data_dir: Path | None, limit: int = 50, *, database_url: str | None = None
+) -> dict[str, Any]:
+    """``stgcmt status`` of an archive: its data dir's SQLite files, or the whole cluster in
+    its database."""
+    return open_scp_queries(database_url, Path(data_dir or ".")).status(limit)

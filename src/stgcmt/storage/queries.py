@@ -96,7 +96,6 @@ class SqliteScpQueries:
     def integrity_problems(self) -> list[str]:
         return _integrity(self.index_path) + _integrity(self.journal_path)
 
-
     # -- the HTTP API's searches -----------------------------------------------------------------
 
     def find_transactions(
@@ -272,10 +271,12 @@ def _when(timestamp: float | None) -> str:
 
 def format_scp_status(status: dict[str, Any]) -> str:
     counts = status["transactions_by_state"]
+    database = status.get("database")
     lines = [
-        f"data dir   {status['data_dir']}",
+        f"database   {database}" if database else f"data dir   {status['data_dir']}",
         f"instances  {status['instances']} ({status['instances_durable']} durable)",
         "transactions  " + ", ".join(f"{STATE_WORDS[s]}: {n}" for s, n in counts.items()),
+        *_node_lines(status.get("nodes", [])),
     ]
     if status["transactions"]:
         lines.append("")
@@ -292,7 +293,34 @@ def format_scp_status(status: dict[str, Any]) -> str:
         if tx["last_error"] and tx["state"] != "delivered":
             retry = f" (next try {_when(tx['next_attempt_at'])})" if tx["next_attempt_at"] else ""
             lines.append(f"{'':>7}last error: {tx['last_error']}{retry}")
+        if "received_by" in tx:
+            lines.append(f"{'':>7}{_by_nodes(tx)}")
     return "\n".join(lines)
+
+
+def _node_lines(nodes: list[dict[str, Any]]) -> list[str]:
+    """What each node of a cluster did (PostgreSQL status only)."""
+    return [
+        f"node       {n['node']}: received {n['received']}, verified {n['verified']},"
+        f" delivered {n['delivered']}, holding {n['leased']}"
+        for n in nodes
+    ]
+
+
+def _by_nodes(tx: dict[str, Any]) -> str:
+    """Which node received, verified and delivered a transaction, and who holds it now."""
+    done = [
+        f"{what} by {tx[key]}"
+        for what, key in (
+            ("received", "received_by"),
+            ("verified", "verified_by"),
+            ("delivered", "delivered_by"),
+        )
+        if tx.get(key)
+    ]
+    if tx.get("lease_node") and tx["state"] not in ("delivered", "given_up"):
+        done.append(f"held by {tx['lease_node']} until {_when(tx['lease_until'])}")
+    return ", ".join(done)
 
 
 def _dash(value: Any) -> str:
@@ -356,7 +384,6 @@ class SqliteScuQueries:
 
     def integrity_problems(self) -> list[str]:
         return _integrity(self.journal_path)
-
 
     def find_transactions(
         self,

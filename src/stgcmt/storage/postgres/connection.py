@@ -48,7 +48,7 @@ class DatabaseUnavailable(OSError):
     to start rather than accept associations whose data could not be kept."""
 
     def __str__(self) -> str:
-        return str(self.args[0])
+        return str(self.strerror)
 
 
 def as_os_error(exc: psycopg.Error, where: str) -> OSError:

@@ -58,9 +58,12 @@ class PgInstanceIndex:
         return found
 
     def put(self, row: InstanceRow) -> None:
-        """Insert or replace, without waiting for the WAL flush: the row is not durable yet
-        (the commitment barrier makes it so). Failures arrive as ``OSError``."""
-        with self.db.transaction(durable=False) as cursor:
+        """Insert or replace with a synchronous commit: the database is another machine that
+        may restart on its own, and a C-STORE answered Success must still be in the index
+        afterwards (its file is in the writing node's page cache until the barrier syncs it;
+        ``durable`` stays 0 until then). Concurrent C-STOREs share WAL flushes (PostgreSQL's
+        group commit). Failures arrive as ``OSError``."""
+        with self.db.transaction() as cursor:
             cursor.execute(
                 _UPSERT,
                 (

@@ -1,0 +1,254 @@
+"""The SCP on PostgreSQL, end to end over real DICOM: one node in-process, ``stgcmt scp
+--database URL`` as users run it, and three nodes of one archive (one database, one data dir):
+store on one node, commit on another; the node holding a report's lease killed with SIGKILL;
+the database server restarted under running nodes."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from pydicom.uid import generate_uid
+
+from stgcmt.config import DatabaseConfig
+from stgcmt.dicom.commitment import Reference
+from stgcmt.dicom.status import NO_SUCH_OBJECT_INSTANCE
+from stgcmt.storage.postgres.queries import PgScpQueries
+
+from support.cluster import Cluster, HoldingRelay
+from support.common import LOCALHOST, PYTHON, SECONDARY_CAPTURE, free_port, remote, wait_for
+from support.pynetdicom_peer import Modality, refs_of, report_content
+
+REPORT_WAIT = 30
+
+
+@pytest.fixture
+def modality():
+    peer = Modality("MODALITY", called="ARCHIVE")
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, postgres_url: str, modality: Modality):
+    """Nodes of the archive ``ARCHIVE`` reporting to the modality through a relay (which a
+    test may make hold connections); started by ``cluster.start(n)``, killed afterwards."""
+    relay = HoldingRelay(modality.listen())
+    config = tmp_path / "archive.toml"
+    config.write_text("[database]\nlease = 4.0\n")
+    made = Cluster(
+        tmp_path,
+        postgres_url,
+        [
+            "--config",
+            str(config),
+            "--aet",
+            "ARCHIVE",
+            "--remote",
+            f"MODALITY@{LOCALHOST}:{relay.port}",
+            "--retry-start",
+            "0.2",
+            "--retry-cap",
+            "1",
+            "--acse-timeout",
+            "3",
+            "-v",
+        ],
+        {},
+    )
+    made.relay = relay  # type: ignore[attr-defined]
+    yield made
+    made.stop()
+    relay.stop()
+
+
+def _committed(modality: Modality, index: int = 0) -> set[str]:
+    return report_content(modality.reports[index][1])[0]
+
+
+def _transaction(cluster: Cluster, uid: str) -> dict:
+    return next(
+        t for t in PgScpQueries(cluster.database_url).transactions() if t["transaction_uid"] == uid
+    )
+
+
+# -- one node --------------------------------------------------------------------------------
+
+
+def test_store_commit_and_report_on_postgresql(scp_factory, modality, instances, postgres_url):
+    listen = modality.listen()
+    scp = scp_factory(
+        aet="ARCHIVE",
+        remotes=(remote("MODALITY", listen),),
+        database=DatabaseConfig(url=postgres_url, node="solo"),
+    )
+    paths = instances(3)
+    assert modality.store(scp.port, paths) == [0, 0, 0]
+    missing = Reference(SECONDARY_CAPTURE, generate_uid())
+    assert modality.commit(scp.port, [*refs_of(paths), missing], "1.2.3.500") == 0
+    assert modality.wait_report(REPORT_WAIT)
+    committed, failed = report_content(modality.reports[0][1])
+    assert committed == {p.stem for p in paths}
+    assert failed == {missing.sop_instance_uid: NO_SUCH_OBJECT_INSTANCE}
+    # the rows are in PostgreSQL, durable, and name the node; the files are in the data dir
+    queries = PgScpQueries(postgres_url)
+    rows = {r["sop_instance_uid"]: r for r in queries.instances()}
+    assert set(rows) == committed
+    assert all(r["durable"] >= 1 and r["node"] == "solo" for r in rows.values())
+    assert all((scp.config.data_dir / r["path"]).is_file() for r in rows.values())
+    tx = scp.wait_delivered("1.2.3.500", 5)
+    assert tx is not None and tx.delivered_via.startswith("a new association")
+    row = queries.transactions()[0]
+    assert (row["received_by"], row["verified_by"], row["delivered_by"]) == ("solo",) * 3
+    assert queries.integrity_problems() == []
+    assert not (scp.config.data_dir / "index.sqlite").exists()  # nothing went to SQLite
+
+
+def test_the_cli_takes_a_unix_socket_url_and_creates_the_schema(cluster, modality, instances):
+    """``stgcmt scp --database postgresql://user@/db?host=DIR&port=N`` on an empty database."""
+    assert "?host=/" in cluster.database_url
+    (node,) = cluster.start(1)
+    with psycopg.connect(cluster.database_url) as conn:
+        versions = conn.execute("SELECT version FROM stgcmt_schema").fetchall()
+    assert versions == [(1,)]
+    paths = instances(2)
+    assert modality.store(node.port, paths) == [0, 0]
+    assert modality.commit(node.port, refs_of(paths), "1.2.3.501") == 0
+    assert modality.wait_report(REPORT_WAIT)
+    assert _committed(modality) == {p.stem for p in paths}
+    status = cluster.status()
+    assert status["database"] == cluster.database_url
+    assert status["transactions_by_state"]["delivered"] == 1
+    assert [n["node"] for n in status["nodes"]] == ["node-a"]
+
+
+def test_an_unreachable_database_stops_the_start_naming_the_url_without_its_password(tmp_path):
+    port = free_port()  # nothing listens there
+    url = f"postgresql://stgcmt:s3cret@{LOCALHOST}:{port}/archive"
+    done = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "stgcmt",
+            "scp",
+            "--port",
+            str(free_port()),
+            "--database",
+            url,
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert f"postgresql://stgcmt:***@{LOCALHOST}:{port}/archive" in done.stderr
+    assert "s3cret" not in done.stderr + done.stdout
+    assert "start the server or fix --database" in done.stderr
+
+
+# -- three nodes, one archive ----------------------------------------------------------------
+
+
+def test_store_on_two_nodes_commit_on_a_third(cluster, modality, instances):
+    a, b, c = cluster.start(3)
+    on_a, on_c = instances(2), instances(2)
+    assert modality.store(a.port, on_a) == [0, 0]
+    assert modality.store(c.port, on_c) == [0, 0]
+    missing = Reference(SECONDARY_CAPTURE, generate_uid())
+    assert modality.commit(b.port, [*refs_of(on_a + on_c), missing], "1.2.3.502") == 0
+    assert modality.wait_report(REPORT_WAIT)
+    time.sleep(1.0)  # a second report from another node would arrive now
+    assert len(modality.reports) == 1
+    committed, failed = report_content(modality.reports[0][1])
+    assert committed == {p.stem for p in on_a + on_c}
+    assert failed == {missing.sop_instance_uid: NO_SUCH_OBJECT_INSTANCE}
+    instances_by_node = {
+        r["sop_instance_uid"]: r["node"] for r in PgScpQueries(cluster.database_url).instances()
+    }
+    assert instances_by_node == {
+        **dict.fromkeys((p.stem for p in on_a), "node-a"),
+        **dict.fromkeys((p.stem for p in on_c), "node-c"),
+    }
+    tx = _transaction(cluster, "1.2.3.502")
+    assert (tx["received_by"], tx["verified_by"], tx["delivered_by"]) == ("node-b",) * 3
+    status = cluster.status()
+    by_node = {n["node"]: n for n in status["nodes"]}
+    assert by_node["node-b"]["delivered"] == 1 and "node-a" not in by_node
+
+
+def test_a_node_killed_while_it_holds_a_report_lease_is_replaced_and_the_report_arrives_once(
+    cluster, modality, instances
+):
+    """Node B answers the N-ACTION and starts delivering; the modality's side holds the
+    connection unanswered; B is killed -9 there. After B's lease (4 s) another node delivers:
+    one N-EVENT-REPORT on the wire, recorded as delivered by that node."""
+    a, b, c = cluster.start(3)
+    paths = instances(3)
+    assert modality.store(a.port, paths) == [0, 0, 0]
+    relay: HoldingRelay = cluster.relay  # type: ignore[attr-defined]
+    relay.holding.set()
+    assert modality.commit(b.port, refs_of(paths), "1.2.3.503") == 0
+    assert wait_for(lambda: relay.held, 20), "node B never tried to deliver"
+    assert _transaction(cluster, "1.2.3.503")["lease_node"] == "node-b"
+    killed_at = time.monotonic()
+    assert b.kill() == -9
+    relay.holding.clear()
+    assert modality.wait_report(REPORT_WAIT)
+    taken_over_after = time.monotonic() - killed_at
+    time.sleep(2.0)
+    assert len(modality.reports) == 1  # exactly once on the wire
+    assert _committed(modality) == {p.stem for p in paths}
+    tx = _transaction(cluster, "1.2.3.503")
+    assert tx["state"] == "delivered"
+    assert tx["received_by"] == "node-b" and tx["delivered_by"] in {"node-a", "node-c"}
+    assert taken_over_after >= 2.0  # not before B's lease ran out (4 s from its last claim)
+
+
+def test_a_restart_of_the_database_under_running_nodes_loses_nothing_acknowledged(
+    cluster, modality, instances, postgres_cluster
+):
+    """C-STOREs go on through all three nodes while PostgreSQL restarts (immediate: every
+    connection killed mid-transaction). Every C-STORE answered Success is then committed by a
+    report, and an N-ACTION answered before the restart is delivered after it."""
+    nodes = cluster.start(3)
+    before = instances(2)
+    assert modality.store(nodes[0].port, before) == [0, 0]
+    assert modality.commit(nodes[1].port, refs_of(before), "1.2.3.504") == 0
+
+    statuses: dict[Path, int] = {}
+    batches = [instances(1) for _ in range(24)]
+    stop = threading.Event()
+
+    def keep_storing():
+        for number, batch in enumerate(batches):
+            if stop.is_set():
+                return
+            try:
+                statuses[batch[0]] = modality.store(nodes[number % 3].port, batch)[0]
+            except (AssertionError, RuntimeError, OSError):
+                statuses[batch[0]] = -1  # no association: not acknowledged either
+            time.sleep(0.05)
+
+    storing = threading.Thread(target=keep_storing)
+    storing.start()
+    time.sleep(0.3)
+    postgres_cluster.restart()
+    storing.join(timeout=120)
+    stop.set()
+    assert all(n.alive for n in nodes)
+    acknowledged = [p for p, status in statuses.items() if status == 0]
+    assert acknowledged, statuses
+    assert modality.wait_report(REPORT_WAIT)
+    assert _committed(modality, 0) == {p.stem for p in before}
+    assert modality.commit(nodes[2].port, refs_of(acknowledged), "1.2.3.505") == 0
+    assert modality.wait_report(REPORT_WAIT, count=2)
+    committed, failed = report_content(modality.reports[1][1])
+    assert failed == {}
+    assert committed == {p.stem for p in acknowledged}
+    assert PgScpQueries(cluster.database_url).integrity_problems() == []
