@@ -128,14 +128,21 @@ def test_cli_refuses_a_public_address_without_a_token(tmp_path):
     assert "token" in said and "127.0.0.1" in said
 
 
+def _healthy(port: int) -> bool:
+    try:
+        return Client(port, token=None).get("/healthz").status == 200
+    except OSError:  # not listening yet
+        return False
+
+
 def test_cli_on_loopback_makes_a_random_token_only_its_user_can_read(tmp_path):
     port = free_port()
     proc = _scp(tmp_path, "--http", f"{LOCALHOST}:{port}")
     try:
         token_file = tmp_path / "data" / "http-token"
-        assert wait_for(
-            lambda: Client(port).get("/healthz").status == 200 if token_file.exists() else False, 30
-        ), (tmp_path / "scp.log").read_text()
+        assert wait_for(lambda: token_file.exists() and _healthy(port), 30), (
+            tmp_path / "scp.log"
+        ).read_text()
         assert os.stat(token_file).st_mode & 0o777 == 0o600
         token = token_file.read_text().strip()
         assert len(token) >= 32
