@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread
 
 from stgcmt.config import ScpConfig
 from stgcmt.events import (
@@ -26,6 +25,7 @@ from stgcmt.events import (
 from stgcmt.scp.service import StorageCommitmentSCP
 
 from support.common import FAST_RETRY, LOCALHOST, remote, wait_for
+from support.http import dataset_size
 from support.pynetdicom_peer import Modality, refs_of
 
 
@@ -70,13 +70,6 @@ def watched(tmp_path: Path, modality: Modality):
         scp.stop()
 
 
-def _dataset_size(path: Path) -> int:
-    """What a C-STORE carries: the file without its preamble and File Meta group."""
-    ds = dcmread(path)
-    meta_end = 132 + 12 + ds.file_meta.FileMetaInformationGroupLength
-    return path.stat().st_size - meta_end
-
-
 def test_one_store_and_commit_as_events(watched, modality, instances):
     scp, seen = watched
     paths = instances(2)
@@ -92,7 +85,7 @@ def test_one_store_and_commit_as_events(watched, modality, instances):
 
     stored = seen.of(InstanceStored)
     assert [(s.status, s.sop_instance_uid) for s in stored] == [(0, p.stem) for p in paths]
-    assert [s.size for s in stored] == [_dataset_size(p) for p in paths]
+    assert [s.size for s in stored] == [dataset_size(p) for p in paths]
     assert all(0 < s.seconds < 10 for s in stored)
 
     (requested,) = seen.of(CommitmentRequested)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from pydicom import dcmread
 
 from stgcmt.config import ScpConfig
 from stgcmt.config.http import HttpConfig
@@ -89,6 +90,12 @@ def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def dataset_size(path: Path) -> int:
+    """What a C-STORE of this Part 10 file carries: the file less preamble and File Meta."""
+    meta_length = dcmread(path, stop_before_pixels=True).file_meta.FileMetaInformationGroupLength
+    return path.stat().st_size - (128 + 4 + 12 + meta_length)
 
 
 def http_config(**overrides: Any) -> HttpConfig:
