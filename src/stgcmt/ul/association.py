@@ -14,7 +14,7 @@ import asyncio
 import logging
 import queue
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from stgcmt.config import Timeouts
 from stgcmt.ul import fsm, sockets
@@ -135,7 +135,8 @@ class UpperLayer(AssociationActions, asyncio.Protocol):
     # -- transport events ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport, though not always a subclass of asyncio.Transport (uvloop's)
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         self._socket = transport.get_extra_info("socket")
         sockets.tune(self._socket)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
+from typing import cast
 
 from stgcmt.config import TlsConfig
 from stgcmt.ul.registry import Registry
@@ -83,7 +84,8 @@ class TlsGate(asyncio.Protocol):
         self.address = ("", 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport, though not always a subclass of asyncio.Transport (uvloop's)
+        transport = cast(asyncio.Transport, transport)
         transport.pause_reading()  # the handshake's bytes are for the TLS protocol, not us
         self._transport = transport
         peername = transport.get_extra_info("peername") or ("", 0)
