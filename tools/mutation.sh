@@ -82,7 +82,7 @@ pytest_add_cli_args_test_selection = [${sel%, }]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "mutation_hits", "-q"]
 process_isolation = "forkserver"
 do_not_mutate_patterns = ['^\\s*log\\.(debug|info|warning|error|exception)\\(']
-timeout_multiplier = 2.0
+timeout_multiplier = 4.0
 timeout_constant = 10.0
 TOML
     mkdir -p "$dir/mutants/src"   # must exist at start-up, or Python caches it as absent on sys.path
