@@ -14,6 +14,7 @@ temp file beside the final one, renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -41,46 +42,61 @@ _O_TMPFILE = getattr(os, "O_TMPFILE", 0)
 _PROBE_NAME = ".stgcmt-tmpfile-probe"
 
 
+def _open_directory(directory: Path) -> int:
+    return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _link_by_fd(fd: int, name: str, directory_fd: int) -> None:
+    """linkat(/proc/self/fd/N, AT_SYMLINK_FOLLOW): names an O_TMPFILE file. (``os.link`` calls
+    plain link(), which does not follow the /proc link, unless it is given a directory fd.)"""
+    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=directory_fd, follow_symlinks=True)
+
+
 def _unnamed_files_work(directory: Path) -> bool:
     """Whether ``directory`` takes an ``O_TMPFILE`` file and links it by its /proc name (Linux
     and most local file systems; not FUSE before Linux 6.x, not /proc-less sandboxes)."""
     if not _O_TMPFILE:
         return False
-    probe = directory / _PROBE_NAME
+    directory_fd = _open_directory(directory)
     try:
-        fd = os.open(directory, _O_TMPFILE | os.O_WRONLY, _FILE_MODE)
+        fd = os.open(".", _O_TMPFILE | os.O_WRONLY, _FILE_MODE, dir_fd=directory_fd)
     except OSError:
+        os.close(directory_fd)
         return False
     try:
-        probe.unlink(missing_ok=True)
-        os.link(f"/proc/self/fd/{fd}", probe)
-        probe.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_PROBE_NAME, dir_fd=directory_fd)
+        _link_by_fd(fd, _PROBE_NAME, directory_fd)
+        os.unlink(_PROBE_NAME, dir_fd=directory_fd)
     except OSError:
         return False
     finally:
         os.close(fd)
+        os.close(directory_fd)
     return True
 
 
 class FileBlobWriter:
-    """One blob being written. Nothing is under its name until :meth:`commit`; :meth:`discard`
-    (or a crash) leaves no file, apart from a temp file :meth:`FileBlobStore.recover` clears."""
+    """One blob being written, in the directory ``directory_fd`` (kept open by the store).
+    Nothing is under its name until :meth:`commit`; :meth:`discard` (or a crash) leaves no
+    file, apart from a temp file :meth:`FileBlobStore.recover` clears."""
 
-    def __init__(self, final: Path, unnamed: bool) -> None:
-        self._final = final
-        self._temp: Path | None = None
+    def __init__(self, name: str, directory_fd: int, unnamed: bool) -> None:
+        self._name = name
+        self._directory = directory_fd
+        self._temp: str | None = None
         if unnamed:
-            self._fd = os.open(final.parent, _O_TMPFILE | os.O_WRONLY, _FILE_MODE)
+            flags = _O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
+            self._fd = os.open(".", flags, _FILE_MODE, dir_fd=directory_fd)
         else:
             self._temp = self._temp_name()
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-            self._fd = os.open(self._temp, flags, _FILE_MODE)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+            self._fd = os.open(self._temp, flags, _FILE_MODE, dir_fd=directory_fd)
 
-    def _temp_name(self) -> Path:
+    def _temp_name(self) -> str:
         """Beside the final file (not one shared temp directory: create/delete cycles in one
         directory slow file creation down on some file systems); one per thread."""
-        name = f".{self._final.name}.{os.getpid()}.{threading.get_ident()}.part"
-        return self._final.parent / name
+        return f".{self._name}.{os.getpid()}.{threading.get_ident()}.part"
 
     def write(self, pieces: Sequence[bytes | memoryview]) -> None:
         """Append ``pieces`` (one ``writev`` for the lot, short writes continued)."""
@@ -98,8 +114,7 @@ class FileBlobWriter:
             if self._temp is None:
                 self._link_unnamed()
             else:
-                os.replace(self._temp, self._final)
-                self._temp = None
+                self._rename(self._temp)
         except BaseException:
             self.discard()
             raise
@@ -109,16 +124,19 @@ class FileBlobWriter:
     def _link_unnamed(self) -> None:
         """linkat() names the file; over an existing one (a replacement, or a file a crash left
         without its row), through a temp name and rename."""
-        source = f"/proc/self/fd/{self._fd}"
         try:
-            os.link(source, self._final)
+            _link_by_fd(self._fd, self._name, self._directory)
             return
         except FileExistsError:
             pass
-        self._temp = self._temp_name()
-        self._temp.unlink(missing_ok=True)
-        os.link(source, self._temp)
-        os.replace(self._temp, self._final)
+        temp = self._temp = self._temp_name()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp, dir_fd=self._directory)
+        _link_by_fd(self._fd, temp, self._directory)
+        self._rename(temp)
+
+    def _rename(self, temp: str) -> None:
+        os.replace(temp, self._name, src_dir_fd=self._directory, dst_dir_fd=self._directory)
         self._temp = None
 
     def discard(self) -> None:
@@ -127,7 +145,8 @@ class FileBlobWriter:
             os.close(self._fd)
             self._fd = -1
         if self._temp is not None:
-            self._temp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._temp, dir_fd=self._directory)
             self._temp = None
 
 
@@ -141,7 +160,8 @@ class FileBlobStore:
         self._real_root = os.path.realpath(self.root)
         self._real_directories: dict[str, bool] = {}
         self._data_dir = str(self.data_dir)
-        self._directories: set[Path] = set()
+        self._directories: dict[Path, int] = {}
+        """Open fds of the fan-out directories new blobs go to (256 at most)."""
         self._unnamed = _unnamed_files_work(self.root)
 
     def name_for(self, sop_instance_uid: str) -> str:
@@ -162,17 +182,25 @@ class FileBlobStore:
     def create(self, name: str) -> FileBlobWriter:
         """A writer for blob ``name``: never a half-written instance under its name."""
         final = self.data_dir / name
-        parent = final.parent
-        if parent not in self._directories:
-            parent.mkdir(parents=True, exist_ok=True)
-            self._directories.add(parent)
+        directory = self._directory(final.parent)
         try:
-            return FileBlobWriter(final, self._unnamed)
+            return FileBlobWriter(final.name, directory, self._unnamed)
         except OSError as exc:
             if not self._unnamed or exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                 raise
             self._unnamed = False  # another file system was mounted there: temp names
-            return FileBlobWriter(final, False)
+            return FileBlobWriter(final.name, directory, False)
+
+    def _directory(self, directory: Path) -> int:
+        """The fd of a fan-out directory, created and opened on first use."""
+        fd = self._directories.get(directory)
+        if fd is None:
+            directory.mkdir(parents=True, exist_ok=True)
+            opened = _open_directory(directory)
+            fd = self._directories.setdefault(directory, opened)
+            if fd != opened:  # another thread opened it meanwhile
+                os.close(opened)
+        return fd
 
     def put(self, name: str, content: bytes) -> None:
         """The whole blob at once (see :meth:`create`)."""
@@ -234,6 +262,9 @@ class FileBlobStore:
         (self.data_dir / name).unlink(missing_ok=True)
 
     def close(self) -> None:
+        for fd in self._directories.values():
+            os.close(fd)
+        self._directories.clear()
         if self._file_system is not None:
             self._file_system.close()
 

@@ -105,3 +105,50 @@ def test_sha256_of_streams(tmp_path: Path):
     content = os.urandom(3 << 20)
     path.write_bytes(content)
     assert sha256_of(path) == hashlib.sha256(content).hexdigest()
+
+
+# -- writing piece by piece ---------------------------------------------------------------------
+
+
+@pytest.fixture(params=["unnamed", "temp-name"])
+def writing_blobs(request, tmp_path: Path) -> FileBlobStore:
+    """Both ways a blob is written: O_TMPFILE + linkat, and a temp name + rename (the file
+    systems without O_TMPFILE)."""
+    blobs = FileBlobStore(tmp_path / "data")
+    if request.param == "temp-name":
+        blobs._unnamed = False
+    else:
+        assert blobs._unnamed, "this file system takes O_TMPFILE: the default path"
+    return blobs
+
+
+def _files(blobs: FileBlobStore) -> list[Path]:
+    return sorted(p for p in blobs.root.rglob("*") if p.is_file())
+
+
+def test_a_blob_written_in_pieces_appears_whole_at_commit(writing_blobs: FileBlobStore):
+    name = writing_blobs.name_for(UID)
+    writer = writing_blobs.create(name)
+    writer.write([b"preamble", memoryview(b"and the rest")[4:]])
+    writer.write([b"", b"!" * 100_000])
+    assert _files(writing_blobs) == [] or writing_blobs.path(name) not in _files(writing_blobs)
+    writer.commit()
+    assert writing_blobs.path(name).read_bytes() == b"preamblethe rest" + b"!" * 100_000
+    assert _files(writing_blobs) == [writing_blobs.path(name)]
+
+
+def test_a_committed_blob_replaces_the_old_one(writing_blobs: FileBlobStore):
+    name = writing_blobs.name_for(UID)
+    writing_blobs.put(name, b"first")
+    writing_blobs.put(name, b"second")  # linkat refuses an existing name: temp + rename
+    assert writing_blobs.path(name).read_bytes() == b"second"
+    assert _files(writing_blobs) == [writing_blobs.path(name)]
+
+
+def test_a_discarded_blob_leaves_nothing(writing_blobs: FileBlobStore):
+    name = writing_blobs.name_for(UID)
+    writer = writing_blobs.create(name)
+    writer.write([b"x" * 100_000])
+    writer.discard()
+    writer.discard()  # idempotent
+    assert _files(writing_blobs) == []

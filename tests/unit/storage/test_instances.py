@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -9,8 +11,9 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from stgcmt.dicom.commitment import Reference
+from stgcmt.storage import row_writer
 from stgcmt.storage.files import FileBlobStore
-from stgcmt.storage.instances import InstanceStore
+from stgcmt.storage.instances import IncomingInstance, InstanceStore, StoreOutcome
 from stgcmt.storage.queries import SqliteScpQueries
 from stgcmt.storage.sqlite_index import SqliteInstanceIndex
 from stgcmt.ul import STORAGE_SOP_CLASSES
@@ -108,3 +111,75 @@ def test_store_is_composed_of_any_index_and_blob_store(tmp_path: Path):
         assert blobs.path_for(ds.SOPInstanceUID).is_file()
     finally:
         s.close()
+
+
+# -- receiving piece by piece -----------------------------------------------------------------
+
+EXPLICIT = "1.2.840.10008.1.2.1"
+
+
+def _receive(store: InstanceStore, ds, encoded: bytes, first: int = 65536):
+    return store.receive(ds.SOPClassUID, ds.SOPInstanceUID, EXPLICIT, encoded[:first], "AE")
+
+
+def test_an_instance_received_in_pieces_is_hashed_on_the_way(store):
+    ds = make_dataset(pixel_bytes=300_000)
+    encoded = _encoded(ds)
+    incoming = _receive(store, ds, encoded)
+    assert isinstance(incoming, IncomingInstance)
+    for start in range(65536, len(encoded), 16378):
+        incoming.write(memoryview(encoded)[start : start + 16378])
+    assert not store.path_for(ds.SOPInstanceUID).exists()  # nothing named before the end
+    assert incoming.finish().action == "stored"
+    content = store.path_for(ds.SOPInstanceUID).read_bytes()
+    assert content.endswith(encoded)
+    [row] = SqliteScpQueries(store.data_dir).instances()  # a large row: written at once
+    assert row["sha256"] == hashlib.sha256(content).hexdigest()
+    assert row["size"] == len(content)
+
+
+def test_a_discarded_instance_leaves_no_file_and_no_row(store):
+    ds = make_dataset(pixel_bytes=300_000)
+    incoming = _receive(store, ds, _encoded(ds))
+    assert isinstance(incoming, IncomingInstance)
+    incoming.discard()
+    assert [p for p in store.root.rglob("*") if p.is_file()] == []
+    assert store.count() == 0
+    assert store.verify([Reference(SECONDARY_CAPTURE, ds.SOPInstanceUID)], "exists") == [0x0112]
+
+
+def test_the_quota_caps_an_instance_while_it_arrives(tmp_path):
+    s = InstanceStore(tmp_path / "data", supported_classes=STORAGE_SOP_CLASSES, max_bytes=200_000)
+    try:
+        ds = make_dataset(pixel_bytes=300_000)
+        encoded = _encoded(ds)
+        incoming = _receive(s, ds, encoded)
+        assert isinstance(incoming, IncomingInstance)
+        with pytest.raises(OSError) as full:
+            incoming.write(encoded[65536:])
+        assert full.value.errno == errno.ENOSPC
+        assert [p for p in s.root.rglob("*") if p.is_file()] == []
+        ref = [Reference(SECONDARY_CAPTURE, ds.SOPInstanceUID)]
+        assert s.verify(ref, "exists") == [0x0213]  # resource limitation: try again later
+    finally:
+        s.close()
+
+
+def test_a_duplicate_is_decided_on_the_first_bytes(store):
+    ds = make_dataset(pixel_bytes=300_000)
+    _store(store, ds)
+    assert _receive(store, ds, _encoded(ds)) == StoreOutcome(
+        "duplicate", store.blobs.name_for(ds.SOPInstanceUID)
+    )
+
+
+def test_verification_right_after_stores_sees_rows_not_yet_written(store, monkeypatch):
+    monkeypatch.setattr(row_writer, "BATCH_LINGER", 30.0)  # the writer's batch stays open
+    datasets = [make_dataset() for _ in range(5)]
+    for ds in datasets:
+        _store(store, ds)
+    assert SqliteScpQueries(store.data_dir).instances() == []  # all still pending
+    refs = [Reference(SECONDARY_CAPTURE, ds.SOPInstanceUID) for ds in datasets]
+    assert store.verify(refs, "checksum") == [0] * 5
+    rows = SqliteScpQueries(store.data_dir).instances()
+    assert len(rows) == 5 and all(row["durable"] for row in rows)
