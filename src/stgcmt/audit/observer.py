@@ -112,7 +112,7 @@ class AuditObserver:
         return m.Transfer(remote(peer, m.SOURCE), destination, study, patient, counts)
 
     def _instance_stored(self, event: InstanceStored) -> None:
-        key = (event.study_instance_uid, event.patient_id)
+        key = (_bounded(event.study_instance_uid), _bounded(event.patient_id))
         with self._lock:
             association, written = self._association(event.peer, event.at)
             if not transferred(event.status):
@@ -161,15 +161,14 @@ class AuditObserver:
             transfer = self._transfer(peer, study, patient, counts)
             xml = m.instances_transferred(transfer, self.local.source_id, at, outcome, described)
             found.append((xml, WARNING if failures else NOTICE))
-        if failures and not association.studies:
-            found.append((self._nothing_stored(peer, at, described), WARNING))
+        if failures and not association.studies:  # nothing stored: no study to name
+            transfer = self._transfer(peer, None, None, Counter())
+            xml = m.instances_transferred(
+                transfer, self.local.source_id, at, m.SERIOUS_FAILURE, described
+            )
+            found.append((xml, WARNING))
         association.studies, association.failures = {}, Counter()
         return found
-
-    def _nothing_stored(self, peer: Peer, at: float, described: str | None) -> bytes:
-        event = m.Event(m.INSTANCES_TRANSFERRED, "C", at, m.SERIOUS_FAILURE, description=described)
-        participants = [remote(peer, m.SOURCE), self.local.participant(m.DESTINATION)]
-        return m.audit_message(event, participants, self.local.source_id)
 
     # -- security -------------------------------------------------------------------------------
 
@@ -185,6 +184,11 @@ class AuditObserver:
             kind, reporter, performer, subject, self.local.source_id, event.at, outcome
         )
         self._record(xml, event.at, WARNING)
+
+
+def _bounded(value: str | None) -> str | None:
+    """A peer's value as kept while the association lasts: cut as messages would write it."""
+    return value if value is None else value[: m.MAX_VALUE]
 
 
 def _failures(failures: Counter[int]) -> str | None:
