@@ -9,17 +9,14 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from stgcmt.dicom.commitment import CommitmentReport, Reference
-from stgcmt.storage.instances import InstanceStore
+from stgcmt.storage.backends import scp_status as archive_status
 from stgcmt.storage.queries import (
     SqliteScpQueries,
     SqliteScuQueries,
     format_scp_status,
     format_scu_status,
-    scp_status,
     scu_status,
 )
-from stgcmt.storage.scp_journal import CommitmentJournal
-from stgcmt.ul import STORAGE_SOP_CLASSES
 
 from support.common import CT_IMAGE, SECONDARY_CAPTURE, make_dataset
 from support.scu import pending_transaction, refs
@@ -35,12 +32,12 @@ def _encoded(ds) -> bytes:
 
 
 @pytest.fixture
-def archive(tmp_path: Path):
-    """A data dir with two instances (one committed and delivered), a class conflict and an
-    active transaction."""
-    data = tmp_path / "data"
-    store = InstanceStore(data, supported_classes=STORAGE_SOP_CLASSES)
-    journal = CommitmentJournal(data / "commitment.sqlite")
+def archive(scp_backend):
+    """A data dir (with, on PostgreSQL, its database) holding two instances (one committed and
+    delivered), a class conflict and an active transaction."""
+    data = scp_backend.data_dir
+    store = scp_backend.store()
+    journal = scp_backend.journal()
     kept, other = make_dataset(patient_id="P1"), make_dataset()
     for ds in (kept, other):
         store.store(ds.SOPClassUID, ds.SOPInstanceUID, EXPLICIT, _encoded(ds), "MODALITY")
@@ -51,8 +48,7 @@ def archive(tmp_path: Path):
     journal.finish_verification(done.id, first_attempt_at=0.0)
     journal.mark_delivered(done.id, "new association")
     journal.record_request("1.2.3.2", "MODALITY", None, "new", [ref])
-    yield data, kept, other
-    journal.close()
+    yield data, kept, other, scp_backend
     store.close()
 
 
@@ -64,8 +60,8 @@ def _as_ct(ds):
 
 
 def test_scp_rows(archive):
-    data, kept, other = archive
-    queries = SqliteScpQueries(data)
+    data, kept, other, backend = archive
+    queries = backend.queries()
     rows = queries.instances()
     assert [r["sop_instance_uid"] for r in rows] == [kept.SOPInstanceUID, other.SOPInstanceUID]
     assert [r["durable"] for r in rows] == [1, 0]
@@ -87,9 +83,8 @@ def test_scp_rows(archive):
 
 
 def test_scp_status(archive):
-    data, _, _ = archive
-    status = scp_status(data)
-    assert status == SqliteScpQueries(data).status()
+    data, _, _, backend = archive
+    status = backend.queries().status()
     assert (status["instances"], status["instances_durable"]) == (2, 1)
     assert status["transactions_by_state"] == {
         "received": 1,
@@ -99,9 +94,54 @@ def test_scp_status(archive):
         "given_up": 0,
     }
     assert [t["transaction_uid"] for t in status["transactions"]] == ["1.2.3.2", "1.2.3.1"]
-    assert [t["transaction_uid"] for t in scp_status(data, limit=1)["transactions"]] == ["1.2.3.2"]
+    limited = backend.queries().status(limit=1)
+    assert [t["transaction_uid"] for t in limited["transactions"]] == ["1.2.3.2"]
+    assert archive_status(data, database_url=backend.url) == status  # stgcmt status
     text = format_scp_status(status)
     assert "instances  2 (1 durable)" in text and "1.2.3.2" in text
+
+
+def test_searches_agree_on_both_backends(archive):
+    _, kept, other, backend = archive
+    queries = backend.queries()
+    found = queries.find_transactions(state="received")
+    assert found["total"] == 1 and [t["transaction_uid"] for t in found["items"]] == ["1.2.3.2"]
+    by_patient = queries.find_transactions(patient_id="P1", limit=1, offset=1)
+    assert by_patient["total"] == 2 and [t["transaction_uid"] for t in by_patient["items"]] == [
+        "1.2.3.1"
+    ]
+    assert queries.find_transactions(calling_aet="NOBODY") == {"total": 0, "items": []}
+    delivered = queries.transaction(found["items"][0]["id"] - 1)
+    assert delivered is not None and delivered["state"] == "delivered"
+    assert [
+        (r["sop_instance_uid"], r["failure_reason"], r["patient_id"])
+        for r in delivered["references"]
+    ] == [(kept.SOPInstanceUID, 0, "P1")]
+    assert queries.transaction(9999) is None
+    instances = queries.find_instances(patient_id="P1")
+    assert [i["sop_instance_uid"] for i in instances["items"]] == [kept.SOPInstanceUID]
+    assert queries.find_instances(sop_instance_uid=other.SOPInstanceUID)["total"] == 1
+    (peer,) = queries.peers()
+    assert (peer["calling_aet"], peer["transactions"], peer["reports_pending"]) == (
+        "MODALITY",
+        2,
+        0,
+    )
+
+
+def test_a_cluster_status_names_what_each_node_did(archive):
+    """PostgreSQL only: which node received, verified, delivered and now holds what."""
+    _, _, _, backend = archive
+    if backend.url is None:
+        pytest.skip("one SQLite archive is one node")
+    status = backend.queries().status()
+    assert status["nodes"] == [
+        {"node": "node-a", "received": 2, "verified": 1, "delivered": 1, "leased": 1}
+    ]
+    text = format_scp_status(status)
+    assert "node       node-a: received 2, verified 1, delivered 1, holding 1" in text
+    assert "received by node-a, verified by node-a, delivered by node-a" in text
+    assert f"database   {backend.url}" in text
 
 
 def test_queries_never_create_a_database(tmp_path: Path):

@@ -15,10 +15,7 @@ from stgcmt.storage.postgres.connection import PgDatabase
 LOOKUP_BATCH = 5000
 """UIDs per ``= ANY(%s)`` lookup: one round trip for a typical N-ACTION batch."""
 
-_ROW = "sop_instance_uid, sop_class_uid, path, size, sha256, durable, received_at"
-SYNCED = 1
-READ_BACK = 2
-"""The ``durable`` column: 0 not yet synced, 1 synced, 2 synced and read back intact."""
+_ROW = "sop_instance_uid, sop_class_uid, path, size, sha256, durable, received_at, read_back"
 _UPSERT = (
     "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid,"
     " series_instance_uid, patient_id, transfer_syntax, path, size, sha256, source_aet,"
@@ -28,13 +25,14 @@ _UPSERT = (
     " series_instance_uid = EXCLUDED.series_instance_uid, patient_id = EXCLUDED.patient_id,"
     " transfer_syntax = EXCLUDED.transfer_syntax, path = EXCLUDED.path, size = EXCLUDED.size,"
     " sha256 = EXCLUDED.sha256, source_aet = EXCLUDED.source_aet,"
-    " received_at = EXCLUDED.received_at, durable = EXCLUDED.durable, node = EXCLUDED.node"
+    " received_at = EXCLUDED.received_at, durable = EXCLUDED.durable, node = EXCLUDED.node,"
+    " read_back = 0"
 )
 
 
 def _indexed(row: tuple) -> IndexedInstance:
     return IndexedInstance(
-        row[0], row[1], row[2], int(row[3]), row[4], row[5] >= SYNCED, row[6], row[5] >= READ_BACK
+        row[0], row[1], row[2], int(row[3]), row[4], bool(row[5]), row[6], bool(row[7])
     )
 
 
@@ -98,13 +96,13 @@ class PgInstanceIndex:
             return set()
         with self.db.transaction() as cursor:
             cursor.execute(
-                "UPDATE instances i SET durable = greatest(i.durable, %s) FROM"
+                "UPDATE instances i SET durable = 1, read_back = greatest(i.read_back, %s) FROM"
                 " (SELECT unnest(%s::text[]) AS uid, unnest(%s::text[]) AS sha256,"
                 " unnest(%s::float8[]) AS received_at) c WHERE i.sop_instance_uid = c.uid"
                 " AND i.sha256 = c.sha256 AND i.received_at = c.received_at"
                 " RETURNING i.sop_instance_uid",
                 (
-                    READ_BACK if read_back else SYNCED,
+                    int(read_back),
                     [row.sop_instance_uid for row in rows],
                     [row.sha256 for row in rows],
                     [row.received_at for row in rows],

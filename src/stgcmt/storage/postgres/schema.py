@@ -6,8 +6,8 @@ this program knows is refused (an older node must not write a schema it does not
 The tables mirror the SQLite ones (``sqlite_index``, ``scp_journal``) column for column, plus
 what a cluster needs: which node stored an instance, received, verified and delivered a
 transaction, and the lease (``lease_node``, ``lease_until``) a node holds while it works on
-one. ``durable`` is 0 (not synced), 1 (synced) or 2 (synced and read back matching its
-SHA-256), as in SQLite. Times are epoch seconds (``double precision``) as on the SQLite side;
+one. ``durable`` is 1 once synced, ``read_back`` 1 once its bytes were also read back matching
+its SHA-256, as in SQLite. Times are epoch seconds (``double precision``) as on the SQLite side;
 leases compare the nodes' clocks, which must be synchronised (NTP).
 """
 
@@ -32,7 +32,8 @@ CREATE TABLE instances (
     source_aet text,
     received_at double precision NOT NULL,
     durable smallint NOT NULL DEFAULT 0,
-    node text
+    node text,
+    read_back smallint NOT NULL DEFAULT 0
 );
 CREATE INDEX instances_not_durable ON instances (node) WHERE durable = 0;
 CREATE TABLE class_conflicts (
