@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=None, help="runs per figure (default 3)")
     p.add_argument("--quick", action="store_true", help="short smoke run: small counts, 1 run")
     p.add_argument(
+        "--commit-runs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="runs per commitment figure (default 2: each stores every referenced instance afresh)",
+    )
+    p.add_argument(
         "--commit-refs",
         type=_counts,
         metavar="N,N,...",
@@ -89,24 +97,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (bench/results)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (instances, logs)")
     args = p.parse_args(argv)
-    if args.runs is not None and args.runs < 1:
-        p.error("--runs must be at least 1")
+    for name in ("runs", "commit_runs", "big_mb"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
-    if args.quick:
-        plan = Plan(1, 50, 5, (100, 1_000), (1_000, 100), (100,), (1, 2), 20, 32, 5)
-    else:
-        plan = Plan(
-            3, 500, 50, (10_000, 100_000), (10_000, 1_000), (100, 1_000), (1, 2, 4), 100, 512, 20
-        )
+    full = Plan(
+        runs=3,
+        small=500,
+        large=50,
+        commit_refs=(10_000, 100_000),
+        commit_runs=2,
+        mixed=(10_000, 1_000),
+        orthanc_refs=(100, 1_000),
+        concurrency=(1, 2, 4),
+        nagle=100,
+        big_mb=512,
+        startup=20,
+    )
+    quick = {"runs": 1, "small": 50, "large": 5, "commit_refs": (100, 1_000), "commit_runs": 1}
+    quick |= {"mixed": (1_000, 100), "orthanc_refs": (100,), "concurrency": (1, 2)}
+    quick |= {"nagle": 20, "big_mb": 32, "startup": 5}
+    plan = replace(full, **quick) if args.quick else full
     uvloop = importlib.util.find_spec("uvloop") is not None and not args.no_uvloop
     changes: dict[str, Any] = {"orthanc": not args.no_orthanc, "uvloop": uvloop}
-    for name in ("runs", "commit_refs", "big_mb"):
+    for name in ("runs", "commit_runs", "commit_refs", "big_mb"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
-    return Plan(**{**plan.__dict__, **changes})
+    return replace(plan, **changes)
 
 
 def stgcmt_command() -> list[str]:
@@ -145,6 +165,15 @@ def measure(plan: Plan, tools: Tools, workdir: Path, only: list[str] | None) -> 
             peer.stop()
 
 
+def _version_of(distribution: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
 def _versions(tools: Tools) -> dict[str, str]:
     import pydicom
     import pynetdicom
@@ -154,6 +183,8 @@ def _versions(tools: Tools) -> dict[str, str]:
     return {
         "python": platform.python_version(),
         "stgcmt": getattr(stgcmt, "__version__", "?"),
+        "stgcmt_from": str(Path(stgcmt.__file__).parent),
+        "uvloop": _version_of("uvloop"),
         "pynetdicom": pynetdicom.__version__,
         "pydicom": pydicom.__version__,
         "storescu": tools.storescu,

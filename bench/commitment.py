@@ -37,7 +37,7 @@ def orthanc_commitment(bench: Bench) -> None:
 
 
 def _commit_series(bench: Bench, server: Server, kind: str, refs: int, stored: int) -> None:
-    for run in range(bench.plan.runs):
+    for run in range(bench.plan.commit_runs):
         instances = bench.new_set(f"commit-{refs}", stored, SMALL_SIDE)
         storescu(bench, server, instances)
         references = list(instances.refs) + missing_refs(refs - stored)

@@ -47,6 +47,9 @@ class Plan:
     small: int
     large: int
     commit_refs: tuple[int, ...]
+    commit_runs: int
+    """Runs of each commitment figure (each stores every reference afresh: 100,000 instances
+    take minutes)."""
     mixed: tuple[int, int]
     """(references, of which stored) of the mixed commitment figure."""
     orthanc_refs: tuple[int, ...]
