@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 
 BATCH_ROWS = 64
 """Rows per transaction at most."""
-BATCH_LINGER = 0.004
+BATCH_LINGER = 0.05
 """Seconds the writer waits for a batch to fill once a row is pending: long enough to gather
-the rows of a burst of small C-STOREs, short against any commitment that follows."""
+the rows of a burst of small C-STOREs (each wake-up of this thread costs the receiving thread
+GIL hand-overs), short enough that other readers of the database (``stgcmt status``) see a
+row soon. A commitment never waits for it: pending rows are visible, and flushed first."""
 MAX_PENDING_ROWS = 20_000
 """Rows accepted but not yet written before new ones are refused (the index is slower than
 the network, or failing): memory stays bounded and the sender is told (0xA700)."""

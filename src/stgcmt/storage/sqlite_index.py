@@ -21,6 +21,8 @@ from stgcmt.storage.row_writer import RowWriter
 from stgcmt.storage.sqlite import Database, chunked
 
 LOOKUP_BATCH = 500
+READER_MMAP_BYTES = 256 << 20
+"""Lookups read the database through mmap: a page is a memory access, not a pread()."""
 WRITE_AT_ONCE_BYTES = 64 * 1024
 """A row for an instance at least this big is written before :meth:`SqliteInstanceIndex.put`
 returns: its transfer took far longer than an insert, and a full disk is then told to the
@@ -119,6 +121,7 @@ class SqliteInstanceIndex:
                 self.path, check_same_thread=False, isolation_level=None, timeout=30.0
             )
             conn.execute("PRAGMA query_only=ON")
+            conn.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
             self._local.reader = conn
             with self._readers_lock:
                 self._readers.append(conn)
