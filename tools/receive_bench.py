@@ -133,6 +133,12 @@ def send(port: int, files: list[Path]) -> float:
     return took
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process and all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(("VmHWM:",)):
@@ -143,12 +149,16 @@ def peak_rss_mb(pid: int) -> float:
 def ingest(work: Path, runs: int, count: int, size: int, src: str | None) -> dict[str, object]:
     files = small_files(work / "small", count, size)
     rates: dict[str, list[float]] = {"storescp": [], "stgcmt": []}
+    cpu: dict[str, list[float]] = {"storescp": [], "stgcmt": []}
     for run in range(runs):
         for kind in ("storescp", "stgcmt") if run % 2 == 0 else ("stgcmt", "storescp"):
             port = free_port()
             proc = start(kind, work / f"{kind}-{run}", port, src)
             try:
+                time.sleep(0.5)  # start-up work (imports) done
+                began = cpu_seconds(proc.pid)
                 rates[kind].append(count / send(port, files))
+                cpu[kind].append((cpu_seconds(proc.pid) - began) / count * 1e6)
             finally:
                 stop(proc)
     ratios = [
@@ -159,6 +169,9 @@ def ingest(work: Path, runs: int, count: int, size: int, src: str | None) -> dic
         "bytes": size,
         "stgcmt_per_s": [round(r) for r in rates["stgcmt"]],
         "storescp_per_s": [round(r) for r in rates["storescp"]],
+        "server_cpu_us_per_instance_median": {
+            kind: round(statistics.median(values)) for kind, values in cpu.items()
+        },
         "ratio_min_median_max": [
             round(min(ratios), 2),
             round(statistics.median(ratios), 2),
