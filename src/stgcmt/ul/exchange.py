@@ -34,6 +34,7 @@ from stgcmt.ul.dimse import (
     CommandSet,
     Fragment,
     Message,
+    STREAM_PREFIX_BYTES,
     MessageAssembler,
     encode_command_set,
     fragments,
@@ -202,11 +203,13 @@ class MessageExchange:
         self._update_reading()
 
     def _answers_now(self, message: Message) -> bool:
-        """A whole C-STORE with nothing queued before it, nothing being sent and a transport
+        """A small whole C-STORE (a long one held whole would stall every association on the
+        loop while written) with nothing queued before it, nothing being sent and a transport
         that takes writes: its answer cannot overtake another one."""
         return (
             message.command_field == _C_STORE_RQ
             and not message.streamed
+            and len(message.data_set or b"") <= STREAM_PREFIX_BYTES
             and self._queued == 0
             and self.user is not None
             and not self._send_lock.locked()
