@@ -30,11 +30,11 @@ from stgcmt.ul.acse import PresentationContext
 from stgcmt.ul.dimse import (
     MESSAGE_ID,
     MESSAGE_ID_BEING_RESPONDED_TO,
+    STREAM_PREFIX_BYTES,
     CommandField,
     CommandSet,
     Fragment,
     Message,
-    STREAM_PREFIX_BYTES,
     MessageAssembler,
     encode_command_set,
     fragments,
