@@ -13,12 +13,14 @@ rsyslog rsyslog-gnutls
 systemd
 postgresql-15
 chromium
+strace
 "
 # DCMTK and Orthanc are the interoperability peers; FUSE 3 is for the power-cut harness and the
 # EIO file system (pyfuse3 builds against libfuse3); rsyslog (+ its GnuTLS driver) is the
 # ATNA audit collector the audit tests start; PostgreSQL 15 is the second storage backend (each
 # test session runs a private cluster from initdb); systemd's systemd-analyze verify and
-# systemd-sysusers check deploy/. CI runs as root on a bare machine.
+# systemd-sysusers check deploy/; strace shows which sync calls the running SCP makes
+# (tests/e2e/test_commitment_barrier.py). CI runs as root on a bare machine.
 missing=""
 for package in $DEBIAN_PACKAGES; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
