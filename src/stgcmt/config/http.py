@@ -68,26 +68,20 @@ class HttpConfig:
     def checked(self, where: str = "[http]") -> HttpConfig:
         """Refuse what could only fail later or expose patient data: a bad address, half a
         credential or certificate pair, and credentials missing on a non-loopback address."""
-        from stgcmt.config.model import ConfigError
+        from stgcmt.config.model import ConfigError, TlsConfig
 
         if not self.enabled:
             return self
         host, port = self.address()
         if bool(self.username) != bool(self.password):
             raise ConfigError(f"{where} username/password: give both (HTTP basic), or a token")
-        if (self.cert is None) != (self.key is None):
-            missing = "key" if self.key is None else "cert"
-            raise ConfigError(f"{where} {missing}: give both a certificate and its key")
-        if self.require_client_cert and self.ca is None:
-            raise ConfigError(f"{where} require_client_cert: needs a CA bundle (ca)")
-        for name in ("cert", "key", "ca"):
-            path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
-                raise ConfigError(f"{where} {name}: no such file {path}")
+        TlsConfig(self.cert, self.key, self.ca, self.require_client_cert).checked(where)
+        if self.ca is not None and self.cert is None:
+            raise ConfigError(f"{where} ca: client certificates need HTTPS (cert and key)")
         if not self.has_credentials and not is_loopback(host):
             raise ConfigError(
                 f"{where}: refusing to serve the HTTP API on {host}:{port} without credentials:"
-                " the API shows patient identifiers. Set a token (token = \"...\" in [http]) or"
+                ' the API shows patient identifiers. Set a token (token = "..." in [http]) or'
                 " username and password, or listen on 127.0.0.1"
             )
         return self

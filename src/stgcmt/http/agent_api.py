@@ -31,20 +31,28 @@ def file_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _transaction_filters(query: Query) -> dict[str, Any]:
+    return {
+        "state": query.choice("state", SCU_TX_STATES),
+        "archive_aet": query.aet("archive_aet"),
+        "since": query.time("since"),
+        "until": query.time("until"),
+        "transaction_uid": query.uid("transaction_uid"),
+    }
+
+
 class AgentApi(Api):
     role = "agent"
 
     def __init__(self, agent: Agent, timeline: Timeline, pool: ThreadPoolExecutor) -> None:
-        super().__init__(agent.aet, timeline, pool)
+        super().__init__(agent.aet, agent.queries, timeline, pool)
         self.agent = agent
-        self.queries = agent.queries
         self._lock = threading.Lock()
         self._resending: set[int] = set()
 
     def routes(self) -> list[web.RouteDef]:
         return [
             *super().routes(),
-            web.get("/api/v1/status", self.status),
             web.get("/api/v1/transactions", self.transactions),
             web.get("/api/v1/transactions/{id}", self.transaction),
             web.post("/api/v1/transactions/{id}/request-commitment", self.request_commitment),
@@ -52,27 +60,8 @@ class AgentApi(Api):
             web.get("/api/v1/peers", self.peers),
         ]
 
-    async def status(self, request: web.Request) -> web.Response:
-        Query(request).done()
-        status = await self.run(self.queries.status, 0)
-        del status["transactions"]
-        return web.json_response(status | {"role": self.role, "aet": self.aet})
-
     async def transactions(self, request: web.Request) -> web.Response:
-        query = Query(request)
-        filters: dict[str, Any] = {
-            "state": query.choice("state", SCU_TX_STATES),
-            "archive_aet": query.aet("archive_aet"),
-            "since": query.time("since"),
-            "until": query.time("until"),
-            "transaction_uid": query.uid("transaction_uid"),
-        }
-        limit, offset = query.page()
-        query.done()
-        page = await self.run(
-            lambda: self.queries.find_transactions(**filters, limit=limit, offset=offset)
-        )
-        return web.json_response(page | {"limit": limit, "offset": offset})
+        return await self.search(request, _transaction_filters, self.queries.find_transactions)
 
     async def transaction(self, request: web.Request) -> web.Response:
         tx_id = path_id(request)

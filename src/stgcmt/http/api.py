@@ -130,14 +130,24 @@ def not_found(what: str) -> ApiError:
     return ApiError(404, "not-found", f"{what} does not exist")
 
 
+Filters = Callable[[Query], dict[str, Any]]
+"""Reads a search's filters from the query string (checked)."""
+Search = Callable[..., dict[str, Any]]
+"""A query method answering ``{"total": N, "items": [...]}`` for filters, limit and offset."""
+
+
 class Api:
-    """The routes both services have. ``role`` is ``scp`` or ``agent``; blocking calls (the
-    journal, the network) run on ``pool``, never on the event loop."""
+    """The routes both services have. ``role`` is ``scp`` or ``agent``; ``queries`` their
+    read-only views (ScpQueries or ScuQueries); blocking calls (the journal, the network) run
+    on ``pool``, never on the event loop."""
 
     role = ""
 
-    def __init__(self, aet: str, timeline: Timeline, pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, aet: str, queries: Any, timeline: Timeline, pool: ThreadPoolExecutor
+    ) -> None:
         self.aet = aet
+        self.queries = queries
         self.timeline = timeline
         self.pool = pool
 
@@ -147,9 +157,34 @@ class Api:
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/healthz", self.healthz),
+            web.get("/api/v1/status", self.status),
             web.get("/api/v1/timeline", self.timeline_view),
             web.get("/api/v1/openapi.json", self.openapi),
         ]
+
+    async def status(self, request: web.Request) -> web.Response:
+        """Counts by state (and, for the archive, of instances)."""
+        Query(request).done()
+        status = await self.run(self.queries.status, 0)
+        del status["transactions"]
+        return web.json_response(status | {"role": self.role, "aet": self.aet})
+
+    async def search(
+        self,
+        request: web.Request,
+        filters: Filters,
+        find: Search,
+        shape: Callable[[dict[str, Any]], dict[str, Any]] = dict,
+    ) -> web.Response:
+        """A paged search: filters from the query string, ``find`` on the pool, each row
+        through ``shape``."""
+        query = Query(request)
+        given = filters(query)
+        limit, offset = query.page()
+        query.done()
+        page = await self.run(lambda: find(**given, limit=limit, offset=offset))
+        items = [shape(row) for row in page["items"]]
+        return web.json_response(page | {"items": items, "limit": limit, "offset": offset})
 
     async def healthz(self, request: web.Request) -> web.Response:
         Query(request).done()

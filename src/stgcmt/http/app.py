@@ -34,6 +34,7 @@ from stgcmt.http.scp_api import ScpApi
 from stgcmt.http.timeline import Timeline
 from stgcmt.scp.service import StorageCommitmentSCP
 from stgcmt.scu.agent import Agent
+from stgcmt.storage.interfaces import ScpQueries, ScuQueries
 from stgcmt.storage.scp_journal import REPORT_PENDING
 from stgcmt.storage.scu_journal import PENDING
 
@@ -174,32 +175,29 @@ def with_token(config: HttpConfig, token_dir: Path) -> HttpConfig:
 
 
 def serve_scp(scp: StorageCommitmentSCP, config: HttpConfig) -> HttpServer:
-    """The archive's HTTP server (not yet started)."""
-    queries = scp.queries
-
-    def pending() -> float:
-        return float(queries.status(0)["transactions_by_state"].get(REPORT_PENDING, 0))
-
+    """The archive's HTTP server (not yet started); its gauge: reports pending."""
     return HttpServer(
         config,
         scp.events,
         lambda timeline, pool: ScpApi(scp, timeline, pool),
-        pending,
+        _count_in_state(scp.queries, REPORT_PENDING),
         scp.config.data_dir,
     )
 
 
 def serve_agent(agent: Agent, config: HttpConfig) -> HttpServer:
-    """The agent's HTTP server (not yet started)."""
-    queries = agent.queries
-
-    def pending() -> float:
-        return float(queries.status(0)["transactions_by_state"].get(PENDING, 0))
-
+    """The agent's HTTP server (not yet started); its gauge: transactions pending."""
     return HttpServer(
         config,
         agent.events,
         lambda timeline, pool: AgentApi(agent, timeline, pool),
-        pending,
+        _count_in_state(agent.queries, PENDING),
         Path(agent.journal.path).parent,
     )
+
+
+def _count_in_state(queries: ScpQueries | ScuQueries, state: str) -> Callable[[], float]:
+    def count() -> float:
+        return float(queries.status(0)["transactions_by_state"].get(state, 0))
+
+    return count

@@ -47,18 +47,41 @@ def reference_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _instance(row: dict[str, Any]) -> dict[str, Any]:
+    return row | {"durable": bool(row["durable"])}
+
+
+def _transaction_filters(query: Query) -> dict[str, Any]:
+    return {
+        "state": query.choice("state", STATE_WORDS),
+        "calling_aet": query.aet("calling_aet"),
+        "since": query.time("since"),
+        "until": query.time("until"),
+        "transaction_uid": query.uid("transaction_uid"),
+        "patient_id": query.text("patient_id"),
+        "study_uid": query.uid("study_uid"),
+    }
+
+
+def _instance_filters(query: Query) -> dict[str, Any]:
+    return {
+        "sop_instance_uid": query.uid("sop_instance_uid"),
+        "study_uid": query.uid("study_uid"),
+        "series_uid": query.uid("series_uid"),
+        "patient_id": query.text("patient_id"),
+    }
+
+
 class ScpApi(Api):
     role = "scp"
 
     def __init__(self, scp: StorageCommitmentSCP, timeline: Timeline, pool: ThreadPoolExecutor):
-        super().__init__(scp.config.aet, timeline, pool)
+        super().__init__(scp.config.aet, scp.queries, timeline, pool)
         self.scp = scp
-        self.queries = scp.queries
 
     def routes(self) -> list[web.RouteDef]:
         return [
             *super().routes(),
-            web.get("/api/v1/status", self.status),
             web.get("/api/v1/transactions", self.transactions),
             web.get("/api/v1/transactions/{id}", self.transaction),
             web.post("/api/v1/transactions/{id}/retry", self.retry),
@@ -68,30 +91,10 @@ class ScpApi(Api):
             web.get("/api/v1/peers", self.peers),
         ]
 
-    async def status(self, request: web.Request) -> web.Response:
-        Query(request).done()
-        status = await self.run(self.queries.status, 0)
-        del status["transactions"]
-        return web.json_response(status | {"role": self.role, "aet": self.aet})
-
     async def transactions(self, request: web.Request) -> web.Response:
-        query = Query(request)
-        filters: dict[str, Any] = {
-            "state": query.choice("state", STATE_WORDS),
-            "calling_aet": query.aet("calling_aet"),
-            "since": query.time("since"),
-            "until": query.time("until"),
-            "transaction_uid": query.uid("transaction_uid"),
-            "patient_id": query.text("patient_id"),
-            "study_uid": query.uid("study_uid"),
-        }
-        limit, offset = query.page()
-        query.done()
-        page = await self.run(
-            lambda: self.queries.find_transactions(**filters, limit=limit, offset=offset)
+        return await self.search(
+            request, _transaction_filters, self.queries.find_transactions, transaction_row
         )
-        items = [transaction_row(row) for row in page["items"]]
-        return web.json_response(page | {"items": items, "limit": limit, "offset": offset})
 
     async def transaction(self, request: web.Request) -> web.Response:
         tx_id = path_id(request)
@@ -153,20 +156,7 @@ class ScpApi(Api):
         )
 
     async def instances(self, request: web.Request) -> web.Response:
-        query = Query(request)
-        filters: dict[str, Any] = {
-            "sop_instance_uid": query.uid("sop_instance_uid"),
-            "study_uid": query.uid("study_uid"),
-            "series_uid": query.uid("series_uid"),
-            "patient_id": query.text("patient_id"),
-        }
-        limit, offset = query.page()
-        query.done()
-        page = await self.run(
-            lambda: self.queries.find_instances(**filters, limit=limit, offset=offset)
-        )
-        items = [row | {"durable": bool(row["durable"])} for row in page["items"]]
-        return web.json_response(page | {"items": items, "limit": limit, "offset": offset})
+        return await self.search(request, _instance_filters, self.queries.find_instances, _instance)
 
     async def peers(self, request: web.Request) -> web.Response:
         """Configured peers and every AE the journal or this run has seen."""
