@@ -73,7 +73,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import stgcmt
 from stgcmt import faults
-from stgcmt.storage.queries import SqliteScpQueries, SqliteScuQueries
+from stgcmt.storage.backends import open_scp_queries
+from stgcmt.storage.queries import SqliteScuQueries
 
 LOCALHOST = "127.0.0.1"
 SCP_AET, SCU_AET = "ARCHIVE", "MODALITY"
@@ -522,13 +523,19 @@ class Summary:
         )
 
 
+def sqlite_only(where: list[str]) -> bool:
+    """Whether a crash point is called only in the SQLite backend's modules."""
+    return all("/sqlite" in place.split(":")[0] for place in where)
+
+
 class Campaign:
-    def __init__(self, workdir: Path, seed: int) -> None:
+    def __init__(self, workdir: Path, seed: int, database_url: str | None = None) -> None:
         self.workdir = workdir
         self.rng = random.Random(seed)
         self.data = workdir / "archive"
         self.journal = workdir / "scu-journal.sqlite"
-        self.scp_queries = SqliteScpQueries(self.data)
+        self.database_url = database_url
+        self.scp_queries = open_scp_queries(database_url, self.data)
         self.scu_queries = SqliteScuQueries(self.journal)
         self.originals = workdir / "originals"
         self.outbox = workdir / "outbox"
@@ -538,7 +545,11 @@ class Campaign:
         self.sent_paths: dict[str, Path] = {}
         self.crash_log = workdir / "crash-points.log"
         self.code_points = crash_points_in_code()
-        self.points = tuple(p for p in faults.POINTS if p in self.code_points)
+        self.points = tuple(
+            p
+            for p in faults.POINTS
+            if p in self.code_points and not (database_url and sqlite_only(self.code_points[p]))
+        )
         self.summary = Summary(points=self.points)
         self.lives: list[Life] = []
         self.final = False  # settling: restarts are unarmed
@@ -553,6 +564,7 @@ class Campaign:
             f'[[remote]]\naet = "{SCU_AET}"\nhost = "{LOCALHOST}"\n'
             f"port = {self.agent_relay.port}\n\n"
             "[retry]\nstart = 0.2\ncap = 1.0\ngive_up_after = 86400\n"
+            + (f'\n[database]\nurl = "{database_url}"\n' if database_url else "")
         )
         self.scp = Service(self, "scp", ["scp", "--config", str(config)], self.scp_port)
         self.agent = Service(
@@ -663,6 +675,8 @@ class Campaign:
 
     def scp_working(self) -> list[str]:
         """'verification' while a transaction is journaled but not yet verified."""
+        if self.database_url:
+            return self._working_in_database()
         try:
             db = sqlite3.connect(
                 f"file:{self.scp_queries.journal_path}?mode=ro", uri=True, timeout=0.05
@@ -676,6 +690,16 @@ class Campaign:
         except sqlite3.Error:
             return []
         return ["verification"] if n else []
+
+    def _working_in_database(self) -> list[str]:
+        try:
+            found = [
+                self.scp_queries.find_transactions(state=s, limit=1)["total"]
+                for s in ("received", "verifying")
+            ]
+        except OSError:
+            return []
+        return ["verification"] if any(found) else []
 
     def busy(self, target: str) -> list[str]:
         if target == "send":
@@ -932,10 +956,16 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def run_campaign(kills: int, seed: int, workdir: Path, max_seconds: float = 3600) -> Summary:
+def run_campaign(
+    kills: int,
+    seed: int,
+    workdir: Path,
+    max_seconds: float = 3600,
+    database_url: str | None = None,
+) -> Summary:
     """Rounds until ``kills`` SIGKILLs were counted and every crash point fired (or the time
-    limit: a violation), then settle and check."""
-    campaign = Campaign(workdir, seed)
+    limit: a violation), then settle and check. ``database_url``: the SCP on PostgreSQL."""
+    campaign = Campaign(workdir, seed, database_url)
     summary = campaign.summary
     started = time.monotonic()
     try:
@@ -964,10 +994,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=int(time.time()), help="random seed")
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: temp)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--database",
+        metavar="URL",
+        help="run the SCP on this (empty) PostgreSQL database (default: SQLite in the workdir)",
+    )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="stgcmt-crash-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    summary = run_campaign(args.kills, args.seed, workdir)
+    summary = run_campaign(args.kills, args.seed, workdir, database_url=args.database)
     if args.json:
         print(
             json.dumps(
