@@ -241,7 +241,7 @@ class FileBlobStore:
         return os.stat(os.path.join(self._data_dir, name)).st_size
 
     def sha256(self, name: str) -> str:
-        return sha256_of(self.data_dir / name)
+        return sha256_of(os.path.join(self._data_dir, name))
 
     def open(self, name: str) -> IO[bytes]:
         return open(self.data_dir / name, "rb")
@@ -297,9 +297,19 @@ def _file_system_sync(root: Path, durability: Durability) -> FileSystemSync | No
     return None
 
 
-def sha256_of(path: Path) -> str:
+READ_BLOCK = 64 * 1024
+"""Read-back block: below malloc's mmap threshold, so a small file costs one read and no
+mmap/munmap (a commitment's checksum policy reads thousands of them)."""
+
+
+def sha256_of(path: Path | str) -> str:
+    """SHA-256 of a file, read unbuffered in blocks (no BufferedReader, no pathlib: ~20 µs for
+    a small instance instead of ~60)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while block := os.read(fd, READ_BLOCK):
             digest.update(block)
+    finally:
+        os.close(fd)
     return digest.hexdigest()
