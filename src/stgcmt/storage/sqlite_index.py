@@ -12,13 +12,14 @@ import errno
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from stgcmt.faults import crash_point
 from stgcmt.storage.interfaces import IndexedInstance, InstanceRow
 from stgcmt.storage.row_writer import RowWriter
 from stgcmt.storage.sqlite import Database, chunked
+from stgcmt.storage.uid_filter import UidFilter
 
 LOOKUP_BATCH = 500
 READER_MMAP_BYTES = 256 << 20
@@ -93,17 +94,21 @@ class SqliteInstanceIndex:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._rows = RowWriter(self._insert, "stgcmt-index-writer")
+        self._known = UidFilter(self._row_count())
+        self._known.fill(self._all_uids, "stgcmt-index-filter")
 
     def lookup(self, uids: Sequence[str]) -> dict[str, IndexedInstance]:
-        """Pending rows first (the newest copy), then the database."""
+        """Pending rows first (the newest copy), then the database for the UIDs it may hold."""
         found: dict[str, IndexedInstance] = {}
         unwritten = []
         for uid in uids:
             pending = self._rows.pending(uid)
-            if pending is None:
-                unwritten.append(uid)
-            else:
+            if pending is not None:
                 found[uid] = _pending_instance(pending)
+            elif self._known.may_hold(uid):
+                unwritten.append(uid)
+        if not unwritten:
+            return found
         reader = self._reader()
         for batch in chunked(unwritten, LOOKUP_BATCH):
             marks = ",".join("?" * len(batch))
@@ -127,9 +132,18 @@ class SqliteInstanceIndex:
                 self._readers.append(conn)
         return conn
 
+    def _row_count(self) -> int:
+        return int(self.db.query("SELECT count(*) FROM instances")[0][0])
+
+    def _all_uids(self) -> Iterable[str]:
+        """Every UID in the database, read through a connection of the filling thread."""
+        for (uid,) in self._reader().execute("SELECT sop_instance_uid FROM instances"):
+            yield uid
+
     def put(self, row: InstanceRow) -> None:
         """Insert or replace, in the writer's next batch (at once for a large instance). OSError
         while rows cannot be written (ENOSPC when the index is full)."""
+        self._known.add(row.sop_instance_uid)
         self._rows.add(row)
         if row.size >= WRITE_AT_ONCE_BYTES:
             self._rows.flush()
@@ -190,7 +204,7 @@ class SqliteInstanceIndex:
 
     def count(self) -> int:
         self.flush()
-        return int(self.db.query("SELECT count(*) FROM instances")[0][0])
+        return self._row_count()
 
     def total_bytes(self) -> int:
         self.flush()
