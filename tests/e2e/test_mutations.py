@@ -591,9 +591,17 @@ def _store_changed_copy(modality: Modality, port: int, path: Path) -> None:
     assert modality.store(port, [path]) == [0]
 
 
-def _stored_file(data_dir: Path, uid: str) -> tuple[Path, str]:
-    row = SqliteScpQueries(data_dir).instance(uid)
-    assert row is not None
+def _stored_file(data_dir: Path, uid: str, other_than: str | None = None) -> tuple[Path, str]:
+    """The stored file and SHA-256 the index holds for ``uid`` (optionally: once it holds
+    another SHA-256 than ``other_than``). Index rows reach the database in batches a moment
+    after the C-STORE is answered, so this waits (10 s at most)."""
+
+    def indexed():
+        row = SqliteScpQueries(data_dir).instance(uid)
+        return row if row is not None and row["sha256"] != other_than else None
+
+    row = wait_for(indexed, 10)
+    assert row, f"no index row for {uid}" + (f" other than {other_than}" if other_than else "")
     return data_dir / row["path"], row["sha256"]
 
 
@@ -606,7 +614,7 @@ def test_overwrite_duplicates_replaces_the_stored_copy(scp_process, modality, in
     first_sha = sha256_file(stored)
     _store_changed_copy(modality, scp.port, path)
 
-    stored, index_sha = _stored_file(scp.data_dir, path.stem)
+    stored, index_sha = _stored_file(scp.data_dir, path.stem, other_than=first_sha)
     assert dcmread(stored).PatientID == "CHANGED"
     assert sha256_file(stored) != first_sha
     assert index_sha == sha256_file(stored)  # the index vouches for the new copy
@@ -624,12 +632,12 @@ def test_without_overwrite_duplicates_the_first_copy_is_kept(scp_factory, modali
     assert sha256_file(stored) == first_sha
     _store_changed_copy(modality, scp.port, path)
 
+    assert modality.commit(scp.port, refs_of([path]), "1.2.3.961") == 0
+    assert modality.wait_report(REPORT_WAIT)  # the barrier has flushed every index row by now
+    assert report_content(modality.reports[0][1]) == ({path.stem}, {})
     stored, index_sha = _stored_file(scp.config.data_dir, path.stem)
     assert (sha256_file(stored), index_sha) == (first_sha, first_sha)
     assert dcmread(stored).PatientID == "PAT001"
-    assert modality.commit(scp.port, refs_of([path]), "1.2.3.961") == 0
-    assert modality.wait_report(REPORT_WAIT)
-    assert report_content(modality.reports[0][1]) == ({path.stem}, {})
 
 
 # -- 11. --any-host / check_host = false ---------------------------------------------------------
