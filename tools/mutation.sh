@@ -4,6 +4,8 @@
 #   tools/mutation.sh                       # every module below
 #   tools/mutation.sh scu-files admission   # only these
 #   tools/mutation.sh --report [NAMES]      # score the last runs again, without running
+#   tools/mutation.sh --again NAMES         # the last run's survivors and timeouts only,
+#                                           # against the tests now at HEAD (same mutants)
 #
 # Never mutates this tree: `git archive HEAD` is unpacked into $MUTATION_DIR/<module>
 # (default /tmp/stgcmt-mutation) and mutmut runs there, with that copy's src/ first on
@@ -94,19 +96,36 @@ TOML
     (cd "$dir" && "$MUTMUT" results --all true) >"$dir/results.txt" 2>&1 || true
 }
 
+# Runs the survivors and timeouts of the module's last run again, with HEAD's tests/.
+run_again() {
+    local dir=$OUT/$1 names
+    mapfile -t names < <(sed -n 's/^ *\(.*\): \(survived\|timeout\)$/\1/p' "$dir/results.txt")
+    [ ${#names[@]} -gt 0 ] || return 0
+    rm -rf "$dir/tests"
+    git -C "$ROOT" archive HEAD tests | tar -x -C "$dir"
+    (cd "$dir" && PYTHONPATH="$dir/mutants/src:$dir/.hooks" "$MUTMUT" run --max-children "$JOBS" "${names[@]}") \
+        >"$dir/again.log" 2>&1 || { echo "mutmut failed, see $dir/again.log"; tail -20 "$dir/again.log"; return 1; }
+    (cd "$dir" && "$MUTMUT" results --all true) >"$dir/results.txt" 2>&1 || true
+}
+
 main() {
-    local report=0 total_k=0 total_n=0 counts k n
-    if [ "${1:-}" = --report ]; then report=1; shift; fi
+    local mode=run total_k=0 total_n=0 counts k n
+    case "${1:-}" in
+        --report) mode=report; shift ;;
+        --again) mode=again; shift ;;
+    esac
     local wanted=" $* "
     mkdir -p "$OUT"
     while IFS='|' read -r name file filter tests; do
         [ -n "$name" ] || continue
         [ $# -eq 0 ] || [[ $wanted == *" $name "* ]] || continue
         echo "== $name: mutating $file ${filter:+($filter)} with: tests/e2e/test_mutations.py $tests"
-        if [ $report -eq 0 ]; then
+        if [ $mode = run ]; then
             run_module "$name" "$file" "$filter" "$tests" || continue
         elif [ ! -f "$OUT/$name/results.txt" ]; then
             echo "   not run yet"; continue
+        elif [ $mode = again ]; then
+            run_again "$name" || continue
         fi
         counts=$(score "$OUT/$name/results.txt" "$filter")
         read -r k n <<<"$counts"
