@@ -243,6 +243,10 @@ def write_outputs(out: Path, doc: dict[str, Any], found: list[report.Target]) ->
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if "--cluster" in argv:  # several nodes on PostgreSQL vs one on SQLite: bench/cluster.py
+        from .cluster import main as cluster_main
+
+        return cluster_main([a for a in argv if a != "--cluster"])
     args = parse_args(argv)
     plan = make_plan(args)
     try:
