@@ -250,8 +250,7 @@ class MessageExchange:
         try:
             while (item := self._inbox.get()) is not CLOSED:
                 if isinstance(item, Fragment):
-                    assert stream is not None  # the assembler sent its start first
-                    stream = self._stream_on(stream, item)
+                    stream = self._stream_on(stream, item) if stream else self._orphan(item)
                     continue
                 self._drop(stream)  # a release before a streamed data set ended
                 stream = None
@@ -313,6 +312,12 @@ class MessageExchange:
         self._serve_one(stream.message, partial(self._finish_stream, stream))
         return None
 
+    def _orphan(self, fragment: Fragment) -> _Stream | None:
+        """A fragment of a data set dropped before its end (a peer that released in the middle
+        of a message): only counted, so that reading goes on; no stream follows."""
+        self._loop.call_soon_threadsafe(self._written, len(fragment.data))
+        return None
+
     def _finish_stream(self, stream: _Stream) -> Answer:
         if stream.sink is None:
             return stream.answer or Answer(PROCESSING_FAILURE)
@@ -325,7 +330,12 @@ class MessageExchange:
 
     def _drop(self, stream: _Stream | None) -> None:
         """Discard what a stream wrote (the association ended, or writing failed)."""
-        if stream is None or stream.sink is None:
+        if stream is None:
+            return
+        if stream.unreported:
+            self._loop.call_soon_threadsafe(self._written, stream.unreported)
+            stream.unreported = 0
+        if stream.sink is None:
             return
         sink, stream.sink = stream.sink, None
         try:

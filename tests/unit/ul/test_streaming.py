@@ -36,7 +36,7 @@ from stgcmt.ul.dimse import (
     encode_command_set,
     fragments,
 )
-from stgcmt.ul.pdu import P_DATA_TF
+from stgcmt.ul.pdu import A_RELEASE_RP, A_RELEASE_RQ, P_DATA_TF
 from stgcmt.ul.pdu_items import PresentationDataValueItem
 from stgcmt.ul.seam import NON_STORAGE_SYNTAXES, Handlers, StoreRequest
 
@@ -258,4 +258,32 @@ def test_a_stream_refused_on_its_first_bytes_is_answered_after_its_last(engine_s
     assert answer[STATUS] == refusal
     _send_whole(peer, _c_store(2), b"\0" * 100)
     assert _responses(peer, 1)[0][STATUS] == 0
+    peer.close()
+
+
+def test_a_release_in_the_middle_of_a_streamed_data_set_drops_it(engine_server, monkeypatch):
+    """A peer that sends A-RELEASE-RQ before the last fragment: the stream is discarded (no
+    file), the release answered, the service thread lives on to the end."""
+    died: list[object] = []
+    monkeypatch.setattr(threading, "excepthook", died.append)
+    sinks: list[SlowSink] = []
+    discarded = threading.Event()
+
+    def stream(request: StoreRequest) -> SlowSink:
+        sinks.append(SlowSink(request.dataset, delay=0))
+        sinks[-1].discard = discarded.set  # type: ignore[method-assign]
+        return sinks[-1]
+
+    server = engine_server(Handlers(c_store=lambda r: 0, c_store_stream=stream), storage=True)
+    peer = _explicit_association(server.port)
+    uid, data = _large(8 * MiB)
+    pieces = list(fragments(5, encode_command_set(_c_store(uid=uid)), [data], 65536))
+    pdus = [pieces[i] + bytes(pieces[i + 1]) for i in range(0, len(pieces), 2)]
+    for pdu in pdus[:4]:
+        peer.sock.sendall(pdu)
+    peer.sock.sendall(A_RELEASE_RQ().encode())
+    assert isinstance(peer.receive(), A_RELEASE_RP)
+    assert discarded.wait(5)
+    assert not sinks[0].finished.is_set()
+    assert died == []
     peer.close()
