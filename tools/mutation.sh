@@ -27,12 +27,15 @@ JOBS=${MUTATION_JOBS:-2}
 "$PY" -c 'import mutmut' 2>/dev/null || "$PY" -m pip install -q 'mutmut>=3.8,<4'
 MUTMUT=$(dirname "$PY")/mutmut
 
-# name | file to mutate | mutant-name filter (glob, "" = all of the file) | tests (besides test_mutations.py)
+# name | file to mutate | mutant-name filter (glob, "" = all of the file) | tests (besides
+# test_mutations.py; pytest's --deselect too). Deselected: a test that closes an index right
+# after opening it, which can crash the whole stats run with SIGSEGV (the UID filter's fill
+# thread still reads through a connection close() closes; reported, not ours to fix here).
 MODULES='
 scu-files|src/stgcmt/scu/files.py||tests/unit/scu tests/unit/storage/test_scu_journal.py
 scu-results|src/stgcmt/scu/results.py||tests/e2e/test_scu.py tests/e2e/test_send_ux.py
 retry|src/stgcmt/config/model.py|stgcmt.config.model.xǁRetryPolicyǁ*|tests/unit/test_config.py tests/e2e/test_scp_faults.py
-admission|src/stgcmt/scp/admission.py||tests/e2e/test_scp_limits.py tests/e2e/test_scp_trust.py
+admission|src/stgcmt/scp/admission.py||tests/e2e/test_scp_limits.py tests/e2e/test_scp_trust.py --deselect=tests/e2e/test_scp_trust.py::test_index_rows_outside_the_store_are_never_used
 verification|src/stgcmt/scp/verification.py||tests/e2e/test_scp.py tests/e2e/test_scp_faults.py
 instances|src/stgcmt/storage/instances.py|stgcmt.storage.instances.*verify*,stgcmt.storage.instances.*_make_durable*|tests/unit/storage/test_instances.py tests/e2e/test_scp_faults.py
 storage-files|src/stgcmt/storage/files.py|stgcmt.storage.files.*sync*|tests/unit/storage/test_files.py tests/unit/storage/test_instances.py
