@@ -54,7 +54,7 @@ from support.common import (
     remote,
     wait_for,
 )
-from support.pynetdicom_archive import Archive
+from support.pynetdicom_archive import STORAGE_CLASSES, Archive
 from support.pynetdicom_peer import Modality, refs_of, report_content
 from support.scu import uids
 from support.tls_certs import CertificateAuthority
@@ -768,3 +768,62 @@ def test_send_json_says_no_report_yet_and_aborted_exactly(instances, tmp_path):
     [tx] = result["transactions"]
     assert status == 3 and tx["state"] == "aborted" and tx["error"]
     assert [f["reason"] for f in tx["files"]] == [f"aborted: {tx['error']}"] * 2
+
+
+class LeavesOneOut(Archive):
+    """Reports every file but ``left_out``: in neither the committed nor the failed list."""
+
+    left_out: str = ""
+
+    def _report_for(self, request: Dataset):
+        report = super()._report_for(request)
+        report.committed = [r for r in report.committed if r.sop_instance_uid != self.left_out]
+        return report
+
+
+class RefusesNAction(Archive):
+    """Answers every N-ACTION 0x0213 (resource limitation): no report will come."""
+
+    def _on_action(self, event) -> tuple[int, None]:
+        return RESOURCE_LIMITATION, None
+
+
+class StorageOnly(Archive):
+    """Storage only: the Storage Commitment context is rejected."""
+
+    def start(self) -> int:
+        ae = AE(self.aet)
+        for uid in STORAGE_CLASSES:
+            ae.add_supported_context(uid, list(self.transfer_syntaxes))
+        self._server = ae.start_server(
+            (LOCALHOST, 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+        )
+        return self._server.server_address[1]
+
+
+def _reasons_from(archive: Archive, paths: list[Path], home: Path) -> tuple[dict, dict[str, str]]:
+    """``send --json`` to ``archive``: its one transaction, and each file's reason by path."""
+    port = archive.start()
+    try:
+        _, result = _send_json(port, *paths, "--timeout", "5", home=home)
+    finally:
+        archive.stop()
+    [tx] = result["transactions"]
+    return tx, {f["path"]: f["reason"] for f in tx["files"]}
+
+
+def test_send_json_says_why_a_reported_or_refused_file_is_not_committed(instances, tmp_path):
+    left_out, committed = instances(2)
+    archive = LeavesOneOut(report="same")
+    archive.left_out = left_out.stem
+    _, reasons = _reasons_from(archive, [left_out, committed], tmp_path)
+    assert reasons == {str(left_out): "not in the report", str(committed): None}
+
+    tx, reasons = _reasons_from(RefusesNAction(report="same"), [committed], tmp_path)
+    assert (tx["state"], tx["error"]) == ("failed", "N-ACTION refused: 0x0213 resource limitation")
+    assert reasons == {str(committed): "Failure Reason 0x0213 resource limitation"}
+
+    _, reasons = _reasons_from(StorageOnly(report="same"), [committed], tmp_path)
+    assert reasons == {
+        str(committed): "the archive does not support Storage Commitment (no report)"
+    }
