@@ -37,7 +37,7 @@ scu-results|src/stgcmt/scu/results.py||tests/e2e/test_scu.py tests/e2e/test_send
 retry|src/stgcmt/config/model.py|stgcmt.config.model.xǁRetryPolicyǁ*|tests/unit/test_config.py tests/e2e/test_scp_faults.py
 admission|src/stgcmt/scp/admission.py||tests/e2e/test_scp_limits.py tests/e2e/test_scp_trust.py --deselect=tests/e2e/test_scp_trust.py::test_index_rows_outside_the_store_are_never_used
 verification|src/stgcmt/scp/verification.py||tests/e2e/test_scp.py tests/e2e/test_scp_faults.py
-instances|src/stgcmt/storage/instances.py|stgcmt.storage.instances.*verify*,stgcmt.storage.instances.*_make_durable*|tests/unit/storage/test_instances.py tests/e2e/test_scp_faults.py
+instances|src/stgcmt/storage/instances.py|stgcmt.storage.instances.xǁDurabilityBarrierǁ*,stgcmt.storage.instances.xǁInstanceStoreǁverify*,stgcmt.storage.instances.xǁInstanceStoreǁ_check__*,stgcmt.storage.instances.xǁInstanceStoreǁ_make_durable*,stgcmt.storage.instances.xǁInstanceStoreǁblob_problem*,stgcmt.storage.instances.xǁInstanceStoreǁdurability_round*|tests/unit/storage/test_instances.py tests/e2e/test_scp_faults.py
 storage-files|src/stgcmt/storage/files.py|stgcmt.storage.files.*sync*|tests/unit/storage/test_files.py tests/unit/storage/test_instances.py
 scu-reports|src/stgcmt/scu/reports.py||tests/e2e/test_scu.py tests/e2e/test_scu_trust.py
 delivery|src/stgcmt/scp/delivery.py||tests/e2e/test_scp.py tests/e2e/test_scp_faults.py
