@@ -5,6 +5,8 @@ archives are shown with statuses in hex and words; /metrics counts its associati
 
 from __future__ import annotations
 
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from stgcmt.scu.options import SendOptions
 from stgcmt.scu.send import send
 from stgcmt.storage.scu_journal import ScuJournal
 
-from support.common import LOCALHOST, free_port, remote, wait_for, write_instances
+from support.common import LOCALHOST, PYTHON, free_port, remote, wait_for, write_instances
 from support.http import Client, agent_with_http, metric_samples, scp_with_http
 from support.pynetdicom_peer import Modality
 
@@ -109,3 +111,47 @@ def test_resend_the_failed_files_of_a_transaction(tmp_path, agent):
         assert scp.store.path_for(files[0]["sop_instance_uid"]).exists()
     assert client.post("/api/v1/transactions/999/resend-failed").status == 404
     assert client.post(f"/api/v1/transactions/{new['id']}/resend-failed").status == 409
+
+
+def test_stgcmt_agent_http_flag(tmp_path):
+    """``stgcmt agent --http`` as users run it: its own process, the token beside the journal."""
+    port, http = free_port(), free_port()
+    journal = tmp_path / "state" / "scu.sqlite"
+    with open(tmp_path / "agent.log", "ab") as log:
+        proc = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "stgcmt",
+                "agent",
+                "--aet",
+                "CT1",
+                "--bind",
+                LOCALHOST,
+                "--port",
+                str(port),
+                "--journal",
+                str(journal),
+                "--http",
+                f"{LOCALHOST}:{http}",
+            ],
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        token_file = journal.parent / "http-token"
+
+        def up() -> bool:
+            try:
+                return token_file.exists() and Client(http).get("/healthz").status == 200
+            except OSError:  # not listening yet
+                return False
+
+        assert wait_for(up, 30), (tmp_path / "agent.log").read_text()
+        assert Client(http, token=None).ok("/healthz")["role"] == "agent"
+        client = Client(http, token=token_file.read_text().strip())
+        assert client.ok("/api/v1/status")["transactions_by_state"]["pending"] == 0
+        assert Client(http, token="nope").get("/api/v1/status").status == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
