@@ -211,10 +211,11 @@ class SqliteInstanceIndex:
         return int(self.db.query("SELECT coalesce(sum(size), 0) FROM instances")[0][0])
 
     def close(self) -> None:
-        """Write what is pending, then close every connection."""
+        """Write what is pending, stop the filter's fill, then close every connection."""
         try:
             self._rows.close()
         finally:
+            self._known.stop()
             with self._readers_lock:
                 for reader in self._readers:
                     reader.close()

@@ -34,15 +34,28 @@ class UidFilter:
         self._bits = bytearray(bits // 8)
         self._adding = threading.Lock()  # a byte's bits are set read-modify-write
         self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._filler: threading.Thread | None = None
 
     def fill(self, uids: Callable[[], Iterable[str]], name: str) -> None:
         """Add every UID ``uids()`` yields, in a thread; the filter answers only afterwards."""
-        threading.Thread(target=self._fill, args=(uids,), name=name, daemon=True).start()
+        self._filler = threading.Thread(target=self._fill, args=(uids,), name=name, daemon=True)
+        self._filler.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """End the start-up fill and wait for its thread: the index closes the connection the
+        fill reads through only after this (closing an SQLite connection while another thread
+        iterates over it can crash the process)."""
+        self._stop.set()
+        if self._filler is not None:
+            self._filler.join(timeout)
 
     def _fill(self, uids: Callable[[], Iterable[str]]) -> None:
-        """A fill cut short (the index closed, or failed) leaves the filter answering "maybe"."""
+        """A fill cut short (stopped, or the index failed) leaves the filter answering "maybe"."""
         try:
             for uid in uids():
+                if self._stop.is_set():
+                    return
                 self.add(uid)
         except Exception as exc:
             log.warning("instance UIDs not all read (%s): every lookup asks the index", exc)

@@ -69,3 +69,31 @@ def test_lookups_through_the_filter_find_old_and_new_rows(tmp_path):
         assert index.lookup(["1.2.3.1"]) == {}
     finally:
         index.close()
+
+
+def test_stop_ends_the_fill_before_its_source_goes_away():
+    """The index closes the connection the fill reads through only after ``stop``: a fill still
+    running then would iterate over a closed SQLite connection (a crash, seen under mutation
+    testing as a SIGSEGV when an index was closed right after it opened)."""
+    source_open = threading.Event()
+    source_open.set()
+    read = []
+
+    def endless():
+        n = 0
+        while True:
+            assert source_open.is_set(), "read after the source was closed"
+            read.append(n)
+            yield f"1.2.{n}"
+            n += 1
+
+    known = UidFilter(0)
+    known.fill(endless, "test-filter")
+    while not read:
+        pass
+    known.stop(timeout=5)
+    source_open.clear()
+    count = len(read)
+    threading.Event().wait(0.05)
+    assert len(read) == count  # nothing read after stop returned
+    assert known.may_hold("9.9.9")  # never filled: every lookup asks the index
