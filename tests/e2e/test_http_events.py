@@ -72,8 +72,8 @@ def watched(tmp_path: Path, modality: Modality):
 
 def test_one_store_and_commit_as_events(watched, modality, instances):
     scp, seen = watched
-    paths = instances(2)
-    assert modality.store(scp.port, paths) == [0, 0]
+    paths = instances(2) + instances(1, pixel_bytes=300_000)  # the large one is streamed
+    assert modality.store(scp.port, paths) == [0, 0, 0]
     assert modality.commit(scp.port, refs_of(paths), "1.2.3.77") == 0
     assert modality.wait_report(15)
     wait_for(lambda: seen.of(ReportDelivered) and len(seen.of(AssociationClosed)) >= 2, 10)
@@ -92,7 +92,7 @@ def test_one_store_and_commit_as_events(watched, modality, instances):
     assert (requested.status, requested.transaction_uid, requested.references) == (
         0,
         "1.2.3.77",
-        2,
+        3,
     )
     (delivered,) = seen.of(ReportDelivered)
     assert (delivered.calling_aet, delivered.transaction_uid, delivered.via) == (
@@ -100,10 +100,10 @@ def test_one_store_and_commit_as_events(watched, modality, instances):
         "1.2.3.77",
         "new",
     )
-    assert (delivered.committed, delivered.failed) == (2, 0)
+    assert (delivered.committed, delivered.failed) == (3, 0)
     assert 0 < delivered.latency < 15
     closed = seen.of(AssociationClosed)
-    assert closed[0].stored == {"stored": 2}
+    assert closed[0].stored == {"stored": 3}
     scp.stop()
     assert seen.events[-1] == ApplicationActivity("stop", "scp", "STGCMT_SCP", seen.events[-1].at)
 

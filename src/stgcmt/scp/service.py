@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from stgcmt import ul
 from stgcmt.config import ScpConfig
@@ -42,6 +43,29 @@ from stgcmt.storage.scp_journal import (
 )
 
 log = logging.getLogger("stgcmt.scp")
+
+
+class _TimedSink:
+    """A streamed C-STORE's sink that reports its answer and the bytes it received."""
+
+    def __init__(
+        self, sink: ul.StoreSink, answered: Callable[[int, int], None], received: int
+    ) -> None:
+        self._sink = sink
+        self._answered = answered
+        self._received = received
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._received += len(data)
+        self._sink.write(data)
+
+    def finish(self) -> int:
+        status = self._sink.finish()
+        self._answered(status, self._received)
+        return status
+
+    def discard(self) -> None:  # never answered: no event
+        self._sink.discard()
 
 
 class StorageCommitmentSCP:
@@ -87,7 +111,7 @@ class StorageCommitmentSCP:
             ul.Handlers(
                 accept=self._admission.accept,
                 c_store=self._on_c_store,
-                c_store_stream=self._c_store.on_c_store_stream,
+                c_store_stream=self._on_c_store_stream,
                 n_action=self._n_action.on_n_action,
                 n_action_answered=self._requesters.answered,
                 closed=self._on_closed,
@@ -160,17 +184,34 @@ class StorageCommitmentSCP:
         """The C-STORE handler, timed: its answer is an :class:`InstanceStored` event."""
         started = time.perf_counter()
         status = self._c_store.on_c_store(request)
+        self._stored(request, status, len(request.dataset), started)
+        return status
+
+    def _on_c_store_stream(self, request: ul.StoreRequest) -> ul.StoreSink | int:
+        """The streamed C-STORE handler: decided on the first bytes (an event now), or its
+        sink, whose answer at the end is the event."""
+        started = time.perf_counter()
+        begun = self._c_store.on_c_store_stream(request)
+        if isinstance(begun, int):
+            self._stored(request, begun, len(request.dataset), started)
+            return begun
+        return _TimedSink(
+            begun,
+            lambda status, size: self._stored(request, status, size, started),
+            len(request.dataset),
+        )
+
+    def _stored(self, request: ul.StoreRequest, status: int, size: int, started: float) -> None:
         self.events.emit(
             InstanceStored(
                 Peer.of(request.peer),
                 status,
                 request.sop_class_uid,
                 request.sop_instance_uid,
-                len(request.dataset),
+                size,
                 time.perf_counter() - started,
             )
         )
-        return status
 
     def _on_closed(self, link: ul.Link) -> None:
         self._requesters.closed(link)
