@@ -12,10 +12,12 @@ the claims and the deliveries keep it on.
 from __future__ import annotations
 
 import errno
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from weakref import WeakKeyDictionary
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -24,6 +26,8 @@ from stgcmt.storage.postgres.schema import SchemaTooNew, migrate
 
 CONNECT_TIMEOUT = 10
 """Seconds to reach the server for one connection (libpq ``connect_timeout``)."""
+IDLE_CHECK = 1.0
+"""Seconds idle after which a pooled connection is checked before it is used again."""
 POOL_TIMEOUT = 30.0
 """Seconds a thread waits for a free connection (or for the server to come back)."""
 
@@ -66,13 +70,15 @@ class PgDatabase:
     def __init__(self, url: str, *, pool_size: int = 8) -> None:
         self.url = url
         self.shown = shown_url(url)
+        self._returned: WeakKeyDictionary[psycopg.Connection[Any], float] = WeakKeyDictionary()
         self._first_connection()
         self.pool: ConnectionPool = ConnectionPool(
             url,
             min_size=1,
             max_size=max(1, pool_size),
             kwargs={"connect_timeout": CONNECT_TIMEOUT},
-            check=ConnectionPool.check_connection,
+            check=self._check_if_idle,
+            reset=self._returned_now,
             timeout=POOL_TIMEOUT,
             reconnect_timeout=POOL_TIMEOUT,
             open=False,
@@ -93,6 +99,18 @@ class PgDatabase:
                 f"cannot use the PostgreSQL database {self.shown} ({reason}): start the server"
                 " or fix --database / [database] url",
             ) from exc
+
+    def _returned_now(self, conn: psycopg.Connection[Any]) -> None:
+        self._returned[conn] = time.monotonic()
+
+    def _check_if_idle(self, conn: psycopg.Connection[Any]) -> None:
+        """Before a connection is handed out: one empty round trip if it sat idle (the server
+        may have restarted or dropped it meanwhile; a broken one is replaced). One in use a
+        moment ago was working then: checking it every time would cost a round trip per
+        transaction on the C-STORE path; if the server died since, its next statement fails
+        as a storage error and the pool replaces it."""
+        if time.monotonic() - self._returned.get(conn, 0.0) >= IDLE_CHECK:
+            ConnectionPool.check_connection(conn)
 
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[psycopg.Cursor[Any]]:
