@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 
 from stgcmt.config import ScpConfig
 from stgcmt.events import (
@@ -87,6 +88,9 @@ def test_one_store_and_commit_as_events(watched, modality, instances):
     assert [(s.status, s.sop_instance_uid) for s in stored] == [(0, p.stem) for p in paths]
     assert [s.size for s in stored] == [dataset_size(p) for p in paths]
     assert all(0 < s.seconds < 10 for s in stored)
+    assert [(s.study_instance_uid, s.patient_id) for s in stored] == [
+        (str(dcmread(p).StudyInstanceUID), "PAT001") for p in paths
+    ]
 
     (requested,) = seen.of(CommitmentRequested)
     assert (requested.status, requested.transaction_uid, requested.references) == (

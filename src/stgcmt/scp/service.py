@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 from stgcmt import ul
 from stgcmt.config import ScpConfig
+from stgcmt.dicom.part10 import MalformedDataset, index_attributes
+from stgcmt.dicom.status import SUCCESS
 from stgcmt.events import (
     ApplicationActivity,
     AssociationClosed,
@@ -202,6 +204,13 @@ class StorageCommitmentSCP:
         )
 
     def _stored(self, request: ul.StoreRequest, status: int, size: int, started: float) -> None:
+        seconds = time.perf_counter() - started
+        study = patient = None
+        if status == SUCCESS:  # for the audit trail; the store passed the same scan already
+            try:
+                study, _, patient = index_attributes(request.dataset, request.transfer_syntax)
+            except MalformedDataset:  # a duplicate is decided before reading the data set
+                pass
         self.events.emit(
             InstanceStored(
                 Peer.of(request.peer),
@@ -209,7 +218,9 @@ class StorageCommitmentSCP:
                 request.sop_class_uid,
                 request.sop_instance_uid,
                 size,
-                time.perf_counter() - started,
+                seconds,
+                study_instance_uid=study,
+                patient_id=patient,
             )
         )
 
