@@ -11,6 +11,7 @@ resumes every unfinished transaction.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -207,10 +208,9 @@ class StorageCommitmentSCP:
         seconds = time.perf_counter() - started
         study = patient = None
         if status == SUCCESS:  # for the audit trail; the store passed the same scan already
-            try:
+            # (a duplicate may be decided before the data set is read)
+            with contextlib.suppress(MalformedDataset):
                 study, _, patient = index_attributes(request.dataset, request.transfer_syntax)
-            except MalformedDataset:  # a duplicate is decided before reading the data set
-                pass
         self.events.emit(
             InstanceStored(
                 Peer.of(request.peer),
