@@ -18,6 +18,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from stgcmt.config import RetryPolicy
 from stgcmt.dicom.commitment import Reference
+from stgcmt.storage.scu_journal import ScuJournal
 
 from support.common import (
     LOCALHOST,
@@ -28,8 +29,9 @@ from support.common import (
     wait_for,
     write_instances,
 )
-from support.http import TOKEN, scp_with_http
+from support.http import TOKEN, agent_with_http, scp_with_http
 from support.pynetdicom_peer import Modality, refs_of
+from support.scu import pending_transaction
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -56,11 +58,15 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
+    """A tab; a script error on any page it showed fails the test."""
     context = browser.new_context(viewport={"width": 1366, "height": 900})
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
     yield page
     context.close()
+    assert not errors, f"script errors in the dashboard: {errors}"
 
 
 def sign_in(page: Page, port: int, token: str = TOKEN, query: str = "") -> None:
@@ -149,6 +155,24 @@ def test_retry_button_delivers_the_report(tmp_path, page):
             page.screenshot(path=str(DOCS / "dashboard-retry.png"), full_page=True)
     finally:
         modality.stop()
+
+
+def test_agent_dashboard_shows_a_pending_transaction(tmp_path, page):
+    journal = ScuJournal(tmp_path / "scu.sqlite")
+    try:
+        files = pending_transaction(journal, tmp_path / "out", 2)
+    finally:
+        journal.close()
+    with agent_with_http(tmp_path / "scu.sqlite", "CT1") as (_, web):
+        sign_in(page, web.port)
+        expect(page.locator("#count-pending .n")).to_have_text("1")
+        expect(page.locator("#peers")).to_contain_text("ARCHIVE@127.0.0.1:104")
+        page.goto(f"http://{LOCALHOST}:{web.port}/#/tx/1")
+        expect(page.locator("#tx-state")).to_have_text("pending")
+        for f in files:
+            expect(page.locator("#references")).to_contain_text(f.sop_instance_uid)
+        expect(page.locator("#action-request-commitment")).to_be_visible()
+        page.screenshot(path=str(DOCS / "dashboard-agent.png"), full_page=True)
 
 
 def test_wrong_token_is_refused_in_the_browser(tmp_path, page):

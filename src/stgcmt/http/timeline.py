@@ -1,8 +1,8 @@
 """What happened recently, in memory, for the dashboard: per-minute counts (stores,
-commitments, delivered reports, N-ACTION to report latency), each peer's last association, and
-each transaction's delivery attempts with their errors. Fed by the service's events; bounded
-(a few hours of minutes, the latest transactions), and lost at restart by design: the journal
-stays the record, this is only the picture of the last hours."""
+commitments, delivered reports, N-ACTION to report latency, associations), each peer's last
+association, and each transaction's delivery attempts with their errors. Fed by the service's
+events; bounded (a few hours of minutes, the latest transactions), and lost at restart by
+design: the journal stays the record, this is only the picture of the last hours."""
 
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ class Minute:
     report_failures: int = 0
     latency_sum: float = 0.0
     latency_max: float = 0.0
+    associations: int = 0
+    rejected: int = 0
 
 
 class Timeline:
@@ -85,8 +87,10 @@ class Timeline:
                 case ReportGivenUp():
                     self._attempt(event.transaction_uid, event.at, "given up", event.error, None)
                 case AssociationAccepted():
+                    self._minute(event.at).associations += 1
                     self._association(event.peer, event.at, "accepted", None)
                 case AssociationRejected():
+                    self._minute(event.at).rejected += 1
                     self._association(event.peer, event.at, "rejected", event.detail)
 
     def _minute(self, at: float) -> Minute:

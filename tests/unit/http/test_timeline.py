@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from stgcmt.events import (
+    AssociationAccepted,
     AssociationRejected,
     CommitmentRequested,
     InstanceStored,
@@ -44,6 +45,15 @@ def test_minutes_count_what_happened_in_each():
     assert (second["stores"], second["commitments"], second["reports"]) == (1, 1, 2)
     assert (second["latency_sum"], second["latency_max"]) == (6.0, 4.0)
     assert third == {**third, "stores": 0, "reports": 0, "at": T0 + 120}
+
+
+def test_associations_per_minute():
+    timeline = Timeline()
+    timeline.observe(AssociationAccepted(PEER, at=T0 + 5))
+    timeline.observe(AssociationAccepted(PEER, at=T0 + 6))
+    timeline.observe(AssociationRejected(PEER, "called-aet", "not ours", at=T0 + 7))
+    (minute,) = timeline.minutes(1, now=T0 + 30)
+    assert (minute["associations"], minute["rejected"]) == (2, 1)
 
 
 def test_attempts_and_last_association_are_remembered():

@@ -136,7 +136,10 @@ async function overview(main) {
     chart("Commitments (N-ACTION) per minute", minutes, (m) => m.commitments, ""),
     chart("N-ACTION → report latency (mean, s)", minutes,
       (m) => (m.reports ? m.latency_sum / m.reports : 0), " s"),
-  ] : [chart("Associations with reports per minute", minutes, (m) => m.reports, "")];
+  ] : [
+    chart("Associations accepted per minute", minutes, (m) => m.associations, ""),
+    chart("Associations rejected per minute", minutes, (m) => m.rejected, ""),
+  ];
   main.replaceChildren(
     el("h2", {}, "Transactions by state"), el("div", { class: "cards" }, cards),
     el("h2", {}, "Last hour"), el("div", { class: "charts" }, charts),
