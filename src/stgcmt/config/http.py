@@ -51,7 +51,7 @@ class HttpConfig:
         from stgcmt.config.model import ConfigError
 
         text = (self.listen or "").strip()
-        if text.isdigit():
+        if text.isascii() and text.isdigit():
             host, port = DEFAULT_HTTP_BIND, text
         elif text.startswith("["):
             host, _, rest = text[1:].partition("]")
@@ -59,7 +59,7 @@ class HttpConfig:
         else:
             host, _, port = text.rpartition(":")
         host = host or DEFAULT_HTTP_BIND
-        if not port.isdigit() or not 0 <= int(port) <= 65535:
+        if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
             raise ConfigError(
                 f"http listen: expected HOST:PORT (e.g. 127.0.0.1:8080), got {self.listen!r}"
             )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import math
 import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -86,7 +87,10 @@ class Query:
         if value is None:
             return None
         try:
-            return float(value) if not _ISO.fullmatch(value) else _iso(value)
+            seconds = float(value) if not _ISO.fullmatch(value) else _iso(value)
+            if not math.isfinite(seconds):
+                raise ValueError(value)
+            return seconds
         except (ValueError, OverflowError):
             raise bad_request(
                 f"{name}: {value[:80]!r} is neither epoch seconds nor an ISO 8601 time"
@@ -97,7 +101,7 @@ class Query:
         value = self._get(name)
         if value is None:
             return default
-        if not value.isdigit() or not low <= int(value) <= high:
+        if not _is_number(value) or not low <= int(value) <= high:
             raise bad_request(f"{name}: expected an integer from {low} to {high}, got {value!r}")
         return int(value)
 
@@ -112,6 +116,11 @@ class Query:
             raise bad_request(f"unknown parameter {unknown[0]!r} (known here: {known})")
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes ``²``, which ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def _iso(value: str) -> float:
     parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
@@ -121,7 +130,7 @@ def _iso(value: str) -> float:
 
 def path_id(request: web.Request) -> int:
     text = request.match_info["id"]
-    if not text.isdigit() or len(text) > 18:
+    if not _is_number(text) or len(text) > 18:
         raise bad_request(f"transaction id {text[:40]!r} is not a number (the # in the list)")
     return int(text)
 

@@ -24,7 +24,10 @@ def test_addresses(listen, address):
     assert HttpConfig(listen=listen).checked().address() == address
 
 
-@pytest.mark.parametrize("listen", ["", "host", "127.0.0.1:", "127.0.0.1:http", "1.2.3.4:70000"])
+@pytest.mark.parametrize(
+    "listen",
+    ["", "host", "127.0.0.1:", "127.0.0.1:http", "1.2.3.4:70000", "127.0.0.1:\u00b2", "\u00b2"],
+)
 def test_bad_addresses(listen):
     with pytest.raises(ConfigError, match="HOST:PORT"):
         HttpConfig(listen=listen).checked()
