@@ -352,17 +352,19 @@ class InstanceStore:
         ``checksum`` reads the bytes back unless this copy was read back when it was made
         durable (the read may come from the page cache: it proves what the file system
         returns, not what the platter holds)."""
-        where = self.blobs.locate(row.blob)
         try:
             size = self.blobs.size(row.blob)
         except OSError as exc:
-            return f"file {where} unreadable: {exc.strerror}"
+            return f"file {self.blobs.locate(row.blob)} unreadable: {exc.strerror}"
         if policy in ("size", "checksum") and size != row.size:
-            return f"file {where} has {size} bytes, index says {row.size}"
+            return f"file {self.blobs.locate(row.blob)} has {size} bytes, index says {row.size}"
         if policy == "checksum" and not row.read_back:
             digest = self.blobs.sha256(row.blob)
             if digest != row.sha256:
-                return f"file {where} SHA-256 {digest[:12]}… differs from index {row.sha256[:12]}…"
+                return (
+                    f"file {self.blobs.locate(row.blob)} SHA-256 {digest[:12]}…"
+                    f" differs from index {row.sha256[:12]}…"
+                )
         return None
 
     # -- the background durability round -------------------------------------------------------

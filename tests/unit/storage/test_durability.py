@@ -213,8 +213,11 @@ def test_background_round_makes_instances_durable_before_the_commitment(stores, 
     store = stores(durability="fsync")
     refs = _store_new(store, 5)
     store.start_durability_rounds("checksum")
+    uids = [ref.sop_instance_uid for ref in refs]
     deadline = time.monotonic() + 10
-    while not all(_durable(store).values()) and time.monotonic() < deadline:
+    while time.monotonic() < deadline and not all(
+        row.durable for row in store.index.lookup(uids).values()
+    ):
         time.sleep(0.05)
     assert all(_durable(store).values())
     fsyncs.clear()
