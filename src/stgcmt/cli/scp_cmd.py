@@ -29,7 +29,7 @@ from stgcmt.config import REPORT_ROUTE_CHOICES, VERIFY_CHOICES, ConfigError, loa
 from stgcmt.config.audit import syslog_url
 from stgcmt.http import serve_scp
 from stgcmt.logs import setup_logging
-from stgcmt.scp import StorageCommitmentSCP, StorageUnavailable
+from stgcmt.scp import DatabaseUnavailable, StorageCommitmentSCP, StorageUnavailable
 
 log = logging.getLogger("stgcmt.cli")
 
@@ -247,6 +247,9 @@ def run(args: argparse.Namespace) -> int:
             raise
     except StorageUnavailable as exc:
         return fail(args, f"cannot start the SCP: {exc} (--data-dir)")
+    except DatabaseUnavailable as exc:
+        fail(args, f"cannot start the SCP: {exc}")
+        return 1  # not a configuration error: the database may come back, restart us then
     except (ConfigError, OSError) as exc:
         return fail(args, f"cannot start the SCP: {exc}")
     stop = threading.Event()

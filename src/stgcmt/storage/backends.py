@@ -18,6 +18,15 @@ from stgcmt.storage.sqlite import ensure_writable_dir
 from stgcmt.storage.sqlite_index import SqliteInstanceIndex
 
 
+class DatabaseUnavailable(OSError):
+    """The database cannot be reached (or its schema is newer than ours) at start-up: refuse
+    to start rather than accept associations whose data could not be kept. Unlike a
+    configuration error, this may pass: a service manager should start us again."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 @dataclass(frozen=True)
 class ScpStorage:
     """The SCP's index and journal, from one backend."""

@@ -22,6 +22,7 @@ from weakref import WeakKeyDictionary
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from stgcmt.storage.backends import DatabaseUnavailable
 from stgcmt.storage.postgres.schema import SchemaTooNew, migrate
 
 CONNECT_TIMEOUT = 10
@@ -45,14 +46,6 @@ def shown_url(url: str) -> str:
         [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="/"
     )
     return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-class DatabaseUnavailable(OSError):
-    """The database cannot be reached (or its schema is newer than ours) at start-up: refuse
-    to start rather than accept associations whose data could not be kept."""
-
-    def __str__(self) -> str:
-        return str(self.strerror)
 
 
 def as_os_error(exc: psycopg.Error, where: str) -> OSError:
