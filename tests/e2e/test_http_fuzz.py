@@ -37,27 +37,27 @@ PATHS = [
     "/api/v1/peers",
     "/api/v1/status",
 ]
-VALUES = st.one_of(
-    st.text(max_size=80),
-    st.sampled_from(
-        [
-            "",
-            "0",
-            "-1",
-            "1e400",
-            "nan",
-            "²",
-            "1.2.3",
-            "delivered",
-            "9" * 30,
-            "2026-12-01T10:00:00Z",
-            "2026-13-01",
-            "A" * 16,
-            "%00",
-            "\x00",
-        ]
-    ),
-)
+SPECIAL = [
+    "",
+    "0",
+    "-1",
+    "1e400",
+    "nan",
+    "\u00b2",
+    "\u0663",
+    "1.2.3",
+    "delivered",
+    "9" * 30,
+    "2026-12-01T10:00:00Z",
+    "2026-13-01",
+    "A" * 16,
+    "%00",
+    "\x00",
+    " 1",
+    "0x10",
+]
+VALUES = st.one_of(st.sampled_from(SPECIAL), st.text(max_size=80))
+NAME = st.one_of(st.sampled_from(NAMES), st.text(max_size=20))
 
 
 @pytest.fixture(scope="module")
