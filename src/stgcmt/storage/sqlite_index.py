@@ -63,8 +63,15 @@ _MARK = (
 _INSERT = (
     "INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid,"
     " series_instance_uid, patient_id, transfer_syntax, path, size, sha256, source_aet,"
-    " received_at, durable) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    " received_at, durable) VALUES "
 )
+_VALUES = "(?,?,?,?,?,?,?,?,?,?,?,?)"
+
+
+def _insert_sql(rows: int) -> str:
+    """One INSERT for a whole batch: one statement step (one release of the GIL), not one per
+    row; rows of one UID are applied in order, the last one kept."""
+    return _INSERT + ",".join([_VALUES] * rows)
 
 
 def _indexed(row: Sequence) -> IndexedInstance:
@@ -156,7 +163,7 @@ class SqliteInstanceIndex:
         """One transaction for a batch; an SQLite failure becomes ``OSError``."""
         try:
             with self.db.transaction() as conn:
-                conn.executemany(_INSERT, map(_columns, rows))
+                conn.execute(_insert_sql(len(rows)), [v for row in rows for v in _columns(row)])
                 crash_point("scp.index.mid_batch")
         except sqlite3.Error as exc:
             code = errno.ENOSPC if "full" in str(exc) else errno.EIO
