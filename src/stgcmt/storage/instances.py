@@ -22,7 +22,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
@@ -132,6 +132,7 @@ class InstanceStore:
         self._bytes = self.index.total_bytes()
         self._rounds: threading.Thread | None = None
         self._stop_rounds = threading.Event()
+        self._round_failures: set[tuple[str, str, float]] = set()
 
     @property
     def root(self) -> Path:
@@ -390,16 +391,24 @@ class InstanceStore:
     def durability_round(self, policy: VerifyPolicy) -> int:
         """One round over at most :data:`ROUND_ROWS` non-durable rows: those that pass
         ``policy`` are synced and marked durable. Returns how many were marked."""
-        rows = [
-            row
-            for row in islice(self.index.non_durable(), ROUND_ROWS)
-            if self._inside_store(row) and self.blob_problem(row, policy) is None
-        ]
+        rows = list(islice(self._round_candidates(policy), ROUND_ROWS))
         if not rows:
             return 0
         marked = self._make_durable(rows, policy, lambda: crash_point("scp.durability.after_sync"))
         log.debug("durability round: %d instances made durable", len(marked))
         return len(marked)
+
+    def _round_candidates(self, policy: VerifyPolicy) -> Iterator[IndexedInstance]:
+        """Non-durable rows that pass ``policy``. A copy that fails is remembered and not read
+        again by later rounds (a commitment still checks it and reports it failed)."""
+        for row in self.index.non_durable():
+            key = (row.sop_instance_uid, row.sha256, row.received_at)
+            if key in self._round_failures:
+                continue
+            if self._inside_store(row) and self.blob_problem(row, policy) is None:
+                yield row
+            elif len(self._round_failures) < ROUND_ROWS:
+                self._round_failures.add(key)
 
     # -- after a crash -------------------------------------------------------------------------
 
