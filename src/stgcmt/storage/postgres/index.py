@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import fields
 
 from stgcmt.storage.interfaces import IndexedInstance, InstanceRow
 from stgcmt.storage.postgres.connection import PgDatabase
@@ -28,6 +29,12 @@ _UPSERT = (
     " received_at = EXCLUDED.received_at, durable = EXCLUDED.durable, node = EXCLUDED.node,"
     " read_back = 0"
 )
+
+
+def _values(row: InstanceRow) -> tuple[object, ...]:
+    """The row's values in its dataclass's field order, which is the order of the columns
+    ``_UPSERT`` names before ``node`` (``durable`` as 0/1)."""
+    return (*(getattr(row, f.name) for f in fields(InstanceRow)[:-1]), int(row.durable))
 
 
 def _indexed(row: tuple) -> IndexedInstance:
@@ -62,24 +69,7 @@ class PgInstanceIndex:
         ``durable`` stays 0 until then). Concurrent C-STOREs share WAL flushes (PostgreSQL's
         group commit). Failures arrive as ``OSError``."""
         with self.db.transaction() as cursor:
-            cursor.execute(
-                _UPSERT,
-                (
-                    row.sop_instance_uid,
-                    row.sop_class_uid,
-                    row.study_instance_uid,
-                    row.series_instance_uid,
-                    row.patient_id,
-                    row.transfer_syntax,
-                    row.blob,
-                    row.size,
-                    row.sha256,
-                    row.source_aet,
-                    row.received_at,
-                    int(row.durable),
-                    self.node,
-                ),
-            )
+            cursor.execute(_UPSERT, (*_values(row), self.node))
 
     def record_conflict(self, sop_instance_uid: str, sop_class_uid: str, aet: str) -> None:
         with self.db.transaction(durable=False) as cursor:
