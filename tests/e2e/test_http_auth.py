@@ -6,6 +6,7 @@ refuses a non-loopback address without a token, or makes a random one when on lo
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -151,3 +152,14 @@ def test_cli_on_loopback_makes_a_random_token_only_its_user_can_read(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0
+
+
+def test_cli_says_when_the_http_port_is_taken(tmp_path):
+    with socket.socket() as taken:
+        taken.bind((LOCALHOST, 0))
+        taken.listen()
+        proc = _scp(tmp_path, "--http", f"{LOCALHOST}:{taken.getsockname()[1]}")
+        assert proc.wait(timeout=30) != 0
+    said = (tmp_path / "scp.log").read_text()
+    assert "cannot start the SCP: cannot start the HTTP server" in said
+    assert "address already in use" in said.lower()
