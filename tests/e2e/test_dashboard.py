@@ -2,13 +2,16 @@
 browser is ever downloaded) against our SCP with real DICOM traffic: sign in with the token,
 the overview's counts after a store + commit, a transaction's references and Failure Reasons,
 the retry button delivering a report the modality receives, and a search. Screenshots go to
-docs/dashboard-*.png. Last, ingest with the dashboard open and polling every second against
+$STGCMT_SCREENSHOTS (the README's are refreshed with ``STGCMT_SCREENSHOTS=docs ./test.sh
+tests/e2e/test_dashboard.py``), else to a temporary folder: a test run never changes the tree.
+Last, ingest with the dashboard open and polling every second against
 ingest without it: 500 small C-STOREs from DCMTK's storescu."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +46,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOCS = Path(os.environ.get("STGCMT_SCREENSHOTS") or tempfile.mkdtemp(prefix="stgcmt-shots-"))
 WAIT_MS = 15_000
 
 
