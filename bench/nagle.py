@@ -26,7 +26,7 @@ from .servers import SCU_AET, Server
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 
 
-def pynetdicom_store(server: Server, paths: list[Path], timeout: float = 600.0) -> float:
+def pynetdicom_store(server: Server, paths: list[Path], timeout: float = 60.0) -> float:
     """Seconds for a plain pynetdicom modality (Nagle on, its default) to associate, send
     every file as a C-STORE and release."""
     ae = AE(SCU_AET)
@@ -39,8 +39,10 @@ def pynetdicom_store(server: Server, paths: list[Path], timeout: float = 600.0) 
     try:
         for path in paths:
             status = assoc.send_c_store(path)
-            if status is None or int(status.Status) != 0:
-                raise BenchError(f"pynetdicom C-STORE into {server.name}: status {status}")
+            if "Status" not in status:  # pynetdicom's answer to an abort or a DIMSE timeout
+                raise BenchError(f"pynetdicom: no C-STORE response from {server.name} for {path}")
+            if int(status.Status) != 0:
+                raise BenchError(f"pynetdicom C-STORE into {server.name}: status {status.Status}")
     finally:
         assoc.release()
     return time.perf_counter() - start

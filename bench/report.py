@@ -57,6 +57,12 @@ def _cpu_us(sample: dict[str, Any]) -> float | None:
     return None if cpu is None else cpu / sample["instances"] * 1e6
 
 
+def _cores(sample: dict[str, Any]) -> float | None:
+    """CPU seconds per wall second: how much of the machine's 2 cores the server used."""
+    cpu = sample.get("cpu_seconds")
+    return None if cpu is None else cpu / sample["seconds"]
+
+
 def _ratios(ours: list[float | None], reference: list[float | None]) -> Stats:
     """Per-run ratios (run i of ours over run i of the reference), then their spread."""
     pairs = zip(ours, reference, strict=False)
@@ -151,6 +157,7 @@ def summarize_concurrency(raw: dict[str, Any]) -> dict[str, Any]:
                 "x_one_association": _ratios(rates, single),
                 "x_storescp": _ratios(rates, reference),
                 "cpu_us_per_instance": stats([_cpu_us(s) for s in runs]),
+                "cores_used": stats([_cores(s) for s in runs]),
             }
     return out
 
@@ -476,9 +483,11 @@ def concurrency_table(summary: dict[str, Any]) -> str:
                     _n(r["x_one_association"], 2, "x"),
                     _n(r["x_storescp"], 2, "x") if name != "storescp" else "-",
                     _n(r["cpu_us_per_instance"]),
+                    _n(r["cores_used"], 2),
                 ]
             )
-    header = ["server", "associations", "inst/s total", "x one", "x storescp", "CPU us/inst"]
+    header = ["server", "associations", "inst/s total", "x one", "x storescp"]
+    header += ["CPU us/inst", "cores used"]
     return _table("Concurrency: simultaneous storescu, small instances", header, rows)
 
 
