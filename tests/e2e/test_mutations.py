@@ -827,3 +827,19 @@ def test_send_json_says_why_a_reported_or_refused_file_is_not_committed(instance
     assert reasons == {
         str(committed): "the archive does not support Storage Commitment (no report)"
     }
+
+
+# -- 13. a transaction being verified says so (what status shows after a crash there) ------------
+
+
+def test_a_crash_during_verification_leaves_the_transaction_verifying(
+    scp_process, modality, instances, monkeypatch
+):
+    monkeypatch.setenv("STGCMT_CRASH_POINTS", "scp.verify.mid")  # SIGKILL after the first batch
+    scp = scp_process("--remote", f"MODALITY@{LOCALHOST}:{modality.listen()}")
+    paths = instances(2)
+    assert modality.store(scp.port, paths) == [0, 0]
+    modality.commit(scp.port, refs_of(paths), "1.2.3.980")  # the answer may not leave any more
+    assert scp.proc.wait(timeout=20) == -9
+    [row] = SqliteScpQueries(scp.data_dir).transactions()
+    assert (row["transaction_uid"], row["state"]) == ("1.2.3.980", "verifying")
