@@ -309,12 +309,13 @@ def _node_lines(nodes: list[dict[str, Any]]) -> list[str]:
 
 def _by_nodes(tx: dict[str, Any]) -> str:
     """Which node received, verified and delivered a transaction, and who holds it now."""
+    finished = "given up" if tx["state"] == "given_up" else "delivered"
     done = [
         f"{what} by {tx[key]}"
         for what, key in (
             ("received", "received_by"),
             ("verified", "verified_by"),
-            ("delivered", "delivered_by"),
+            (finished, "delivered_by"),
         )
         if tx.get(key)
     ]
