@@ -179,11 +179,13 @@ class CommitmentJournal:
             last = rows[-1][0]
 
     def record_results(self, tx_id: int, results: Sequence[tuple[int, int]]) -> None:
-        """Store (seq, failure reason or 0) for verified references."""
+        """Store (seq, failure reason or 0) for verified references: one UPDATE per run of
+        consecutive sequence numbers with the same reason (a batch of 1,000 committed
+        references is one statement, not 1,000)."""
         with self.db.transaction() as conn:
             conn.executemany(
-                "UPDATE refs SET failure_reason = ? WHERE tx_id = ? AND seq = ?",
-                ((reason, tx_id, seq) for seq, reason in results),
+                "UPDATE refs SET failure_reason = ? WHERE tx_id = ? AND seq BETWEEN ? AND ?",
+                ((reason, tx_id, first, last) for first, last, reason in runs(results)),
             )
 
     def finish_verification(self, tx_id: int, first_attempt_at: float) -> Transaction:
@@ -251,3 +253,18 @@ class CommitmentJournal:
 
     def close(self) -> None:
         self.db.close()
+
+
+def runs(results: Sequence[tuple[int, int]]) -> Iterator[tuple[int, int, int]]:
+    """(first seq, last seq, reason) of each run of consecutive sequence numbers (in the
+    order given) that share a reason."""
+    run: list[int] = []
+    for seq, reason in results:
+        if run and seq == run[1] + 1 and reason == run[2]:
+            run[1] = seq
+            continue
+        if run:
+            yield run[0], run[1], run[2]
+        run = [seq, seq, reason]
+    if run:
+        yield run[0], run[1], run[2]

@@ -257,3 +257,28 @@ def test_a_verification_taken_over_is_not_queued_twice(nodes):
     b.mark_delivered(tx.id, "new association")
     late = a.finish_verification(tx.id, first_attempt_at=0.0)
     assert late.state == sj.DELIVERED
+
+
+def test_results_recorded_in_runs_keep_each_reference_its_own_reason(journal):
+    tx = request(journal, count=9)
+    # runs of one reason, a lone failure, a gap filled later (the barrier's references), a
+    # run broken by a reason change
+    journal.record_results(tx.id, [(0, 0), (1, 0), (2, 0x0112), (3, 0), (6, 0), (7, 0x0110)])
+    journal.record_results(tx.id, [(4, 0), (5, 0), (8, 0x0110)])
+    queued = journal.finish_verification(tx.id, first_attempt_at=1.0)
+    assert (queued.n_committed, queued.n_failed) == (6, 3)
+    report = journal.report(queued, "AE")
+    assert [r.sop_instance_uid for r in report.committed] == [
+        f"1.2.3.{i}" for i in (0, 1, 3, 4, 5, 6)
+    ]
+    assert [(f.sop_instance_uid, f.failure_reason) for f in report.failed] == [
+        ("1.2.3.2", 0x0112),
+        ("1.2.3.7", 0x0110),
+        ("1.2.3.8", 0x0110),
+    ]
+
+
+def test_runs_group_consecutive_sequence_numbers_with_one_reason():
+    results = [(0, 0), (1, 0), (2, 5), (3, 5), (5, 5), (6, 0), (4, 0)]
+    assert list(sj.runs(results)) == [(0, 1, 0), (2, 3, 5), (5, 5, 5), (6, 6, 0), (4, 4, 0)]
+    assert list(sj.runs([])) == []
