@@ -16,11 +16,25 @@ from pydicom.uid import generate_uid
 
 from stgcmt.config import DatabaseConfig
 from stgcmt.dicom.commitment import Reference
-from stgcmt.dicom.status import NO_SUCH_OBJECT_INSTANCE
+from stgcmt.dicom.status import (
+    CLASS_INSTANCE_CONFLICT,
+    DUPLICATE_TRANSACTION_UID,
+    NO_SUCH_OBJECT_INSTANCE,
+)
 from stgcmt.storage.postgres.queries import PgScpQueries
 
 from support.cluster import Cluster, HoldingRelay
-from support.common import LOCALHOST, PYTHON, SECONDARY_CAPTURE, free_port, remote, wait_for
+from support.common import (
+    CT_IMAGE,
+    LOCALHOST,
+    PYTHON,
+    SECONDARY_CAPTURE,
+    free_port,
+    make_dataset,
+    remote,
+    wait_for,
+    write_instances,
+)
 from support.pynetdicom_peer import Modality, refs_of, report_content
 
 REPORT_WAIT = 30
@@ -180,6 +194,45 @@ def test_store_on_two_nodes_commit_on_a_third(cluster, modality, instances):
     status = cluster.status()
     by_node = {n["node"]: n for n in status["nodes"]}
     assert by_node["node-b"]["delivered"] == 1 and "node-a" not in by_node
+
+
+def test_duplicates_and_class_conflicts_are_seen_across_nodes(cluster, modality, tmp_path):
+    """A Transaction UID still active on node A is a duplicate on node C (0131H for every
+    reference); an instance UID stored via A as Secondary Capture and via B as CT is a class
+    conflict, recorded once and reported 0119H whichever node is asked."""
+    a, b, c = cluster.start(3)
+    (sc,) = write_instances(tmp_path / "sc", 1)
+    ct = make_dataset(CT_IMAGE)
+    ct.SOPInstanceUID = ct.file_meta.MediaStorageSOPInstanceUID = sc.stem
+    ct.save_as(tmp_path / "ct.dcm", enforce_file_format=True)
+    assert modality.store(a.port, [sc]) == [0]
+    assert modality.store(b.port, [tmp_path / "ct.dcm"]) == [0]  # kept: the first copy stays
+    relay: HoldingRelay = cluster.relay  # type: ignore[attr-defined]
+    relay.holding.set()  # both reports wait at the modality's door: the first stays active
+    as_ct = Reference(CT_IMAGE, sc.stem)
+    assert modality.commit(a.port, [*refs_of([sc]), as_ct], "1.2.3.506") == 0
+    assert modality.commit(c.port, refs_of([sc]), "1.2.3.506") == 0
+    assert wait_for(lambda: len(relay.held) >= 2, 20)
+    relay.holding.clear()
+    for held in relay.held:
+        held.close()  # the nodes retry on a new association, through the relay
+    assert modality.wait_report(REPORT_WAIT, count=2)
+    outcomes = sorted(
+        (sorted(report_content(info)[1].items()), sorted(report_content(info)[0]))
+        for _, info, _ in modality.reports
+    )
+    assert outcomes == sorted(
+        [
+            ([(sc.stem, CLASS_INSTANCE_CONFLICT)], [sc.stem]),  # the original, on node A
+            ([(sc.stem, DUPLICATE_TRANSACTION_UID)], []),  # the duplicate, on node C
+        ]
+    )
+    conflicts = PgScpQueries(cluster.database_url).class_conflicts()
+    assert [(r["sop_instance_uid"], r["sop_class_uid"], r["node"]) for r in conflicts] == [
+        (sc.stem, CT_IMAGE, "node-b")
+    ]
+    duplicate = [t for t in PgScpQueries(cluster.database_url).transactions() if t["duplicate_of"]]
+    assert [t["received_by"] for t in duplicate] == ["node-c"]
 
 
 def test_a_node_killed_while_it_holds_a_report_lease_is_replaced_and_the_report_arrives_once(
