@@ -1,0 +1,198 @@
+"""The audit trail of a real ``stgcmt scp`` process, received by Debian's rsyslogd: one store
+and commit over UDP and over TLS, a rejected association, and a collector that is down or
+never reads, which must not slow a C-STORE down."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pynetdicom import AE
+
+from e2e.test_scp_process import ScpProcess
+
+from support.common import CT_IMAGE, LOCALHOST, SECONDARY_CAPTURE, free_port, write_instances
+from support.pynetdicom_peer import Modality, refs_of
+from support.rsyslog import CollectorTls, Received, Rsyslog, free_udp_port
+from support.tls_certs import CertificateAuthority
+
+APPLICATION_ACTIVITY, BEGIN, TRANSFERRED, SECURITY_ALERT = "110100", "110102", "110104", "110113"
+STUDY = "1.2.826.0.1.3680043.10.1000.1"
+
+
+@pytest.fixture
+def modality() -> Iterator[Modality]:
+    peer = Modality("MODALITY", called="ARCHIVE")
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ScpProcess]]:
+    started: list[ScpProcess] = []
+    yield started
+    for scp in started:
+        if scp.proc is not None and scp.proc.poll() is None:
+            scp.kill()
+
+
+def archive(tmp_path: Path, processes, report_port: int, *extra: str) -> ScpProcess:
+    args = [
+        "--aet", "ARCHIVE", "--bind", LOCALHOST, "--port", str(free_port()),
+        "--data-dir", str(tmp_path / "archive-data"),
+        "--remote", f"MODALITY@{LOCALHOST}:{report_port}", *extra,
+    ]  # fmt: skip
+    scp = ScpProcess(tmp_path, args).start()
+    processes.append(scp)
+    return scp
+
+
+def one_study(tmp_path: Path) -> list[Path]:
+    """Three instances of one study: two Secondary Captures and a CT image."""
+    outbox = tmp_path / "outbox"
+    return write_instances(outbox, 2, study=STUDY) + write_instances(
+        outbox, 1, sop_class=CT_IMAGE, study=STUDY
+    )
+
+
+def by_event(messages: list[Received], event_id: str) -> list[Received]:
+    return [m for m in messages if m.event_id == event_id]
+
+
+def store_commit_and_stop(tmp_path, modality: Modality, scp: ScpProcess) -> None:
+    paths = one_study(tmp_path)
+    assert modality.store(scp.port, paths) == [0, 0, 0]
+    assert modality.commit(scp.port, refs_of(paths), "1.2.3.77") == 0
+    assert modality.wait_report(20)
+    assert scp.kill(signal.SIGTERM) == 0
+
+
+def assert_instances_transferred(message: Received, scp: ScpProcess) -> None:
+    """What an auditor reads: from whom, to whom, which study of which patient, how many."""
+    assert (message.pri, message.app, message.msgid) == (85, "stgcmt", "IHE+RFC-3881")
+    assert message.procid == str(scp.proc.pid) and message.hostname == socket.gethostname()
+    event = message.xml.find("EventIdentification")
+    assert (event.get("EventActionCode"), event.get("EventOutcomeIndicator")) == ("C", "0")
+    source, destination = message.participants()
+    assert source.attrib == {
+        "UserID": "MODALITY",
+        "AlternativeUserID": "AETITLES=MODALITY",
+        "UserIsRequestor": "true",
+        "NetworkAccessPointID": LOCALHOST,
+        "NetworkAccessPointTypeCode": "2",
+    }
+    assert source.find("RoleIDCode").get("csd-code") == "110153"
+    assert destination.get("AlternativeUserID") == "AETITLES=ARCHIVE"
+    assert destination.get("UserIsRequestor") == "false"
+    assert destination.get("NetworkAccessPointID") == socket.gethostname()
+    assert destination.find("RoleIDCode").get("csd-code") == "110152"
+    study, patient = message.objects()
+    assert study.get("ParticipantObjectID") == STUDY
+    counts = {
+        s.get("UID"): int(s.get("NumberOfInstances"))
+        for s in study.findall("ParticipantObjectDescription/SOPClass")
+    }
+    assert counts == {SECONDARY_CAPTURE: 2, CT_IMAGE: 1}
+    assert patient.get("ParticipantObjectID") == "PAT001"
+
+
+def test_store_and_commit_audited_over_udp(tmp_path: Path, modality, processes) -> None:
+    with Rsyslog(tmp_path / "rsyslog") as collector:
+        scp = archive(tmp_path, processes, modality.listen(), "--audit", collector.udp_url)
+        intruder = AE("INTRUDER")
+        intruder.add_requested_context("1.2.840.10008.1.1")
+        assert intruder.associate(LOCALHOST, scp.port, ae_title="ARCHIVE").is_rejected
+        store_commit_and_stop(tmp_path, modality, scp)
+        messages = collector.wait_messages(5)
+    activity = by_event(messages, APPLICATION_ACTIVITY)
+    types = [m.xml.find("EventIdentification/EventTypeCode").get("csd-code") for m in activity]
+    assert types == ["110120", "110121"]  # started, stopped
+    assert len(by_event(messages, BEGIN)) == 1
+    (transferred,) = by_event(messages, TRANSFERRED)
+    assert_instances_transferred(transferred, scp)
+    (alert,) = by_event(messages, SECURITY_ALERT)
+    assert alert.pri == 84  # a warning
+    assert [p.get("UserID") for p in alert.participants()] == ["ARCHIVE", "INTRUDER"]
+    assert alert.objects()[0].get("ParticipantObjectID") == LOCALHOST
+
+
+def test_store_and_commit_audited_over_tls(tmp_path: Path, modality, processes) -> None:
+    authority = CertificateAuthority(tmp_path / "ca")
+    client = authority.issue("archive")
+    with Rsyslog(tmp_path / "rsyslog", CollectorTls.issue(authority)) as collector:
+        config = tmp_path / "archive.toml"
+        config.write_text(
+            f'[audit]\nsyslog = "{collector.tls_url}"\nca = "{authority.cert}"\n'
+            f'cert = "{client.cert}"\nkey = "{client.key}"\nfile = "{tmp_path / "audit.log"}"\n'
+        )
+        scp = archive(tmp_path, processes, modality.listen(), "--config", str(config))
+        store_commit_and_stop(tmp_path, modality, scp)
+        messages = collector.wait_messages(4)
+    (transferred,) = by_event(messages, TRANSFERRED)
+    assert_instances_transferred(transferred, scp)
+    local = (tmp_path / "audit.log").read_bytes().splitlines()
+    assert len(local) == len(messages) and b"DICOM Instances Transferred" in b"".join(local)
+
+
+class NeverReads:
+    """A TCP listener that accepts and never reads a byte: a TLS handshake with it never
+    ends."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server((LOCALHOST, 0))
+        self.port = self.listener.getsockname()[1]
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+STORES = 30
+SLOWEST_STORE = 1.0
+"""Seconds one C-STORE may take (each of a new study: a Begin Transferring message each). A
+sender that waited for this collector would take 5 s (the TLS connect timeout) on one."""
+
+
+def timed_stores(modality: Modality, port: int, paths: list[Path]) -> list[float]:
+    """Each C-STORE's round trip on one association, as the modality sees it."""
+    datasets = [dcmread(p) for p in paths]
+    assoc = modality.associate(port, [SECONDARY_CAPTURE])
+    assert assoc.is_established
+    times = []
+    try:
+        for ds in datasets:
+            started = time.monotonic()
+            assert assoc.send_c_store(ds).Status == 0
+            times.append(time.monotonic() - started)
+    finally:
+        assoc.release()
+    return times
+
+
+@pytest.mark.parametrize("collector", ["tls-never-reads", "udp-nothing-listening"])
+def test_a_down_collector_does_not_slow_c_stores(
+    tmp_path: Path, modality, processes, collector: str
+) -> None:
+    silent = NeverReads()
+    try:
+        url = (
+            f"tls://{LOCALHOST}:{silent.port}"
+            if collector.startswith("tls")
+            else f"udp://{LOCALHOST}:{free_udp_port()}"
+        )
+        scp = archive(tmp_path, processes, modality.listen(), "--audit", url)
+        times = timed_stores(modality, scp.port, write_instances(tmp_path / "outbox", STORES))
+        print(
+            f"{STORES} C-STOREs, audit to {collector}:"
+            f" {sum(times):.2f} s, slowest {max(times):.3f} s"
+        )
+        assert max(times) < SLOWEST_STORE
+        started = time.monotonic()
+        assert scp.kill(signal.SIGTERM) == 0
+        assert time.monotonic() - started < 15, "stopping gives the audit trail 5 s, not more"
+    finally:
+        silent.close()
