@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +16,23 @@ from pydicom import dcmread
 from pynetdicom import AE
 
 from e2e.test_scp_process import ScpProcess
+from stgcmt.dicom.commitment import CommitmentReport
+from stgcmt.dicom.status import PROCESSING_FAILURE
+from stgcmt.storage.scu_journal import ScuJournal
 
-from support.common import CT_IMAGE, LOCALHOST, SECONDARY_CAPTURE, free_port, write_instances
+from support.common import (
+    CT_IMAGE,
+    LOCALHOST,
+    PYTHON,
+    SECONDARY_CAPTURE,
+    free_port,
+    wait_for,
+    write_instances,
+)
+from support.pynetdicom_archive import Archive
 from support.pynetdicom_peer import Modality, refs_of
 from support.rsyslog import CollectorTls, Received, Rsyslog, free_udp_port
+from support.scu import pending_transaction
 from support.tls_certs import CertificateAuthority
 
 APPLICATION_ACTIVITY, BEGIN, TRANSFERRED, SECURITY_ALERT = "110100", "110102", "110104", "110113"
@@ -137,6 +151,55 @@ def test_store_and_commit_audited_over_tls(tmp_path: Path, modality, processes) 
     assert_instances_transferred(transferred, scp)
     local = (tmp_path / "audit.log").read_bytes().splitlines()
     assert len(local) == len(messages) and b"DICOM Instances Transferred" in b"".join(local)
+
+
+def test_the_agent_audits_its_start_a_rejected_association_and_a_forged_report(
+    tmp_path: Path,
+) -> None:
+    """A transaction sent to ARCHIVE, another to OTHER: OTHER may associate (it has one of
+    its own) but not report for ARCHIVE's; a stranger may not associate at all."""
+    journal = ScuJournal(tmp_path / "scu.sqlite")
+    pending_transaction(journal, tmp_path / "sent", 1)  # 1.2.3.9 to ARCHIVE@127.0.0.1
+    journal.mark_requested(journal.create("1.2.3.10", "CT1", f"OTHER@{LOCALHOST}:105", []).id)
+    journal.close()
+    port = free_port()
+    with Rsyslog(tmp_path / "rsyslog") as collector:
+        command = [PYTHON, "-m", "stgcmt", "agent", "--aet", "CT1", "--bind", LOCALHOST]
+        command += ["--port", str(port), "--journal", str(tmp_path / "scu.sqlite")]
+        with open(tmp_path / "agent.log", "wb") as log:
+            agent = subprocess.Popen([*command, "--audit", collector.udp_url], stderr=log)
+        try:
+            other = Archive("OTHER", report="new", report_to=("CT1", port))
+            assert wait_for(lambda: listening(port), 15), "the agent did not start"
+            status = other.deliver_on_new_association(CommitmentReport("1.2.3.9"))
+            assert status == PROCESSING_FAILURE  # refused, nothing deleted
+            stranger = Archive("STRANGER", report="new", report_to=("CT1", port))
+            assert stranger.deliver_on_new_association(CommitmentReport("1.2.3.9")) is None
+            agent.send_signal(signal.SIGTERM)
+            assert agent.wait(timeout=15) == 0
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+        messages = collector.wait_messages(4)
+    assert [m.event_id for m in messages] == [
+        APPLICATION_ACTIVITY,
+        SECURITY_ALERT,
+        SECURITY_ALERT,
+        APPLICATION_ACTIVITY,
+    ]
+    forged, rejected = messages[1:3]
+    event_types = [
+        m.xml.find("EventIdentification/EventTypeCode").get("csd-code") for m in (forged, rejected)
+    ]
+    assert event_types == ["110132", "110126"]  # Use of Restricted Function, Node Authentication
+    assert [p.get("UserID") for p in forged.participants()] == ["CT1", "OTHER"]
+    assert [p.get("UserID") for p in rejected.participants()] == ["CT1", "STRANGER"]
+    assert forged.xml.find("EventIdentification").get("EventOutcomeIndicator") == "8"
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex((LOCALHOST, port)) == 0
 
 
 class NeverReads:
