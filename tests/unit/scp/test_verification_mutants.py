@@ -1,11 +1,13 @@
-"""Verification of a commitment larger than one journal batch: references that wait for the
-durability barrier in an early batch must not be forgotten by a later one (a mutant that kept
-only the last batch's waiting references passed every test)."""
+"""Verification of a commitment larger than one journal batch, and larger than one barrier:
+references that wait for the durability barrier in an early batch must not be forgotten by a
+later one, and a barrier passed midway (past ``BARRIER_ROWS`` waiting references) must leave
+every reference committed (mutants breaking either passed every test)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -13,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from stgcmt.config import ScpConfig
 from stgcmt.dicom.commitment import Reference
 from stgcmt.scp.verification import Verification
-from stgcmt.storage.instances import InstanceStore
+from stgcmt.storage.instances import BARRIER_ROWS, InstanceStore
 from stgcmt.storage.queries import SqliteScpQueries
 from stgcmt.storage.scp_journal import BATCH, CommitmentJournal
 from stgcmt.ul import STORAGE_SOP_CLASSES
@@ -29,14 +31,17 @@ def _encoded(ds) -> bytes:
     return buffer.getvalue()
 
 
-def test_every_batch_waiting_for_the_barrier_is_committed(tmp_path: Path):
+@pytest.mark.parametrize(
+    "count", [BATCH + 3, BARRIER_ROWS + BATCH // 2], ids=["two-batches", "two-barriers"]
+)
+def test_every_reference_waiting_for_the_barrier_is_committed(tmp_path: Path, count: int):
     data_dir = tmp_path / "data"
     store = InstanceStore(data_dir, supported_classes=STORAGE_SOP_CLASSES)
     journal = CommitmentJournal(data_dir / "journal.sqlite")
     try:
         refs = []
-        for _ in range(BATCH + 3):  # two journal batches, none durable yet (no rounds run)
-            ds = make_dataset()
+        for _ in range(count):  # none durable yet: no durability rounds run here
+            ds = make_dataset(pixel_bytes=16)
             store.store(
                 SECONDARY_CAPTURE, ds.SOPInstanceUID, ExplicitVRLittleEndian, _encoded(ds), "M"
             )
