@@ -64,6 +64,10 @@ class Delivery:
         self._stopping = False
         self._in_flight: set[int] = set()
         self._holds: dict[int, _Hold] = {}
+        self._elsewhere: dict[int, float] = {}
+        """Transactions another node of a cluster holds, and when to look again."""
+        self._poll = min(60.0, config.database.lease / 4)
+        """Another node's expired lease is noticed within a quarter of the lease."""
         self._journal_error: str | None = None  # set while the journal cannot record
         self._pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="stgcmt-report")
 
@@ -76,13 +80,18 @@ class Delivery:
     def deliver_due(self, unanswered: set[int], reassociated: set[str]) -> float:
         """Start every delivery that is due; returns when the next one is due (epoch)."""
         now = time.time()
-        # Another node's expired lease is noticed within a quarter of the lease.
-        next_due = now + min(60.0, self.config.database.lease / 4)
+        next_due = now + self._poll
+        with self._wake:
+            self._elsewhere = {tx_id: at for tx_id, at in self._elsewhere.items() if at > now}
         for tx in self.journal.in_state(REPORT_PENDING):
             if tx.id in unanswered:
                 continue
             with self._wake:
                 hold = self._holds.get(tx.id)
+                elsewhere = self._elsewhere.get(tx.id, 0.0)
+            if elsewhere > now:
+                next_due = min(next_due, elsewhere)
+                continue
             if hold is not None and hold.until > now:
                 next_due = min(next_due, hold.until)
                 continue
@@ -135,7 +144,11 @@ class Delivery:
         # Fresh (an administrator may have given up or re-verified it), and ours alone: another
         # node of a cluster holding its lease delivers it, not us.
         claimed = self.journal.claim(tx.id)
-        if claimed is None or claimed.state != REPORT_PENDING or self._give_up_if_too_old(claimed):
+        if claimed is None:
+            with self._wake:  # not again at once (the end of this attempt wakes the worker)
+                self._elsewhere[tx.id] = time.time() + self._poll
+            return
+        if claimed.state != REPORT_PENDING or self._give_up_if_too_old(claimed):
             return
         tx = claimed
         report = self.journal.report(tx, self.config.aet)
