@@ -86,6 +86,7 @@ run_module() {
 
 [tool.mutmut]
 source_paths = ["src/"]
+also_copy = ["tools/"]
 only_mutate = ["$file"]
 pytest_add_cli_args_test_selection = [${sel%, }]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "mutation_hits", "-q"]
