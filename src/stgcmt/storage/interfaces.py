@@ -408,6 +408,7 @@ if TYPE_CHECKING:  # conformance, checked by mypy: an implementation that drifts
         _scp_queries: ScpQueries = scp_queries
         _scu_queries: ScuQueries = scu_queries
 
+
 if TYPE_CHECKING:  # the PostgreSQL backend conforms to the same Protocols
     from stgcmt.storage.postgres.index import PgInstanceIndex
     from stgcmt.storage.postgres.journal import PgScpJournal
