@@ -133,6 +133,7 @@ class InstanceStore:
         self._rounds: threading.Thread | None = None
         self._stop_rounds = threading.Event()
         self._round_failures: set[tuple[str, str, float]] = set()
+        self._round_failure: OSError | None = None
 
     @property
     def root(self) -> Path:
@@ -390,13 +391,29 @@ class InstanceStore:
 
     def durability_round(self, policy: VerifyPolicy) -> int:
         """One round over at most :data:`ROUND_ROWS` non-durable rows: those that pass
-        ``policy`` are synced and marked durable. Returns how many were marked."""
+        ``policy`` are synced and marked durable. Returns how many were marked. None while a
+        sync failure of an earlier round waits to be reported by a commitment."""
+        if self._round_failure is not None:
+            return 0
         rows = list(islice(self._round_candidates(policy), ROUND_ROWS))
         if not rows:
             return 0
-        marked = self._make_durable(rows, policy, lambda: crash_point("scp.durability.after_sync"))
+        try:
+            marked = self._make_durable(
+                rows, policy, lambda: crash_point("scp.durability.after_sync")
+            )
+        except OSError as exc:
+            self._round_failure = exc
+            raise
         log.debug("durability round: %d instances made durable", len(marked))
         return len(marked)
+
+    def take_round_failure(self) -> OSError | None:
+        """The sync failure a round met since the last barrier asked, once. The kernel reports
+        a write-back error to one sync only (errseq): had the round swallowed it, the next
+        barrier's sync would succeed and commit what may never have reached the disk."""
+        failure, self._round_failure = self._round_failure, None
+        return failure
 
     def _round_candidates(self, policy: VerifyPolicy) -> Iterator[IndexedInstance]:
         """Non-durable rows that pass ``policy``. A copy that fails is remembered and not read
@@ -550,6 +567,9 @@ class DurabilityBarrier:
         """(UIDs marked, 0) or (nothing, the Failure Reason of a failed sync or commit)."""
         rows = [row for _, row in waiting.values()]
         try:
+            round_failure = self._store.take_round_failure()
+            if round_failure is not None:
+                raise round_failure
             marked = self._store._make_durable(
                 rows, self._policy, lambda: crash_point("scp.barrier.after_fsync")
             )

@@ -292,3 +292,25 @@ def test_an_index_from_before_read_back_gets_the_column(tmp_path):
         assert (row.durable, row.read_back, row.received_at) == (True, False, 1.5)
     finally:
         index.close()
+
+
+def test_a_sync_failure_met_by_the_round_fails_the_next_commitment(stores, monkeypatch):
+    """The kernel reports a write-back error to one sync only: the round's. The commitment
+    after it must still fail (0110H), and no round may mark those rows meanwhile."""
+    store = stores(durability="fsync")
+    refs = _store_new(store, 2)
+    real = fsync_module.fsync_path
+    failures = [OSError(errno.EIO, "write-back error")]
+
+    def fails_once(path):
+        if failures:
+            raise failures.pop()
+        real(path)
+
+    monkeypatch.setattr(fsync_module, "fsync_path", fails_once)
+    with pytest.raises(OSError):
+        store.durability_round("checksum")
+    assert store.durability_round("checksum") == 0  # paused until a commitment reported it
+    assert store.verify(refs, "checksum") == [0x0110, 0x0110]
+    assert not any(_durable(store).values())
+    assert store.verify(refs, "checksum") == [0, 0]  # reported; storage is back
