@@ -29,8 +29,12 @@ CONNECT_TIMEOUT = 10
 """Seconds to reach the server for one connection (libpq ``connect_timeout``)."""
 IDLE_CHECK = 1.0
 """Seconds idle after which a pooled connection is checked before it is used again."""
-POOL_TIMEOUT = 30.0
-"""Seconds a thread waits for a free connection (or for the server to come back)."""
+POOL_TIMEOUT = 10.0
+"""Seconds a thread waits for a free connection, or for the server to come back, before its
+work fails as a storage error (a C-STORE is then answered within a peer's DIMSE timeout)."""
+RECONNECT_TIMEOUT = 60.0
+"""Seconds the pool keeps trying to open one connection in the background before it logs the
+failure and drops that attempt (it opens new ones on demand once the server is back)."""
 
 
 def shown_url(url: str) -> str:
@@ -73,7 +77,7 @@ class PgDatabase:
             check=self._check_if_idle,
             reset=self._returned_now,
             timeout=POOL_TIMEOUT,
-            reconnect_timeout=POOL_TIMEOUT,
+            reconnect_timeout=RECONNECT_TIMEOUT,
             open=False,
             name="stgcmt",
         )
