@@ -116,7 +116,6 @@ class HoldingRelay:
         self.target = target
         self.holding = threading.Event()
         self.held: list[socket.socket] = []
-        self.connections = 0
         self._server = socket.create_server((LOCALHOST, 0))
         self._server.settimeout(0.2)
         self.port = self._server.getsockname()[1]
@@ -130,7 +129,6 @@ class HoldingRelay:
                 client, _ = self._server.accept()
             except TimeoutError:
                 continue
-            self.connections += 1
             if self.holding.is_set():
                 self.held.append(client)
                 continue
