@@ -75,7 +75,7 @@ def cluster(tmp_path: Path, postgres_url: str, modality: Modality):
         ],
         {},
     )
-    made.relay = relay  # type: ignore[attr-defined]
+    made.relay = relay
     yield made
     made.stop()
     relay.stop()
@@ -214,7 +214,8 @@ def test_duplicates_and_class_conflicts_are_seen_across_nodes(cluster, modality,
     ct.save_as(tmp_path / "ct.dcm", enforce_file_format=True)
     assert modality.store(a.port, [sc]) == [0]
     assert modality.store(b.port, [tmp_path / "ct.dcm"]) == [0]  # kept: the first copy stays
-    relay: HoldingRelay = cluster.relay  # type: ignore[attr-defined]
+    relay = cluster.relay
+    assert relay is not None
     relay.holding.set()  # both reports wait at the modality's door: the first stays active
     as_ct = Reference(CT_IMAGE, sc.stem)
     assert modality.commit(a.port, [*refs_of([sc]), as_ct], "1.2.3.506") == 0
@@ -251,7 +252,8 @@ def test_a_node_killed_while_it_holds_a_report_lease_is_replaced_and_the_report_
     a, b, c = cluster.start(3)
     paths = instances(3)
     assert modality.store(a.port, paths) == [0, 0, 0]
-    relay: HoldingRelay = cluster.relay  # type: ignore[attr-defined]
+    relay = cluster.relay
+    assert relay is not None
     relay.holding.set()
     assert modality.commit(b.port, refs_of(paths), "1.2.3.503") == 0
     assert wait_for(lambda: relay.held, 20), "node B never tried to deliver"

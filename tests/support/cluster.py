@@ -78,6 +78,8 @@ class Cluster:
         self.common += [str(self.data_dir), *args]
         self.env = {**os.environ, **env}
         self.nodes: list[Node] = []
+        self.relay: HoldingRelay | None = None
+        """The relay the nodes report through, when the test put one in front of the peer."""
 
     def start(self, count: int) -> list[Node]:
         """Start ``count`` more nodes one after the other (the first creates the schema)."""
