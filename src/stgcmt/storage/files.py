@@ -27,8 +27,10 @@ from typing import IO
 from stgcmt.config import Durability
 from stgcmt.storage.fsync import (
     FileSystemSync,
+    fsync_created,
     fsync_files_and_directories,
     fsync_path,
+    missing_directories,
     syncfs_untrusted,
 )
 from stgcmt.storage.sqlite import ensure_writable_dir
@@ -154,8 +156,9 @@ class FileBlobStore:
     def __init__(self, data_dir: Path, durability: Durability = "auto") -> None:
         self.data_dir = Path(data_dir)
         self.root = self.data_dir / ROOT_NAME
+        created = missing_directories(self.root)
         ensure_writable_dir(self.root, "instances directory")
-        fsync_path(self.data_dir)  # instances/ itself must survive a power cut
+        fsync_created(created)  # instances/ (and a data dir made for it) survive a power cut
         self._file_system = _file_system_sync(self.root, durability)
         self._real_root = os.path.realpath(self.root)
         self._real_directories: dict[str, bool] = {}

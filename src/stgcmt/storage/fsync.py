@@ -68,6 +68,24 @@ def _fsync_caught(path: Path) -> OSError | None:
     return None
 
 
+def missing_directories(path: Path) -> list[Path]:
+    """``path`` and those of its ancestors that do not exist yet, outermost first: what a
+    ``mkdir(parents=True)`` is about to create."""
+    missing = []
+    for directory in (path, *path.parents):
+        if directory.exists():
+            break
+        missing.append(directory)
+    return missing[::-1]
+
+
+def fsync_created(directories: Iterable[Path]) -> None:
+    """After creating ``directories`` (outermost first): fsync the parent of each, so that the
+    new entries survive a power cut (a new directory is durable only once its parent is)."""
+    for directory in directories:
+        fsync_path(directory.parent)
+
+
 class FileSystemSync:
     """``syncfs`` of the file system holding ``directory``, through a descriptor opened now and
     kept until :meth:`close`, so that every write-back error from now on is reported to it."""

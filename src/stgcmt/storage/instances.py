@@ -43,6 +43,7 @@ from stgcmt.dicom.status import (
 from stgcmt.dicom.uids import is_valid_uid
 from stgcmt.faults import crash_point
 from stgcmt.storage.files import FileBlobStore, sha256_of
+from stgcmt.storage.fsync import fsync_created, missing_directories
 from stgcmt.storage.interfaces import BlobStore, IndexedInstance, InstanceIndex, InstanceRow
 from stgcmt.storage.sqlite import ensure_writable_dir
 from stgcmt.storage.sqlite_index import SqliteInstanceIndex
@@ -115,7 +116,9 @@ class InstanceStore:
         durability: Durability = "auto",
     ) -> None:
         self.data_dir = Path(data_dir)
+        created = missing_directories(self.data_dir)
         ensure_writable_dir(self.data_dir, "data dir")
+        fsync_created(created)
         self.blobs: BlobStore = (
             blobs if blobs is not None else FileBlobStore(self.data_dir, durability)
         )

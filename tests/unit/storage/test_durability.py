@@ -104,6 +104,7 @@ def test_syncfs_is_one_call_for_the_whole_commitment(stores, tmp_path, fsyncs, s
     if syncfs_untrusted(tmp_path) is not None:
         pytest.skip(f"syncfs not trusted here: {syncfs_untrusted(tmp_path)}")
     store = stores(durability="syncfs")
+    fsyncs.clear()  # the new data dir and instances/ into their parents
     refs = _store_new(store, 30)
     assert store.verify(refs, "checksum") == [0] * 30
     assert len(syncfs_calls) == 1
@@ -115,12 +116,14 @@ def test_auto_picks_syncfs_on_a_local_file_system(stores, tmp_path, fsyncs, sync
     if syncfs_untrusted(tmp_path) is not None:
         pytest.skip(f"syncfs not trusted here: {syncfs_untrusted(tmp_path)}")
     store = stores()
+    fsyncs.clear()
     assert store.verify(_store_new(store, 3), "size") == [0, 0, 0]
     assert (len(syncfs_calls), fsyncs) == (1, [])
 
 
 def test_fsync_pool_syncs_each_file_then_each_directory_once(stores, fsyncs, syncfs_calls):
     store = stores(durability="fsync")
+    fsyncs.clear()
     refs = _store_new(store, 60)
     assert store.verify(refs, "checksum") == [0] * 60
     files = {store.path_for(ref.sop_instance_uid) for ref in refs}
@@ -314,3 +317,13 @@ def test_a_sync_failure_met_by_the_round_fails_the_next_commitment(stores, monke
     assert store.verify(refs, "checksum") == [0x0110, 0x0110]
     assert not any(_durable(store).values())
     assert store.verify(refs, "checksum") == [0, 0]  # reported; storage is back
+
+
+def test_a_data_dir_the_store_creates_is_synced_into_its_parents(tmp_path, fsyncs):
+    data_dir = tmp_path / "new" / "deeper" / "data"
+    store = InstanceStore(data_dir, supported_classes=STORAGE_SOP_CLASSES, durability="fsync")
+    store.close()
+    synced = [path for path, _ in fsyncs]
+    # each new directory's parent, outermost first: new, deeper, data, then instances/
+    expected = [tmp_path, tmp_path / "new", tmp_path / "new" / "deeper", data_dir]
+    assert [path for path in synced if path in expected] == expected

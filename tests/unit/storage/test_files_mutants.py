@@ -60,11 +60,6 @@ def test_synced_blobs_survive_a_power_cut_and_unsynced_ones_do_not(lazy, durabil
     assert not any((after / name).exists() for name in unsynced)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a data dir the store creates (mkdir parents=True in ensure_writable_dir) is"
-    " never fsynced into its parent: a power cut after the first commitment loses all of it",
-)
 def test_a_data_dir_the_store_created_survives_a_power_cut(lazy):
     store = FileBlobStore(lazy.mountpoint / "new" / "data")
     synced = _blobs(store, 1, "first")
