@@ -36,6 +36,7 @@ from support.common import (
     wait_for,
     write_instances,
 )
+from support.http import Client, scp_with_http
 from support.pynetdicom_peer import Modality, refs_of, report_content
 
 REPORT_WAIT = 30
@@ -127,6 +128,36 @@ def test_store_commit_and_report_on_postgresql(scp_factory, modality, instances,
     assert (row["received_by"], row["verified_by"], row["delivered_by"]) == ("solo",) * 3
     assert queries.integrity_problems() == []
     assert not (scp.config.data_dir / "index.sqlite").exists()  # nothing went to SQLite
+
+
+def test_the_http_api_shows_the_cluster_from_the_database(
+    tmp_path, modality, instances, postgres_url
+):
+    """What /api/v1 shows of a node on PostgreSQL: its transactions with the nodes that
+    received, verified and delivered them, the durable references, and every node's counts."""
+    listen = modality.listen()
+    with scp_with_http(
+        tmp_path / "scp",
+        aet="ARCHIVE",
+        remotes=(remote("MODALITY", listen),),
+        database=DatabaseConfig(url=postgres_url, node="web-node"),
+    ) as (scp, web):
+        client = Client(web.port)
+        paths = instances(2)
+        assert modality.store(scp.port, paths) == [0, 0]
+        assert modality.commit(scp.port, refs_of(paths), "1.2.3.507") == 0
+        assert scp.wait_delivered("1.2.3.507", REPORT_WAIT) is not None
+        (tx,) = client.ok("/api/v1/transactions")["items"]
+        assert (tx["transaction_uid"], tx["state"]) == ("1.2.3.507", "delivered")
+        assert (tx["received_by"], tx["verified_by"], tx["delivered_by"]) == ("web-node",) * 3
+        one = client.ok(f"/api/v1/transactions/{tx['id']}")
+        assert [(r["outcome"], r["durable"]) for r in one["references"]] == [
+            ("committed", True)
+        ] * 2
+        status = client.ok("/api/v1/status")
+        assert status["nodes"] == [
+            {"node": "web-node", "received": 1, "verified": 1, "delivered": 1, "leased": 0}
+        ]
 
 
 def test_the_cli_takes_a_unix_socket_url_and_creates_the_schema(cluster, modality, instances):
