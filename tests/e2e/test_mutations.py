@@ -530,9 +530,9 @@ def _listening(port: int) -> bool:
 class ScpProcess:
     """``stgcmt scp`` as users run it; stopped with SIGTERM."""
 
-    def __init__(self, tmp_path: Path, *args: str) -> None:
+    def __init__(self, tmp_path: Path, *args: str, data_dir: Path | None = None) -> None:
         self.port = free_port()
-        self.data_dir = tmp_path / f"proc-data-{self.port}"
+        self.data_dir = data_dir or tmp_path / f"proc-data-{self.port}"
         self.log = tmp_path / f"scp-{self.port}.log"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
@@ -573,8 +573,8 @@ class ScpProcess:
 def scp_process(tmp_path):
     started: list[ScpProcess] = []
 
-    def start(*args: str) -> ScpProcess:
-        process = ScpProcess(tmp_path, *args)
+    def start(*args: str, data_dir: Path | None = None) -> ScpProcess:
+        process = ScpProcess(tmp_path, *args, data_dir=data_dir)
         started.append(process)
         return process
 
@@ -832,14 +832,24 @@ def test_send_json_says_why_a_reported_or_refused_file_is_not_committed(instance
 # -- 13. a transaction being verified says so (what status shows after a crash there) ------------
 
 
-def test_a_crash_during_verification_leaves_the_transaction_verifying(
-    scp_process, modality, instances, monkeypatch
+@pytest.mark.parametrize("point", ["scp.verify.mid", "scp.barrier.after_fsync"])
+def test_a_crash_during_verification_leaves_it_verifying_and_a_restart_reports(
+    scp_process, modality, instances, monkeypatch, point
 ):
-    monkeypatch.setenv("STGCMT_CRASH_POINTS", "scp.verify.mid")  # SIGKILL after the first batch
-    scp = scp_process("--remote", f"MODALITY@{LOCALHOST}:{modality.listen()}")
+    monkeypatch.setenv("STGCMT_CRASH_POINTS", point)  # SIGKILL there, once verifying
+    remote_arg = f"MODALITY@{LOCALHOST}:{modality.listen()}"
+    scp = scp_process("--remote", remote_arg)
     paths = instances(2)
     assert modality.store(scp.port, paths) == [0, 0]
     modality.commit(scp.port, refs_of(paths), "1.2.3.980")  # the answer may not leave any more
     assert scp.proc.wait(timeout=20) == -9
     [row] = SqliteScpQueries(scp.data_dir).transactions()
     assert (row["transaction_uid"], row["state"]) == ("1.2.3.980", "verifying")
+    assert modality.reports == []
+
+    monkeypatch.delenv("STGCMT_CRASH_POINTS")
+    scp_process("--remote", remote_arg, data_dir=scp.data_dir)  # verifies it again
+    assert modality.wait_report(REPORT_WAIT)
+    event_type, information, _ = modality.reports[0]
+    assert (event_type, information.TransactionUID) == (1, "1.2.3.980")
+    assert report_content(information) == ({p.stem for p in paths}, {})
