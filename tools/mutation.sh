@@ -4,8 +4,8 @@
 #   tools/mutation.sh                       # every module below
 #   tools/mutation.sh scu-files admission   # only these
 #   tools/mutation.sh --report [NAMES]      # score the last runs again, without running
-#   tools/mutation.sh --again NAMES         # the last run's survivors and timeouts only,
-#                                           # against the tests now at HEAD (same mutants)
+#   tools/mutation.sh --again NAMES         # the last run's survivors only, against the
+#                                           # tests added since (same mutants)
 #
 # Never mutates this tree: `git archive HEAD` is unpacked into $MUTATION_DIR/<module>
 # (default /tmp/stgcmt-mutation) and mutmut runs there, with that copy's src/ first on
@@ -46,19 +46,23 @@ storage-files|src/stgcmt/storage/files.py|stgcmt.storage.files.*sync*|tests/unit
 scu-reports|src/stgcmt/scu/reports.py|stgcmt.scu.reports.xǁTrustPolicyǁ*,stgcmt.scu.reports.xǁResolverǁ*,stgcmt.scu.reports.x_ip_literal*,stgcmt.scu.reports.x_verification_only*,stgcmt.scu.reports.xǁReportHandlerǁ_admit*,stgcmt.scu.reports.xǁReportHandlerǁon_report*,stgcmt.scu.reports.xǁReportHandlerǁ_handle*,stgcmt.scu.reports.x__refuse*|tests/e2e/test_scu.py tests/e2e/test_scu_trust.py
 delivery|src/stgcmt/scp/delivery.py|stgcmt.scp.delivery.xǁDeliveryǁdeliver_due*,stgcmt.scp.delivery.xǁDeliveryǁ_deliver__*,stgcmt.scp.delivery.xǁDeliveryǁ_give_up_if_too_old*,stgcmt.scp.delivery.xǁDeliveryǁ_send_report*,stgcmt.scp.delivery.xǁDeliveryǁ_failed_attempt*,stgcmt.scp.delivery.xǁDeliveryǁ_record_delivery*,stgcmt.scp.delivery.xǁDeliveryǁ_record__*,stgcmt.scp.delivery.xǁDeliveryǁ_hold*|tests/e2e/test_scp.py tests/e2e/test_scp_faults.py
 '
-# Scores one module's last run ($OUT/<name>/results.txt): prints its line and survivors on
-# stderr, "killed+timeout scored" on stdout.
+# Scores one module's last run ($OUT/<name>/results.txt, then again.txt if re-checked): prints
+# its line and survivors on stderr, "killed+timeout scored" on stdout.
 score() {
     "$PY" - "$1" "$2" <<'PYEOF'
-import fnmatch, sys
+import fnmatch, os, sys
 status = {}
 pats = [p for p in sys.argv[2].split(",") if p]
-for line in open(sys.argv[1], encoding="utf-8"):
-    if ":" not in line:
+for name in ("results.txt", "again.txt"):
+    path = os.path.join(sys.argv[1], name)
+    if not os.path.exists(path):
         continue
-    key, _, st = line.strip().rpartition(": ")
-    if key and (not pats or any(fnmatch.fnmatch(key, p) for p in pats)):
-        status[key] = st.strip()
+    for line in open(path, encoding="utf-8"):
+        if ":" not in line:
+            continue
+        key, _, st = line.strip().rpartition(": ")
+        if key and (not pats or any(fnmatch.fnmatch(key, p) for p in pats)):
+            status[key] = st.strip()
 k = sum(s == "killed" for s in status.values())
 sv = [n for n, s in status.items() if s == "survived"]
 t = sum(s == "timeout" for s in status.values())
@@ -104,16 +108,43 @@ TOML
     (cd "$dir" && "$MUTMUT" results --all true) >"$dir/results.txt" 2>&1 || true
 }
 
-# Runs the survivors and timeouts of the module's last run again, with HEAD's tests/.
+# The tests of test file $2 added since commit $1 (FILE::NAME), or the file if it is new.
+new_tests() {
+    if ! git -C "$ROOT" cat-file -e "$1:$2" 2>/dev/null; then
+        echo "$2"
+        return
+    fi
+    git -C "$ROOT" diff "$1" HEAD -- "$2" | sed -n "s|^+\\(async \\)\\?def \\(test_[A-Za-z0-9_]*\\).*|$2::\\2|p"
+}
+
+# Re-checks the survivors of the module's last run against the tests of its selection added
+# since that run (the tests written for them), with pytest directly in the run's
+# tree: exit status 1 (a test failed) kills the mutant; results in again.txt, which the score
+# reads over results.txt. Much faster than a new run, which repeats every old test per survivor.
 run_again() {
-    local dir=$OUT/$1 names
-    mapfile -t names < <(sed -n 's/^ *\(.*\): \(survived\|timeout\)$/\1/p' "$dir/results.txt")
-    [ ${#names[@]} -gt 0 ] || return 0
-    rm -rf "$dir/tests"
-    git -C "$ROOT" archive HEAD tests | tar -x -C "$dir"
-    (cd "$dir" && PYTHONPATH="$dir/mutants/src:$dir/.hooks" "$MUTMUT" run --max-children "$JOBS" "${names[@]}") \
-        >"$dir/again.log" 2>&1 || { echo "mutmut failed, see $dir/again.log"; tail -20 "$dir/again.log"; return 1; }
-    (cd "$dir" && "$MUTMUT" results --all true) >"$dir/results.txt" 2>&1 || true
+    local dir=$OUT/$1 selection=" tests/e2e/test_mutations.py $2 " since path m rc
+    local names=() changed=()
+    since=$(cat "$dir/commit")
+    mapfile -t names < <(sed -n 's/^ *\(.*\): survived$/\1/p' "$dir/results.txt")
+    while read -r path; do
+        for wanted in $selection; do
+            [[ $wanted == --* || $path != "$wanted"* ]] || { changed+=($(new_tests "$since" "$path")); break; }
+        done
+    done < <(git -C "$ROOT" diff --name-only "$since" HEAD -- 'tests/*.py')
+    : >"$dir/again.txt"
+    if [ ${#names[@]} -eq 0 ] || [ ${#changed[@]} -eq 0 ]; then
+        echo "   nothing to re-check (survivors: ${#names[@]}, changed tests: ${#changed[@]})"
+        return 0
+    fi
+    rm -rf "$dir/mutants/tests"
+    git -C "$ROOT" archive HEAD tests | tar -x -C "$dir/mutants"
+    echo "   ${#names[@]} survivors against ${changed[*]}"
+    for m in "${names[@]}"; do
+        rc=0
+        (cd "$dir/mutants" && MUTANT_UNDER_TEST=$m PYTHONPATH="$dir/mutants/src" timeout 900 \
+            "$PY" -m pytest -x -q -p no:cacheprovider "${changed[@]}") >>"$dir/again.log" 2>&1 || rc=$?
+        if [ $rc -eq 1 ]; then echo "    $m: killed"; else echo "    $m: survived"; fi >>"$dir/again.txt"
+    done
 }
 
 main() {
@@ -130,12 +161,13 @@ main() {
         echo "== $name: mutating $file ${filter:+($filter)} with: tests/e2e/test_mutations.py $tests"
         if [ $mode = run ]; then
             run_module "$name" "$file" "$filter" "$tests" || continue
+            git -C "$ROOT" rev-parse HEAD >"$OUT/$name/commit"
         elif [ ! -f "$OUT/$name/results.txt" ]; then
             echo "   not run yet"; continue
         elif [ $mode = again ]; then
-            run_again "$name" || continue
+            run_again "$name" "$tests" || continue
         fi
-        counts=$(score "$OUT/$name/results.txt" "$filter")
+        counts=$(score "$OUT/$name" "$filter")
         read -r k n <<<"$counts"
         total_k=$((total_k + k)); total_n=$((total_n + n))
         echo "   (mutmut show <name> in $OUT/$name to see a mutant)"
