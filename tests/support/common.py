@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from stgcmt.config import RemoteAE, RetryPolicy
@@ -64,6 +66,14 @@ def make_dataset(
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return ds
+
+
+def c_store_bytes(ds: Dataset) -> bytes:
+    """The data set as a C-STORE carries it: Explicit VR Little Endian, no File Meta."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
 
 
 def write_instances(folder: Path, count: int, **kwargs) -> list[Path]:

@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 
 from stgcmt.dicom.commitment import Reference
 from stgcmt.storage import fsync as fsync_module
@@ -25,17 +23,9 @@ from stgcmt.storage.queries import SqliteScpQueries
 from stgcmt.storage.sqlite_index import LOOKUP_BATCH, SqliteInstanceIndex
 from stgcmt.ul import STORAGE_SOP_CLASSES
 
-from support.common import SECONDARY_CAPTURE, make_dataset
+from support.common import SECONDARY_CAPTURE, c_store_bytes, make_dataset
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-
-
-def _encoded(ds) -> bytes:
-    """The data set as a C-STORE carries it: explicit VR little endian, no File Meta."""
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    write_dataset(buffer, ds)
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -57,7 +47,7 @@ def _store_new(store: InstanceStore, count: int) -> list[Reference]:
     refs = []
     for _ in range(count):
         ds = make_dataset()
-        store.store(ds.SOPClassUID, ds.SOPInstanceUID, EXPLICIT_VR_LE, _encoded(ds), "AE")
+        store.store(ds.SOPClassUID, ds.SOPInstanceUID, EXPLICIT_VR_LE, c_store_bytes(ds), "AE")
         refs.append(Reference(SECONDARY_CAPTURE, ds.SOPInstanceUID))
     return refs
 
@@ -171,7 +161,7 @@ def test_failed_syncfs_is_never_committed(stores, tmp_path, monkeypatch, code, r
 def test_replacement_stored_after_the_sync_gets_a_sync_of_its_own(stores, same_bytes):
     store = stores(durability="fsync", overwrite_duplicates=True)
     ds = make_dataset()
-    store.store(ds.SOPClassUID, ds.SOPInstanceUID, EXPLICIT_VR_LE, _encoded(ds), "AE")
+    store.store(ds.SOPClassUID, ds.SOPInstanceUID, EXPLICIT_VR_LE, c_store_bytes(ds), "AE")
     replacement = ds.copy()
     if not same_bytes:
         replacement.PatientID = "OTHER"
@@ -183,7 +173,7 @@ def test_replacement_stored_after_the_sync_gets_a_sync_of_its_own(stores, same_b
         syncs.append(len(names))
         if len(syncs) == 1:  # a C-STORE lands between the sync and the mark
             store.store(
-                ds.SOPClassUID, ds.SOPInstanceUID, EXPLICIT_VR_LE, _encoded(replacement), "AE"
+                ds.SOPClassUID, ds.SOPInstanceUID, EXPLICIT_VR_LE, c_store_bytes(replacement), "AE"
             )
 
     store.blobs.sync = sync_then_replace  # type: ignore[method-assign]
@@ -200,7 +190,7 @@ def test_copy_key_marks_only_the_copy_that_was_synced(stores):
     ds = make_dataset()
     copies = []
     for _ in range(2):  # the same bytes sent twice: two copies, two files
-        store.store(ds.SOPClassUID, ds.SOPInstanceUID, EXPLICIT_VR_LE, _encoded(ds), "AE")
+        store.store(ds.SOPClassUID, ds.SOPInstanceUID, EXPLICIT_VR_LE, c_store_bytes(ds), "AE")
         copies.append(store.index.lookup([ds.SOPInstanceUID])[ds.SOPInstanceUID])
     first, second = copies
     assert first.received_at != second.received_at
