@@ -49,13 +49,19 @@ def modality():
     peer.stop()
 
 
+def _lease_config(folder: Path) -> Path:
+    """A configuration file with a short lease (4 s), so that takeovers are quick to reach."""
+    config = folder / "archive.toml"
+    config.write_text("[database]\nlease = 4.0\n")
+    return config
+
+
 @pytest.fixture
 def cluster(tmp_path: Path, postgres_url: str, modality: Modality):
     """Nodes of the archive ``ARCHIVE`` reporting to the modality through a relay (which a
     test may make hold connections); started by ``cluster.start(n)``, killed afterwards."""
     relay = HoldingRelay(modality.listen())
-    config = tmp_path / "archive.toml"
-    config.write_text("[database]\nlease = 4.0\n")
+    config = _lease_config(tmp_path)
     made = Cluster(
         tmp_path,
         postgres_url,
@@ -310,6 +316,54 @@ def test_a_node_killed_while_it_holds_a_report_lease_is_replaced_and_the_report_
     assert tx["state"] == "delivered"
     assert tx["received_by"] == "node-b" and tx["delivered_by"] in {"node-a", "node-c"}
     assert taken_over_after >= 3.5  # not before B's lease ran out (4 s from its claim)
+
+
+def test_a_same_association_report_of_a_dead_node_goes_out_where_the_modality_comes_back(
+    tmp_path, postgres_url, modality, instances
+):
+    """Reports on the requesting association (``--report-assoc same``): node B answers the
+    N-ACTION and dies verifying it (a crash point, SIGKILL). The modality asks node C for
+    another commitment and keeps that association open: after B's lease, C sends both reports
+    on it."""
+    cluster = Cluster(
+        tmp_path,
+        postgres_url,
+        [
+            "--config",
+            str(_lease_config(tmp_path)),
+            "--aet",
+            "ARCHIVE",
+            "--report-assoc",
+            "same",
+            "--accept-unknown",
+            "--retry-start",
+            "0.2",
+            "--retry-cap",
+            "1",
+        ],
+        {},
+    )
+    try:
+        (a,) = cluster.start(1)
+        (b,) = cluster.start(1, STGCMT_CRASH_POINTS="scp.verify.mid=1")
+        (c,) = cluster.start(1)
+        first, second = instances(2), instances(2)
+        assert modality.store(a.port, first + second) == [0] * 4
+        assert modality.commit(b.port, refs_of(first), "1.2.3.508") == 0
+        assert b.proc.wait(timeout=30) == -9  # died verifying it, after answering
+        assert modality.commit(c.port, refs_of(second), "1.2.3.509", wait_same=30, reports=2) == 0
+        assert len(modality.reports) == 2
+        by_uid = {
+            info.TransactionUID: (how, report_content(info)[0]) for _, info, how in modality.reports
+        }
+        assert by_uid == {
+            "1.2.3.508": ("same", {p.stem for p in first}),
+            "1.2.3.509": ("same", {p.stem for p in second}),
+        }
+        tx = _transaction(cluster, "1.2.3.508")
+        assert (tx["received_by"], tx["delivered_by"]) == ("node-b", "node-c")
+    finally:
+        cluster.stop()
 
 
 def test_a_restart_of_the_database_under_running_nodes_loses_nothing_acknowledged(

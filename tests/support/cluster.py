@@ -81,10 +81,16 @@ class Cluster:
         self.relay: HoldingRelay | None = None
         """The relay the nodes report through, when the test put one in front of the peer."""
 
-    def start(self, count: int) -> list[Node]:
-        """Start ``count`` more nodes one after the other (the first creates the schema)."""
+    def start(self, count: int, **env: str) -> list[Node]:
+        """Start ``count`` more nodes one after the other (the first creates the schema), with
+        ``env`` added to their environment (e.g. ``STGCMT_CRASH_POINTS``)."""
         new = [
-            Node(f"node-{chr(ord('a') + len(self.nodes) + i)}", self.workdir, self.common, self.env)
+            Node(
+                f"node-{chr(ord('a') + len(self.nodes) + i)}",
+                self.workdir,
+                self.common,
+                {**self.env, **env},
+            )
             for i in range(count)
         ]
         for node in new:
