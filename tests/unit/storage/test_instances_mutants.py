@@ -1,10 +1,12 @@
-"""What the durability barrier records in the index, seen through the public queries: under
-the ``checksum`` policy a copy made durable was read back (and is not read again by later
-commitments); under ``exists`` it was not, and a later ``checksum`` commitment reads it back.
-(A mutant that dropped the policy from the barrier passed every test.)"""
+"""What the durability barrier decides and records in the index, seen through the public
+queries: under ``checksum`` a copy made durable was read back (and stays so); under ``exists``
+it was not, and a later ``checksum`` commitment reads it back; a file of another size fails
+``size`` and ``checksum``; a copy replaced between the check and the sync is synced and marked
+in its place. (Mutants breaking each of these passed every test.)"""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -29,13 +31,18 @@ def store(tmp_path: Path):
 
 def _stored(store: InstanceStore) -> Reference:
     ds = make_dataset()
+    _store_dataset(store, ds)
+    return Reference(SECONDARY_CAPTURE, ds.SOPInstanceUID)
+
+
+def _store_dataset(store: InstanceStore, ds) -> None:
+    """Store ``ds`` as a C-STORE carries it (Explicit VR Little Endian, no File Meta)."""
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
     write_dataset(buffer, ds)
     store.store(
         SECONDARY_CAPTURE, ds.SOPInstanceUID, ExplicitVRLittleEndian, buffer.getvalue(), "M"
     )
-    return Reference(SECONDARY_CAPTURE, ds.SOPInstanceUID)
 
 
 def _index_row(store: InstanceStore, ref: Reference) -> tuple[int, int]:
@@ -56,3 +63,43 @@ def test_exists_barrier_does_not_and_a_later_checksum_reads_it_back(store):
     assert _index_row(store, ref) == (1, 0)
     assert store.verify([ref], "checksum") == [0]
     assert _index_row(store, ref) == (1, 1)
+
+
+def test_a_later_exists_barrier_keeps_the_copy_read_back(store):
+    ref = _stored(store)
+    assert store.verify([ref], "checksum") == [0]
+    assert store.verify([ref], "exists") == [0]
+    assert _index_row(store, ref) == (1, 1)
+
+
+@pytest.mark.parametrize("policy, reason", [("exists", 0), ("size", 0x0110), ("checksum", 0x0110)])
+def test_a_file_of_another_size_fails_size_and_checksum_only(store, policy, reason):
+    ref = _stored(store)
+    assert store.verify([ref], "exists") == [0]
+    path = store.path_for(ref.sop_instance_uid)
+    path.write_bytes(path.read_bytes() + b"\0\0")  # grown behind our back
+    assert store.verify([ref], policy) == [reason]
+
+
+def test_a_copy_replaced_before_the_sync_is_synced_and_marked_in_its_place(tmp_path: Path):
+    store = InstanceStore(
+        tmp_path / "data", supported_classes=STORAGE_SOP_CLASSES, overwrite_duplicates=True
+    )
+    try:
+        ref = _stored(store)
+        barrier = store.barrier("exists")
+        assert barrier.check([ref]) == [None]  # passes, waits for the sync
+        ds = make_dataset(patient_id="REPLACED")
+        ds.SOPInstanceUID = ref.sop_instance_uid
+        _store_dataset(store, ds)  # --overwrite-duplicates: a new copy under the same UID
+        assert barrier.commit() == {ref.sop_instance_uid: 0}
+        row = SqliteScpQueries(store.data_dir).instance(ref.sop_instance_uid)
+        assert row is not None
+        assert row["patient_id"] == "REPLACED"
+        assert row["durable"] == 1  # the new copy, not only the one checked, went through it
+        assert (
+            row["sha256"]
+            == hashlib.sha256(store.path_for(ref.sop_instance_uid).read_bytes()).hexdigest()
+        )
+    finally:
+        store.close()
