@@ -43,6 +43,7 @@ from stgcmt.dicom.uids import (
     STORAGE_COMMITMENT_PUSH_MODEL,
     VERIFICATION,
 )
+from stgcmt.events import AssociationRejected
 from stgcmt.scu.send import EXIT_FAILED, EXIT_PENDING, SendOptions, send
 from stgcmt.storage.queries import SqliteScpQueries
 
@@ -853,3 +854,51 @@ def test_a_crash_during_verification_leaves_it_verifying_and_a_restart_reports(
     event_type, information, _ = modality.reports[0]
     assert (event_type, information.TransactionUID) == (1, "1.2.3.980")
     assert report_content(information) == ({p.stem for p in paths}, {})
+
+
+# -- 14. every refused association says why, in the event the audit trail and the API get -------
+
+
+def _rejections(scp) -> list:
+    seen: list = []
+    scp.events.subscribe(lambda event: seen.append(event))
+    return seen
+
+
+def _details(seen: list) -> list[tuple[str, str]]:
+    return [(e.reason, e.detail) for e in seen if isinstance(e, AssociationRejected)]
+
+
+def _try(port: int, aet: str = "MODALITY", called: str = "STGCMT_SCP"):
+    ae = AE(aet)
+    ae.add_requested_context(VERIFICATION)
+    return ae.associate(LOCALHOST, port, ae_title=called)
+
+
+def test_each_rejected_association_says_why_and_what_to_do(scp_factory):
+    known = RemoteAE("MODALITY", "127.0.0.3", free_port())  # configured elsewhere: we are not
+    scp = scp_factory(remotes=(known, remote("CT2", free_port())), max_associations=1)
+    seen = _rejections(scp)
+    assert _try(scp.port, called="OTHER").is_rejected
+    assert _try(scp.port, aet="STRANGER").is_rejected
+    assert _try(scp.port).is_rejected
+    holding = _try(scp.port, aet="CT2")
+    assert holding.is_established
+    try:
+        assert _try(scp.port, aet="CT2").is_rejected  # one association at a time
+    finally:
+        holding.release()
+    assert _details(seen) == [
+        ("called-aet", "called AE 'OTHER' is not ours ('STGCMT_SCP')"),
+        (
+            "calling-aet",
+            "calling AE 'STRANGER' is not a known peer"
+            " (add --remote STRANGER@HOST:PORT, or --accept-unknown)",
+        ),
+        (
+            "calling-aet",
+            f"AE 'MODALITY' is configured at 127.0.0.3, not {LOCALHOST}"
+            " (add it to the peer's extra_hosts, or set check_host = false)",
+        ),
+        ("congestion", "1 associations already open (limit 1)"),
+    ]
