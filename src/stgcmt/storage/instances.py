@@ -526,7 +526,9 @@ class DurabilityBarrier:
 
     def check(self, refs: Sequence[Reference]) -> list[int | None]:
         """Failure Reason per reference, 0 for one durable already, None for one that waits
-        for :meth:`commit`."""
+        for :meth:`commit`. Index rows still pending in a writer are written first: a crash
+        from here on leaves them in the index for the restarted verification."""
+        self._store.index.flush()
         rows = self._store._lookup([r.sop_instance_uid for r in refs])
         reasons: list[int | None] = []
         for ref in refs:

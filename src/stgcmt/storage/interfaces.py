@@ -96,6 +96,11 @@ class InstanceIndex(Protocol):
     def put(self, row: InstanceRow) -> None:
         """Insert or replace one row (raises OSError, ENOSPC when the index is full)."""
 
+    def flush(self) -> None:
+        """Write every row put so far (not necessarily durably): from then on a crash of the
+        process does not lose them. A commitment's verification calls it before it checks, so
+        that a crash while verifying leaves the instances it was asked about in the index."""
+
     def record_conflict(self, sop_instance_uid: str, sop_class_uid: str, aet: str) -> None:
         """Remember an instance UID received under a second SOP Class (kept once)."""
 

@@ -71,6 +71,9 @@ class PgInstanceIndex:
         with self.db.transaction() as cursor:
             cursor.execute(_UPSERT, (*_values(row), self.node))
 
+    def flush(self) -> None:
+        """Nothing to write: :meth:`put` commits each row before it returns."""
+
     def record_conflict(self, sop_instance_uid: str, sop_class_uid: str, aet: str) -> None:
         with self.db.transaction(durable=False) as cursor:
             cursor.execute(
