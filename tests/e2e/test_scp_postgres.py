@@ -23,6 +23,7 @@ from stgcmt.dicom.status import (
     NO_SUCH_OBJECT_INSTANCE,
 )
 from stgcmt.storage.postgres.queries import PgScpQueries
+from stgcmt.storage.postgres.schema import LATEST
 
 from support.cluster import Cluster, HoldingRelay
 from support.common import (
@@ -172,7 +173,7 @@ def test_the_cli_takes_a_unix_socket_url_and_creates_the_schema(cluster, modalit
     (node,) = cluster.start(1)
     with psycopg.connect(cluster.database_url) as conn:
         versions = conn.execute("SELECT version FROM stgcmt_schema").fetchall()
-    assert versions == [(1,)]
+    assert versions == [(version,) for version in range(1, LATEST + 1)]
     paths = instances(2)
     assert modality.store(node.port, paths) == [0, 0]
     assert modality.commit(node.port, refs_of(paths), "1.2.3.501") == 0

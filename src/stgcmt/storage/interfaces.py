@@ -85,6 +85,22 @@ class JournalTransaction:
         return f"transaction {self.transaction_uid} (#{self.id})"
 
 
+@dataclass(frozen=True)
+class DeliveryAttempt:
+    """One attempt to deliver a transaction's report, as the SCP journal's history keeps it:
+    when, by which node (None for a journal one node owns), on which association, with what
+    outcome (``delivered`` or ``failed``), the error and the next attempt's time."""
+
+    id: int
+    tx_id: int
+    at: float
+    node: str | None
+    via: str | None
+    outcome: str
+    error: str | None
+    next_attempt_at: float | None
+
+
 # -- the instance store's parts -------------------------------------------------------------
 
 
@@ -222,6 +238,19 @@ class ScpJournal(Protocol):
     def mark_delivered(self, tx_id: int, via: str) -> None: ...
 
     def mark_given_up(self, tx_id: int, error: str) -> None: ...
+
+    def record_attempt(
+        self,
+        tx_id: int,
+        via: str | None,
+        outcome: str,
+        error: str | None = None,
+        next_attempt_at: float | None = None,
+    ) -> None:
+        """Add a delivery attempt to the transaction's history."""
+
+    def attempts(self, tx_id: int) -> list[DeliveryAttempt]:
+        """The transaction's delivery attempts, oldest first."""
 
     def close(self) -> None: ...
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stgcmt.dicom.commitment import CommitmentReport, FailedReference, Reference
-from stgcmt.storage.interfaces import JournalTransaction
+from stgcmt.storage.interfaces import DeliveryAttempt, JournalTransaction
 from stgcmt.storage.sqlite import Database
 
 RECEIVED = "received"
@@ -25,6 +25,9 @@ REPORT_PENDING = "report_pending"
 DELIVERED = "delivered"
 GIVEN_UP = "given_up"
 ACTIVE_STATES = (RECEIVED, VERIFYING, REPORT_PENDING)
+FAILED = "failed"
+"""A delivery attempt's outcome when the report did not get through (else ``delivered``)."""
+ATTEMPT_COLUMNS = ", ".join(DeliveryAttempt.__dataclass_fields__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS transactions (
@@ -55,8 +58,21 @@ CREATE TABLE IF NOT EXISTS refs (
     sop_instance_uid TEXT NOT NULL,
     failure_reason INTEGER,
     PRIMARY KEY (tx_id, seq)
-) WITHOUT ROWID
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS delivery_attempts (
+    id INTEGER PRIMARY KEY,
+    tx_id INTEGER NOT NULL REFERENCES transactions (id),
+    at REAL NOT NULL,
+    node TEXT,
+    via TEXT,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    next_attempt_at REAL
+);
+CREATE INDEX IF NOT EXISTS delivery_attempts_tx ON delivery_attempts (tx_id, id)
 """
+# A journal written before delivery_attempts existed gets the table when it is opened (every
+# statement above is IF NOT EXISTS).
 
 BATCH = 1000
 
@@ -250,6 +266,31 @@ class CommitmentJournal:
                 " updated_at = ? WHERE id = ?",
                 (GIVEN_UP, error, time.time(), tx_id),
             )
+
+    def record_attempt(
+        self,
+        tx_id: int,
+        via: str | None,
+        outcome: str,
+        error: str | None = None,
+        next_attempt_at: float | None = None,
+    ) -> None:
+        """Add an attempt to the history; one node owns this journal, so ``node`` is NULL.
+        Committed with synchronous=NORMAL: the durable commit of the state change that
+        follows syncs the write-ahead log, this row included."""
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO delivery_attempts (tx_id, at, via, outcome, error, next_attempt_at)"
+                " VALUES (?,?,?,?,?,?)",
+                (tx_id, time.time(), via, outcome, error, next_attempt_at),
+            )
+
+    def attempts(self, tx_id: int) -> list[DeliveryAttempt]:
+        rows = self.db.query(
+            f"SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts WHERE tx_id = ? ORDER BY id",
+            (tx_id,),
+        )
+        return [DeliveryAttempt(*row) for row in rows]
 
     def close(self) -> None:
         self.db.close()

@@ -4,6 +4,7 @@ both backends (SQLite file, PostgreSQL); then what only the shared PostgreSQL jo
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -99,6 +100,43 @@ def test_failed_attempts_count_and_postponing_does_not(journal):
     assert (given_up.state, given_up.last_error) == (sj.GIVEN_UP, "too many attempts")
     assert given_up.next_attempt_at is None
     assert journal.latest_finished("1.2.3.100") == given_up
+
+
+def test_delivery_attempts_are_kept_in_order_and_survive_reopening(journal, scp_backend):
+    tx = request(journal)
+    other = request(journal, uid="1.2.3.200")
+    before = time.time()
+    journal.record_attempt(tx.id, "new", sj.FAILED, "connection refused", next_attempt_at=9.0)
+    journal.record_attempt(other.id, "same", sj.FAILED, "no answer")
+    journal.record_attempt(tx.id, "same", sj.DELIVERED)
+    journal.close()
+    attempts = scp_backend.journal().attempts(tx.id)
+    assert [(a.via, a.outcome, a.error, a.next_attempt_at) for a in attempts] == [
+        ("new", sj.FAILED, "connection refused", 9.0),
+        ("same", sj.DELIVERED, None, None),
+    ]
+    assert before <= attempts[0].at <= attempts[1].at <= time.time()
+    expected_node = None if scp_backend.url is None else "node-a"
+    assert {a.node for a in attempts} == {expected_node}
+    assert scp_backend.journal().attempts(4242) == []
+
+
+def test_a_journal_from_before_delivery_attempts_gets_the_table_when_opened(tmp_path):
+    """A commitment.sqlite written by an older stgcmt (no delivery_attempts table) keeps its
+    transactions and records attempts once this version opens it."""
+    path = tmp_path / "commitment.sqlite"
+    older = CommitmentJournal(path)
+    tx = request(older)
+    older.close()
+    with sqlite3.connect(path) as conn:  # as the older version left it
+        conn.execute("DROP TABLE delivery_attempts")
+    journal = CommitmentJournal(path)
+    try:
+        assert journal.get(tx.id).transaction_uid == "1.2.3.100"
+        journal.record_attempt(tx.id, "new", sj.FAILED, "refused")
+        assert [a.error for a in journal.attempts(tx.id)] == ["refused"]
+    finally:
+        journal.close()
 
 
 def test_a_uid_still_active_makes_a_duplicate(journal):

@@ -23,9 +23,11 @@ from collections.abc import Iterator, Sequence
 
 from stgcmt.dicom.commitment import CommitmentReport, FailedReference, Reference
 from stgcmt.storage import scp_journal
+from stgcmt.storage.interfaces import DeliveryAttempt
 from stgcmt.storage.postgres.connection import PgDatabase
 from stgcmt.storage.scp_journal import (
     ACTIVE_STATES,
+    ATTEMPT_COLUMNS,
     DELIVERED,
     GIVEN_UP,
     RECEIVED,
@@ -256,6 +258,32 @@ class PgScpJournal:
                 " WHERE id = %s",
                 (GIVEN_UP, error, time.time(), self.node, tx_id),
             )
+
+    # -- the delivery history ------------------------------------------------------------------
+
+    def record_attempt(
+        self,
+        tx_id: int,
+        via: str | None,
+        outcome: str,
+        error: str | None = None,
+        next_attempt_at: float | None = None,
+    ) -> None:
+        """Add an attempt by this node to the history, without waiting for the WAL flush: the
+        durable commit of the state change that follows flushes it too."""
+        with self.db.transaction(durable=False) as cursor:
+            cursor.execute(
+                "INSERT INTO delivery_attempts (tx_id, at, node, via, outcome, error,"
+                " next_attempt_at) VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                (tx_id, time.time(), self.node, via, outcome, error, next_attempt_at),
+            )
+
+    def attempts(self, tx_id: int) -> list[DeliveryAttempt]:
+        rows = self.db.query(
+            f"SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts WHERE tx_id = %s ORDER BY id",
+            (tx_id,),
+        )
+        return [DeliveryAttempt(*row) for row in rows]
 
     def close(self) -> None:
         self.db.close()

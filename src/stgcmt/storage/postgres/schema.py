@@ -81,8 +81,23 @@ CREATE TABLE refs (
 )
 """
 
+_V2 = """
+CREATE TABLE delivery_attempts (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tx_id bigint NOT NULL REFERENCES transactions (id),
+    at double precision NOT NULL,
+    node text,
+    via text,
+    outcome text NOT NULL,
+    error text,
+    next_attempt_at double precision
+);
+CREATE INDEX delivery_attempts_tx ON delivery_attempts (tx_id, id)
+"""
+
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "instances, class conflicts, transactions with node and lease, references", _V1),
+    (2, "delivery attempts: when, which node, same/new association, outcome, error", _V2),
 )
 """(version, description, SQL): append, never edit one that has shipped."""
 
