@@ -180,6 +180,49 @@ def test_retry_give_up_and_reverify_go_through_the_scp(tmp_path, instances):
         modality.stop()
 
 
+def test_delivery_attempts_are_listed_with_their_errors_and_survive_a_restart(
+    scp_backend, instances
+):
+    """A modality whose listener is down: the transaction's view lists each failed attempt
+    (new association, the error, the next attempt). The archive restarts, the listener is up:
+    the report is delivered, and the view shows the attempts of both runs, in order."""
+    port = free_port()
+    modality = Modality("MODALITY")
+    config = {"remotes": (remote("MODALITY", port),), "database": scp_backend.database()}
+    try:
+        with scp_with_http(scp_backend.data_dir, **config) as (scp, web):
+            client = Client(web.port)
+            paths = instances(1)
+            assert modality.store(scp.port, paths) == [0]
+            assert modality.commit(scp.port, refs_of(paths), "1.2.3.6") == 0
+
+            def failed_twice():
+                page = client.ok("/api/v1/transactions?transaction_uid=1.2.3.6")["items"]
+                return page[0] if page and page[0]["attempts"] >= 2 else None
+
+            tx_id = wait_for(failed_twice, 15)["id"]
+            before = client.ok(f"/api/v1/transactions/{tx_id}")["delivery"]["history"]
+        assert len(before) >= 2
+        assert {(a["via"], a["outcome"]) for a in before} == {("new", "failed")}
+        assert all(f"MODALITY@127.0.0.1:{port}" in a["error"] for a in before)
+        assert all(a["next_attempt_at"] > a["at"] for a in before)
+        modality.listen(port)
+        with scp_with_http(scp_backend.data_dir, **config) as (scp, web):
+            assert modality.wait_report(15)
+            assert scp.wait_delivered("1.2.3.6", 15) is not None
+            shown = Client(web.port).ok(f"/api/v1/transactions/{tx_id}")
+    finally:
+        modality.stop()
+    history = shown["delivery"]["history"]
+    assert history[: len(before)] == before  # the first run's attempts, from the journal
+    last = history[-1]
+    assert (last["via"], last["outcome"], last["error"]) == ("new", "delivered", None)
+    assert {a["outcome"] for a in history[len(before) : -1]} <= {"failed"}
+    assert len(history) == shown["attempts"]
+    assert {a["node"] for a in history} == {None if scp_backend.url is None else "node-a"}
+    assert len(modality.reports) == 1
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status", "error", "says"),
     [

@@ -114,7 +114,7 @@ class ScpApi(Api):
             "next_attempt_at": found["next_attempt_at"],
             "delivered_at": found["delivered_at"],
             "delivered_via": found["delivered_via"],
-            "history": self.timeline.attempts(found["transaction_uid"]),
+            "history": found.pop("delivery_attempts"),
         }
         return web.json_response(
             transaction_row(found)

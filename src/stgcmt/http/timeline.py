@@ -1,14 +1,14 @@
 """What happened recently, in memory, for the dashboard: per-minute counts (stores,
-commitments, delivered reports, N-ACTION to report latency, associations), each peer's last
-association, and each transaction's delivery attempts with their errors. Fed by the service's
-events; bounded (a few hours of minutes, the latest transactions), and lost at restart by
-design: the journal stays the record, this is only the picture of the last hours."""
+commitments, delivered reports, N-ACTION to report latency, associations) and each peer's last
+association. Fed by the service's events; bounded (a few hours of minutes), and lost at restart
+by design: the journal stays the record (each transaction's delivery attempts are there), this
+is only the picture of the last hours."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,15 +21,10 @@ from stgcmt.events import (
     Peer,
     ReportDelivered,
     ReportFailed,
-    ReportGivenUp,
 )
 
 MINUTES = 180
 """Minutes the charts can show."""
-TRANSACTIONS = 2000
-"""Transactions whose delivery attempts are remembered (the newest)."""
-ATTEMPTS = 50
-"""Attempts remembered per transaction."""
 
 
 @dataclass
@@ -50,12 +45,11 @@ class Minute:
 
 
 class Timeline:
-    """The events observer behind ``/api/v1/timeline`` and the attempt histories."""
+    """The events observer behind ``/api/v1/timeline`` and the peers' last associations."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._minutes: deque[Minute] = deque(maxlen=MINUTES)
-        self._attempts: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
         self._peers: dict[str, dict[str, Any]] = {}
 
     def observe(self, event: Event) -> None:
@@ -73,19 +67,8 @@ class Timeline:
                     minute.reports += 1
                     minute.latency_sum += event.latency
                     minute.latency_max = max(minute.latency_max, event.latency)
-                    self._attempt(event.transaction_uid, event.at, "delivered", None, event.via)
                 case ReportFailed():
                     self._minute(event.at).report_failures += 1
-                    self._attempt(
-                        event.transaction_uid,
-                        event.at,
-                        "failed",
-                        event.error,
-                        None,
-                        event.next_attempt_at,
-                    )
-                case ReportGivenUp():
-                    self._attempt(event.transaction_uid, event.at, "given up", event.error, None)
                 case AssociationAccepted():
                     self._minute(event.at).associations += 1
                     self._association(event.peer, event.at, "accepted", None)
@@ -102,29 +85,6 @@ class Timeline:
             if minute.at <= start:
                 return minute
         return self._minutes[0]
-
-    def _attempt(
-        self,
-        transaction_uid: str,
-        at: float,
-        outcome: str,
-        error: str | None,
-        via: str | None,
-        next_attempt_at: float | None = None,
-    ) -> None:
-        attempts = self._attempts.pop(transaction_uid, None) or deque(maxlen=ATTEMPTS)
-        attempts.append(
-            {
-                "at": at,
-                "outcome": outcome,
-                "error": error,
-                "via": via,
-                "next_attempt_at": next_attempt_at,
-            }
-        )
-        self._attempts[transaction_uid] = attempts
-        while len(self._attempts) > TRANSACTIONS:
-            self._attempts.popitem(last=False)
 
     def _association(self, peer: Peer, at: float, outcome: str, detail: str | None) -> None:
         self._peers[peer.calling_aet] = {
@@ -145,11 +105,6 @@ class Timeline:
             held.get(at) or asdict(Minute(at))
             for at in range(current - 60 * (count - 1), current + 1, 60)
         ]
-
-    def attempts(self, transaction_uid: str) -> list[dict[str, Any]]:
-        """This transaction's delivery attempts since the service started, oldest first."""
-        with self._lock:
-            return list(self._attempts.get(transaction_uid, ()))
 
     def last_association(self, aet: str) -> dict[str, Any] | None:
         """When ``aet`` last asked us for an association, from where, and how it went."""

@@ -21,7 +21,7 @@ from stgcmt.faults import crash_point
 from stgcmt.scp.requesters import Requesters
 from stgcmt.storage import STORAGE_ERRORS
 from stgcmt.storage.interfaces import ScpJournal
-from stgcmt.storage.scp_journal import REPORT_PENDING, Transaction
+from stgcmt.storage.scp_journal import DELIVERED, FAILED, REPORT_PENDING, Transaction
 
 log = logging.getLogger("stgcmt.scp")
 
@@ -120,7 +120,7 @@ class Delivery:
             self._hold(tx, exc)
         except Exception as exc:
             log.exception("%s: delivery error", tx.label)
-            self._failed_attempt(tx, f"internal error: {exc}")
+            self._failed_attempt(tx, f"internal error: {exc}", None)
         finally:
             with self._wake:
                 self._in_flight.discard(tx.id)
@@ -154,8 +154,8 @@ class Delivery:
         report = self.journal.report(tx, self.config.aet)
         try:
             outcome = self._send_report(tx, report)
-        except (ul.AssociationError, OSError) as exc:
-            self._failed_attempt(tx, str(exc))
+        except (ul.AssociationError, OSError) as exc:  # only opening a new one raises
+            self._failed_attempt(tx, str(exc), "new")
             return
         if outcome is None:
             reason = f"waiting for {tx.calling_aet} to associate again (no address to report to)"
@@ -166,8 +166,10 @@ class Delivery:
             return
         status, via = outcome
         if not ul.is_success(status):
-            self._failed_attempt(tx, f"N-EVENT-REPORT on {via}: {describe_status(status)}")
+            error = f"N-EVENT-REPORT on {via}: {describe_status(status)}"
+            self._failed_attempt(tx, error, _route(via))
             return
+        self._note_attempt(tx, _route(via), DELIVERED)
         crash_point("scp.deliver.after_answer")
         if not self._record_delivery(tx, via):
             return
@@ -175,7 +177,7 @@ class Delivery:
             ReportDelivered(
                 tx.calling_aet,
                 tx.transaction_uid,
-                "same" if via.startswith("the association") else "new",
+                _route(via),
                 len(report.committed),
                 len(report.failed),
                 time.time() - tx.received_at,
@@ -239,12 +241,13 @@ class Delivery:
         ) as association:
             return association.n_event_report(report.event_type_id, report)
 
-    def _failed_attempt(self, tx: Transaction, error: str) -> None:
+    def _failed_attempt(self, tx: Transaction, error: str, route: str | None) -> None:
         with self._wake:
             hold = self._holds.get(tx.id)
         attempts = tx.attempts + 1 + (hold.unrecorded if hold else 0)
         delay = self.config.retry.delay(attempts)
         next_at = time.time() + delay
+        self._note_attempt(tx, route, FAILED, error, next_at)
         if not self._record(tx, lambda: self.journal.record_failed_attempt(tx.id, error, next_at)):
             return
         self.events.emit(ReportFailed(tx.calling_aet, tx.transaction_uid, error, next_at))
@@ -255,6 +258,22 @@ class Delivery:
             error,
             delay,
         )
+
+    def _note_attempt(
+        self,
+        tx: Transaction,
+        route: str | None,
+        outcome: str,
+        error: str | None = None,
+        next_at: float | None = None,
+    ) -> None:
+        """Add the attempt to the journal's history, before the bookkeeping that decides what
+        happens next (whose durable commit takes this row along). A journal that cannot write
+        it loses only this line of history: that write's own failure holds the delivery."""
+        try:
+            self.journal.record_attempt(tx.id, route, outcome, error, next_at)
+        except STORAGE_ERRORS as exc:
+            log.debug("%s: attempt not kept in the history (%s)", tx.label, exc)
 
     # -- when the journal cannot record ---------------------------------------------------------
 
@@ -313,3 +332,8 @@ class Delivery:
                     hold.until = 0.0
             self._wake.notify_all()
         log.info("journal %s records again; held deliveries resume", self.journal.path)
+
+
+def _route(via: str) -> str:
+    """``same`` for a report sent on an association the requester opened, else ``new``."""
+    return "same" if via.startswith("the association") else "new"

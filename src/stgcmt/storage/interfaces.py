@@ -247,7 +247,9 @@ class ScpJournal(Protocol):
         error: str | None = None,
         next_attempt_at: float | None = None,
     ) -> None:
-        """Add a delivery attempt to the transaction's history."""
+        """Add a delivery attempt to the transaction's history, stamped now and with this
+        node. Not a promise: its commit need not reach stable storage by itself (the durable
+        state change written after it takes it along)."""
 
     def attempts(self, tx_id: int) -> list[DeliveryAttempt]:
         """The transaction's delivery attempts, oldest first."""

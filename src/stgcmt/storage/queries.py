@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from stgcmt.dicom.status import describe_status
+from stgcmt.storage.scp_journal import ATTEMPT_COLUMNS
 from stgcmt.storage.sqlite import open_readonly
 
 STATE_WORDS = {
@@ -20,6 +21,15 @@ STATE_WORDS = {
     "delivered": "delivered",
     "given_up": "given up",
 }
+
+ATTEMPTS_SHOWN = 100
+"""Delivery attempts one transaction's view lists (the newest; its ``attempts`` counts all)."""
+ATTEMPTS_SQL = (
+    f"SELECT {ATTEMPT_COLUMNS} FROM (SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts"
+    " WHERE tx_id = %s ORDER BY id DESC LIMIT %s) newest ORDER BY id"
+)
+"""A transaction's newest attempts, oldest first (PostgreSQL's placeholders; SQLite's are
+substituted)."""
 
 
 class SqliteScpQueries:
@@ -149,9 +159,11 @@ class SqliteScpQueries:
                 " WHERE r.tx_id = ? ORDER BY r.seq LIMIT ? OFFSET ?",
                 (tx_id, -1 if refs_limit is None else refs_limit, refs_offset),
             ).fetchall()
+            attempts = conn.execute(ATTEMPTS_SQL.replace("%s", "?"), (tx_id, ATTEMPTS_SHOWN))
+            shown = [dict(a) for a in attempts.fetchall()]
         finally:
             conn.close()
-        return dict(row) | {"references": [dict(r) for r in refs]}
+        return dict(row) | {"references": [dict(r) for r in refs], "delivery_attempts": shown}
 
     def find_instances(
         self,

@@ -12,7 +12,14 @@ from psycopg.rows import dict_row
 
 from stgcmt.storage.postgres.connection import CONNECT_TIMEOUT, as_os_error, shown_url
 from stgcmt.storage.postgres.schema import LATEST
-from stgcmt.storage.queries import _INSTANCE_COLUMNS, _TX_COLUMNS, STATE_WORDS, Where
+from stgcmt.storage.queries import (
+    _INSTANCE_COLUMNS,
+    _TX_COLUMNS,
+    ATTEMPTS_SHOWN,
+    ATTEMPTS_SQL,
+    STATE_WORDS,
+    Where,
+)
 
 _RECENT = (
     "SELECT id, transaction_uid, calling_aet, state, n_refs, n_committed, n_failed, attempts,"
@@ -179,7 +186,8 @@ class PgScpQueries:
             " WHERE r.tx_id = %s ORDER BY r.seq LIMIT %s OFFSET %s",
             (tx_id, refs_limit, refs_offset),
         )
-        return rows[0] | {"references": refs}
+        attempts = self._rows(ATTEMPTS_SQL, (tx_id, ATTEMPTS_SHOWN))
+        return rows[0] | {"references": refs, "delivery_attempts": attempts}
 
     def find_instances(
         self,
