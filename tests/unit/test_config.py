@@ -66,6 +66,20 @@ start = 1.0
     assert config.retry.start == 1.0 and config.retry.cap == RetryPolicy().cap
 
 
+def test_reuse_port_needs_the_shared_database_from_the_file_or_the_flags(tmp_path: Path):
+    """Nodes sharing a port on one SQLite journal (no leases) would each deliver every
+    report: refused, whether the database comes from the file or from ``--database``."""
+    path = tmp_path / "c.toml"
+    path.write_text("[scp]\nreuse_port = true\n")
+    with pytest.raises(ConfigError, match=r"reuse_port.*\[database\] url \(--database\)"):
+        load_scp_config(path)
+    url = "postgresql://stgcmt@/archive?host=/run/postgresql"
+    config = load_scp_config(path, database={"url": url})
+    assert config.reuse_port and config.database.url == url
+    assert load_scp_config(None, reuse_port=True, database={"url": url}).reuse_port
+    assert not load_scp_config(None).reuse_port
+
+
 def test_unknown_toml_key_is_reported(tmp_path: Path):
     path = tmp_path / "c.toml"
     path.write_text("[scp]\nport_number = 1\n")

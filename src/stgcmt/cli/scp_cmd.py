@@ -47,6 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--aet", type=ae_title, help="our AE title (default STGCMT_SCP)")
     p.add_argument("--bind", metavar="HOST", help="listen address (default all interfaces)")
     p.add_argument("--port", type=port_number, help="listen port (default 11112)")
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        default=None,
+        help="bind with SO_REUSEPORT: several nodes on PostgreSQL share the port on one host",
+    )
     p.add_argument("--data-dir", type=Path, help="files and index (default ./stgcmt-data)")
     p.add_argument("--config", type=Path, metavar="FILE.toml", help="TOML configuration")
     add_http_flag(p)
@@ -206,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
             aet=args.aet,
             bind=args.bind,
             port=args.port,
+            reuse_port=args.reuse_port,
             data_dir=args.data_dir,
             remotes=args.remote,
             report_assoc=args.report_assoc,

@@ -252,6 +252,9 @@ class ScpConfig:
     aet: str = "STGCMT_SCP"
     bind: str = "0.0.0.0"
     port: int = 11112
+    reuse_port: bool = False
+    """Listen with ``SO_REUSEPORT``: several nodes of one archive (on PostgreSQL) on one host
+    share the port, the kernel spreading new connections over them."""
     data_dir: Path = Path("stgcmt-data")
     remotes: tuple[RemoteAE, ...] = ()
     report_assoc: ReportRoute = "new"

@@ -314,4 +314,16 @@ def checked_config(config: ScpConfig, *, free_port: bool) -> ScpConfig:
     """:meth:`ScpConfig.checked`: every field, then the rules between fields."""
     checked: ScpConfig = checked_instance(config, "", free_port=free_port)
     cross_checks(checked, "")
+    _shared_port_needs_shared_journal(checked)
     return checked
+
+
+def _shared_port_needs_shared_journal(config: ScpConfig) -> None:
+    """Processes sharing a port are nodes of one archive: on one SQLite journal, which has no
+    leases, each would deliver every report. Checked on the merged settings (the file may
+    set the port option and the command line the database)."""
+    if config.reuse_port and config.database.url is None:
+        raise ConfigError(
+            "[scp] reuse_port (--reuse-port): nodes sharing a port must share a PostgreSQL"
+            " database; set [database] url (--database) or leave reuse_port off"
+        )

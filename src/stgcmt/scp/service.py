@@ -128,6 +128,7 @@ class StorageCommitmentSCP:
             max_pending_associations=config.max_pending_associations,
             max_dataset_bytes=config.max_dataset_bytes,
             tls=config.tls,
+            reuse_port=config.reuse_port,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------

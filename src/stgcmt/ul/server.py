@@ -62,12 +62,15 @@ class EngineServer:
         tls: TlsConfig | None = None,
         max_pending_associations: int = 64,
         max_dataset_bytes: int = DEFAULT_MAX_DATA_SET_BYTES,
+        reuse_port: bool = False,
     ) -> None:
         """``max_associations`` counts associations whose A-ASSOCIATE-RQ has arrived;
         ``max_pending_associations`` connections may wait to send theirs (the oldest is
-        dropped past it); ``max_pdu`` 0 advertises the default, never "unlimited"."""
+        dropped past it); ``max_pdu`` 0 advertises the default, never "unlimited";
+        ``reuse_port`` binds with ``SO_REUSEPORT`` (other processes may listen on the port)."""
         self.aet = aet
         self._address = (bind, port)
+        self._reuse_port = reuse_port
         self._handlers = handlers
         self._timeouts = timeouts or Timeouts()
         self._max_pdu = advertised_max_pdu(max_pdu)
@@ -86,7 +89,9 @@ class EngineServer:
     async def _listen(self) -> asyncio.Server:
         loop = asyncio.get_running_loop()
         factory = self._new_association if self._ssl_context is None else self._new_tls
-        return await loop.create_server(factory, *self._address, reuse_address=True)
+        return await loop.create_server(
+            factory, *self._address, reuse_address=True, reuse_port=self._reuse_port
+        )
 
     def _new_association(self) -> UpperLayer:
         return UpperLayer(
