@@ -117,15 +117,15 @@ new_tests() {
     git -C "$ROOT" diff "$1" HEAD -- "$2" | sed -n "s|^+\\(async \\)\\?def \\(test_[A-Za-z0-9_]*\\).*|$2::\\2|p"
 }
 
-# Re-checks the survivors of the module's last run against the tests of its selection added
-# since that run (the tests written for them), with pytest directly in the run's
+# Re-checks the survivors and timeouts of the module's last run against the tests of its
+# selection added since that run (the tests written for them), with pytest directly in the run's
 # tree: exit status 1 (a test failed) kills the mutant; results in again.txt, which the score
 # reads over results.txt. Much faster than a new run, which repeats every old test per survivor.
 run_again() {
-    local dir=$OUT/$1 selection=" tests/e2e/test_mutations.py $2 " since path m rc
+    local dir=$OUT/$1 selection=" tests/e2e/test_mutations.py $2 " since path wanted entry m rc
     local names=() changed=()
     since=$(cat "$dir/commit")
-    mapfile -t names < <(sed -n 's/^ *\(.*\): survived$/\1/p' "$dir/results.txt")
+    mapfile -t names < <(sed -n 's/^ *\(.*: \(survived\|timeout\)\)$/\1/p' "$dir/results.txt")
     while read -r path; do
         for wanted in $selection; do
             [[ $wanted == --* || $path != "$wanted"* ]] || { changed+=($(new_tests "$since" "$path")); break; }
@@ -137,13 +137,14 @@ run_again() {
         return 0
     fi
     rm -rf "$dir/mutants/tests"
-    git -C "$ROOT" archive HEAD tests | tar -x -C "$dir/mutants"
-    echo "   ${#names[@]} survivors against ${changed[*]}"
-    for m in "${names[@]}"; do
-        rc=0
+    git -C "$ROOT" archive HEAD tests tools | tar -x -C "$dir/mutants"
+    echo "   ${#names[@]} survivors and timeouts against ${changed[*]}"
+    for entry in "${names[@]}"; do
+        m=${entry%: *} rc=0
         (cd "$dir/mutants" && MUTANT_UNDER_TEST=$m PYTHONPATH="$dir/mutants/src" timeout 900 \
             "$PY" -m pytest -x -q -p no:cacheprovider "${changed[@]}") >>"$dir/again.log" 2>&1 || rc=$?
-        if [ $rc -eq 1 ]; then echo "    $m: killed"; else echo "    $m: survived"; fi >>"$dir/again.txt"
+        # killed now, or as it was (a timeout stays one: the old tests may still kill it)
+        if [ $rc -eq 1 ]; then echo "    $m: killed"; else echo "    $entry"; fi >>"$dir/again.txt"
     done
 }
 
