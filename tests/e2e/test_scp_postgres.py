@@ -241,6 +241,31 @@ def test_store_on_two_nodes_commit_on_a_third(cluster, modality, instances):
     assert by_node["node-b"]["delivered"] == 1 and "node-a" not in by_node
 
 
+def test_two_nodes_share_one_port_with_reuse_port(cluster, modality, instances):
+    """``--reuse-port``: two nodes listen on one port, the kernel spreads 20 associations
+    over both (each stored some, the index says which), the N-ACTION goes to whichever
+    answers, and that node commits what both stored: one report, every instance."""
+    port = free_port()
+    a, b = cluster.start(2, shared_port=port)
+    assert a.port == b.port == port and a.alive and b.alive
+    paths = instances(20)
+    for path in paths:  # one association each
+        assert modality.store(port, [path]) == [0]
+    stored_by = {
+        r["sop_instance_uid"]: r["node"] for r in PgScpQueries(cluster.database_url).instances()
+    }
+    assert set(stored_by) == {p.stem for p in paths}
+    per_node = {node: list(stored_by.values()).count(node) for node in ("node-a", "node-b")}
+    assert all(per_node.values()), f"one node took every association: {per_node}"
+    assert modality.commit(port, refs_of(paths), "1.2.3.503") == 0
+    assert modality.wait_report(REPORT_WAIT)
+    time.sleep(1.0)  # a second report from the other node would arrive now
+    assert len(modality.reports) == 1
+    assert _committed(modality) == {p.stem for p in paths}
+    tx = _transaction(cluster, "1.2.3.503")
+    assert tx["received_by"] in per_node and tx["delivered_by"] == tx["received_by"]
+
+
 def test_duplicates_and_class_conflicts_are_seen_across_nodes(cluster, modality, tmp_path):
     """A Transaction UID still active on node A is a duplicate on node C (0131H for every
     reference); an instance UID stored via A as Secondary Capture and via B as CT is a class

@@ -1,7 +1,7 @@
 """Several ``stgcmt scp`` processes forming one archive: the same AE title, ``--database`` and
-``--data-dir``, each on its own port of 127.0.0.1 with its own ``--node`` name; and a relay a
-test can make hold connections (a peer that accepts TCP but never answers), to catch a node in
-the middle of a delivery.
+``--data-dir``, each on its own port of 127.0.0.1 (or all on one, ``--reuse-port``) with its
+own ``--node`` name; and a relay a test can make hold connections (a peer that accepts TCP but
+never answers), to catch a node in the middle of a delivery.
 
 Every process is started with bounded waits and killed at the end by the fixture that made it.
 """
@@ -33,15 +33,26 @@ def listening(port: int) -> bool:
 class Node:
     """One ``stgcmt scp`` process of the archive."""
 
-    def __init__(self, name: str, workdir: Path, args: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        args: list[str],
+        env: dict[str, str],
+        port: int | None = None,
+    ) -> None:
+        """``port`` given: a port other nodes share (``--reuse-port``)."""
         self.name = name
-        self.port = free_port()
+        self.port = port or free_port()
         self.log = workdir / f"{name}.log"
         self.args = [*args, "--port", str(self.port), "--node", name]
+        if port is not None:
+            self.args.append("--reuse-port")
         self.env = env
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Node:
+        started_at = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [PYTHON, "-m", "stgcmt", "scp", *self.args],
@@ -50,11 +61,18 @@ class Node:
                 env=self.env,
             )
         if not wait_for(
-            lambda: listening(self.port) or self.proc.poll() is not None, START_TIMEOUT
+            lambda: self._listening(started_at) or self.proc.poll() is not None, START_TIMEOUT
         ):
             pytest.fail(f"node {self.name} did not start:\n{self.log.read_text()}")
         assert self.proc.poll() is None, self.log.read_text()
         return self
+
+    def _listening(self, log_offset: int) -> bool:
+        """This process says it listens (on a shared port another node answers already)."""
+        with open(self.log, "rb") as log:
+            log.seek(log_offset)
+            said = b" listening on " in log.read()
+        return said and listening(self.port)
 
     def kill(self, sig: int = signal.SIGKILL) -> int:
         assert self.proc is not None
@@ -81,15 +99,17 @@ class Cluster:
         self.relay: HoldingRelay | None = None
         """The relay the nodes report through, when the test put one in front of the peer."""
 
-    def start(self, count: int, **env: str) -> list[Node]:
+    def start(self, count: int, *, shared_port: int | None = None, **env: str) -> list[Node]:
         """Start ``count`` more nodes one after the other (the first creates the schema), with
-        ``env`` added to their environment (e.g. ``STGCMT_CRASH_POINTS``)."""
+        ``env`` added to their environment (e.g. ``STGCMT_CRASH_POINTS``); ``shared_port``:
+        all on that port, with ``--reuse-port``."""
         new = [
             Node(
                 f"node-{chr(ord('a') + len(self.nodes) + i)}",
                 self.workdir,
                 self.common,
                 {**self.env, **env},
+                shared_port,
             )
             for i in range(count)
         ]
