@@ -66,17 +66,21 @@ start = 1.0
     assert config.retry.start == 1.0 and config.retry.cap == RetryPolicy().cap
 
 
-def test_reuse_port_needs_the_shared_database_from_the_file_or_the_flags(tmp_path: Path):
+def test_reuse_port_needs_a_shared_database_and_a_node_name(tmp_path: Path):
     """Nodes sharing a port on one SQLite journal (no leases) would each deliver every
-    report: refused, whether the database comes from the file or from ``--database``."""
+    report, under one default node name they would share leases: refused, whether the
+    database and the name come from the file or from the flags."""
     path = tmp_path / "c.toml"
     path.write_text("[scp]\nreuse_port = true\n")
     with pytest.raises(ConfigError, match=r"reuse_port.*\[database\] url \(--database\)"):
         load_scp_config(path)
     url = "postgresql://stgcmt@/archive?host=/run/postgresql"
-    config = load_scp_config(path, database={"url": url})
+    with pytest.raises(ConfigError, match=r"names of their own.*\[database\] node \(--node\)"):
+        load_scp_config(path, database={"url": url})
+    config = load_scp_config(path, database={"url": url, "node": "pacs1-a"})
     assert config.reuse_port and config.database.url == url
-    assert load_scp_config(None, reuse_port=True, database={"url": url}).reuse_port
+    shared = load_scp_config(None, reuse_port=True, database={"url": url, "node": "pacs1-b"})
+    assert shared.reuse_port
     assert not load_scp_config(None).reuse_port
 
 

@@ -320,10 +320,18 @@ def checked_config(config: ScpConfig, *, free_port: bool) -> ScpConfig:
 
 def _shared_port_needs_shared_journal(config: ScpConfig) -> None:
     """Processes sharing a port are nodes of one archive: on one SQLite journal, which has no
-    leases, each would deliver every report. Checked on the merged settings (the file may
-    set the port option and the command line the database)."""
-    if config.reuse_port and config.database.url is None:
+    leases, each would deliver every report; under the default node name (``HOSTNAME:PORT``)
+    they would all be one node, each renewing the others' leases. Checked on the merged
+    settings (the file may set the port option and the command line the rest)."""
+    if not config.reuse_port:
+        return
+    if config.database.url is None:
         raise ConfigError(
             "[scp] reuse_port (--reuse-port): nodes sharing a port must share a PostgreSQL"
             " database; set [database] url (--database) or leave reuse_port off"
+        )
+    if config.database.node is None:
+        raise ConfigError(
+            "[scp] reuse_port (--reuse-port): nodes sharing a port need names of their own"
+            " (the default HOSTNAME:PORT is the same for all); set [database] node (--node)"
         )
