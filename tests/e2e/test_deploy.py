@@ -10,12 +10,17 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
+from dataclasses import fields, is_dataclass
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 import pytest
 
 from stgcmt.cli import build_parser
-from stgcmt.config import load_scp_config, load_scu_config
+from stgcmt.config import ARRAY_TABLES, ScpConfig, ScuConfig, load_scp_config, load_scu_config
+from stgcmt.config.toml import SCP_ONLY_PROFILE_KEYS
+from stgcmt.config.validation import is_structure, known_keys
 
 from support.common import ensure_debian_package
 
@@ -59,6 +64,34 @@ def test_every_option_shown_commented_out_is_one_the_loader_takes(tmp_path: Path
     assert scp.tls.require_client_cert and scp.remotes[0].profile.tls
     scu = load_scu_config(uncommented("agent.toml", tmp_path))
     assert scu.audit.syslog == "tls://audit.example:6514" and scu.http.listen is not None
+
+
+def tables_of(cls: type, top: str) -> dict[str, set[str]]:
+    """Every table a file for ``cls`` may hold, with every key it may hold."""
+    hints = get_type_hints(cls)
+    tables = {top: {f.name for f in fields(cls) if not is_structure(hints[f.name])}}
+    for f in fields(cls):
+        hint = hints[f.name]
+        if is_dataclass(hint):
+            tables[f.name] = set(known_keys(hint))  # type: ignore[arg-type]
+        elif is_structure(hint):
+            tables[ARRAY_TABLES.get(f.name, f.name)] = set(known_keys(get_args(hint)[0]))
+    if cls is ScuConfig:  # an archive refuses the keys that only mean something to the SCP
+        tables["archive"] -= set(SCP_ONLY_PROFILE_KEYS)
+    return tables
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "top"), [("scp.toml", ScpConfig, "scp"), ("agent.toml", ScuConfig, "scu")]
+)
+def test_every_key_the_loader_knows_is_in_the_example(name: str, cls: type, top: str) -> None:
+    """A key added to the configuration and not to the example fails here: the examples
+    show every option."""
+    data = tomllib.loads(COMMENTED_OPTION.sub("", (DEPLOY / name).read_text()))
+    for table, keys in tables_of(cls, top).items():
+        found = data.get(table, {})
+        shown = set(found[0] if isinstance(found, list) else found)
+        assert keys <= shown, f"{name} [{table}] does not show {sorted(keys - shown)}"
 
 
 @pytest.mark.parametrize(("name", "toml"), UNITS.items())
