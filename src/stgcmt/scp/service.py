@@ -38,7 +38,9 @@ from stgcmt.scp.verification import Verification
 from stgcmt.storage.backends import open_scp_queries, open_scp_storage
 from stgcmt.storage.instances import InstanceStore
 from stgcmt.storage.interfaces import ScpJournal, ScpQueries
+from stgcmt.storage.queries import STATE_WORDS
 from stgcmt.storage.scp_journal import (
+    ACTIVE_STATES,
     RECEIVED,
     REPORT_PENDING,
     VERIFYING,
@@ -138,8 +140,7 @@ class StorageCommitmentSCP:
         if dropped:
             log.warning("%d instances were lost in a crash before being committed", dropped)
         self.store.start_durability_rounds(self.config.verify)
-        for tx in self.journal.in_state(RECEIVED, VERIFYING, REPORT_PENDING):
-            log.info("%s from %s resumes in state %s", tx.label, tx.calling_aet, tx.state)
+        self._log_resuming()
         self._server.start()
         self._worker.start()
         self.events.emit(ApplicationActivity("start", "scp", self.config.aet))
@@ -156,6 +157,22 @@ class StorageCommitmentSCP:
             ", unknown AEs accepted" if self.config.accept_unknown else "",
         )
         return self
+
+    def _log_resuming(self) -> None:
+        """One line for what is unfinished (in a cluster: every node's transactions, which
+        this node may take over once their leases expire), one per transaction at DEBUG."""
+        counts = self.journal.active_counts()
+        total = sum(n for n, _ in counts.values())
+        if total:
+            log.info(
+                "%d unfinished transactions resume (%s; %d of them received by this node)",
+                total,
+                ", ".join(f"{counts[s][0]} {STATE_WORDS[s]}" for s in ACTIVE_STATES if s in counts),
+                sum(mine for _, mine in counts.values()),
+            )
+        if log.isEnabledFor(logging.DEBUG):
+            for tx in self.journal.in_state(*ACTIVE_STATES):
+                log.debug("%s from %s resumes in state %s", tx.label, tx.calling_aet, tx.state)
 
     @property
     def port(self) -> int:

@@ -215,6 +215,11 @@ class ScpJournal(Protocol):
 
     def in_state(self, *states: str) -> list[ScpTransaction]: ...
 
+    def active_counts(self) -> dict[str, tuple[int, int]]:
+        """Unfinished transactions by state (only states that have some): how many in the
+        archive, and how many of those this node received (all of them in a journal one node
+        owns). What a starting node says it resumes, without a line per transaction."""
+
     def latest_finished(self, transaction_uid: str) -> ScpTransaction | None: ...
 
     def claim(self, tx_id: int) -> ScpTransaction | None:

@@ -157,6 +157,14 @@ class CommitmentJournal:
         )
         return [Transaction(*row) for row in rows]
 
+    def active_counts(self) -> dict[str, tuple[int, int]]:
+        """By state; this node received every one (it is the only node)."""
+        rows = self.db.query(
+            "SELECT state, count(*) FROM transactions WHERE state IN (?,?,?) GROUP BY state",
+            ACTIVE_STATES,
+        )
+        return {state: (n, n) for state, n in rows}
+
     def latest_finished(self, transaction_uid: str) -> Transaction | None:
         """The newest transaction with this UID that is delivered or given up, if any."""
         rows = self.db.query(

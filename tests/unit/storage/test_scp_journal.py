@@ -182,6 +182,14 @@ def test_empty_request_has_no_batches_and_an_empty_report(journal):
     assert report.committed == [] and report.failed == []
 
 
+def test_active_counts_by_state_leave_finished_ones_out(journal):
+    assert journal.active_counts() == {}
+    first, _, third = (request(journal, uid=f"1.2.3.{n}") for n in range(3))
+    journal.set_state(first.id, sj.VERIFYING)
+    journal.mark_given_up(third.id, "gave up")
+    assert journal.active_counts() == {sj.RECEIVED: (1, 1), sj.VERIFYING: (1, 1)}
+
+
 def test_claim_gives_the_fresh_row_until_the_transaction_is_finished(journal):
     tx = request(journal)
     journal.set_state(tx.id, sj.VERIFYING)
@@ -278,6 +286,16 @@ def test_a_claim_is_taken_by_exactly_one_of_many_racing_nodes(postgres_url, tmp_
         assert _lease(journals[0], tx.id)[0] in {f"node-{i}" for i in range(8)}
     finally:
         backend.close()
+
+
+def test_active_counts_are_the_clusters_with_this_nodes_share(nodes):
+    a, b = nodes
+    first, _ = request(a, uid="1.2.3.1"), request(a, uid="1.2.3.2")
+    request(b, uid="1.2.3.3")
+    a.finish_verification(first.id, first_attempt_at=0.0)
+    a.mark_delivered(request(b, uid="1.2.3.4").id, "new association")
+    assert a.active_counts() == {sj.RECEIVED: (2, 1), sj.REPORT_PENDING: (1, 1)}
+    assert b.active_counts() == {sj.RECEIVED: (2, 1), sj.REPORT_PENDING: (1, 0)}
 
 
 def test_a_duplicate_transaction_uid_is_seen_across_nodes(nodes):

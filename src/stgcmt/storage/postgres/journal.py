@@ -117,6 +117,15 @@ class PgScpJournal:
         )
         return [_transaction(row) for row in rows]
 
+    def active_counts(self) -> dict[str, tuple[int, int]]:
+        """By state: the whole cluster's, and those ``received_by`` this node."""
+        rows = self.db.query(
+            "SELECT state, count(*), count(*) FILTER (WHERE received_by = %s) FROM transactions"
+            " WHERE state = ANY(%s) GROUP BY state",
+            (self.node, _ACTIVE),
+        )
+        return {state: (int(n), int(mine)) for state, n, mine in rows}
+
     def latest_finished(self, transaction_uid: str) -> Transaction | None:
         """The newest transaction with this UID that is delivered or given up, if any."""
         rows = self.db.query(
