@@ -253,13 +253,25 @@ def test_a_c_store_cut_off_midway_leaves_no_file_and_no_row(scp_factory, ending,
 
 def test_a_commitment_right_after_stores_finds_every_instance(scp_factory, instances):
     """The index rows of the last C-STOREs are still waiting for the writer's next batch when
-    the N-ACTION arrives: verification must see them, and make them durable."""
+    the N-ACTION arrives: verification must see them, and make them durable. (The stores go
+    from DCMTK: pynetdicom 3.0.4's SCU loses about one response in 2,000 to a race in its
+    reactor thread when the SCP answers within a millisecond, pynetdicom issues #435/#875.)"""
+    storescu = ensure_debian_package("storescu", "dcmtk")
     modality = Modality("MODALITY")
     try:
         scp = scp_factory(remotes=(remote("MODALITY", modality.listen()),))
         stored = instances(300)
         large = instances(2, pixel_bytes=300_000)  # streamed, indexed before their answer
-        assert modality.store(scp.port, stored + large) == [0] * 302
+        sent = subprocess.run(
+            [storescu, "-v", "-aet", "MODALITY", "-aec", "STGCMT_SCP", LOCALHOST, str(scp.port)]
+            + [str(p) for p in stored + large],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "TCP_NODELAY": "1"},
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert (sent.stdout + sent.stderr).count("Received Store Response (Success)") == 302
         began = time.monotonic()
         assert modality.commit(scp.port, refs_of(stored + large), "1.2.3.777") == 0
         assert modality.wait_report(30)

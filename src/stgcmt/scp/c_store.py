@@ -43,33 +43,13 @@ class CStore:
 
     def on_c_store(self, request: ul.StoreRequest) -> int:
         """A C-STORE held whole."""
-        outcome = self.guarded(
-            request,
-            lambda: self.store.store(
-                request.sop_class_uid,
-                request.sop_instance_uid,
-                request.transfer_syntax,
-                request.dataset,
-                request.peer.calling_aet,
-                abstract_syntax=request.abstract_syntax,
-            ),
-        )
+        outcome = self.guarded(request, _applied(self.store.store, request))
         return outcome if isinstance(outcome, int) else self.stored_as(request, outcome)
 
     def on_c_store_stream(self, request: ul.StoreRequest) -> ul.StoreSink | int:
         """A C-STORE whose ``dataset`` is the first bytes: refused or decided on them (a
         duplicate), or a sink that writes the rest to its file."""
-        begun = self.guarded(
-            request,
-            lambda: self.store.receive(
-                request.sop_class_uid,
-                request.sop_instance_uid,
-                request.transfer_syntax,
-                request.dataset,
-                request.peer.calling_aet,
-                abstract_syntax=request.abstract_syntax,
-            ),
-        )
+        begun = self.guarded(request, _applied(self.store.receive, request))
         if isinstance(begun, IncomingInstance):
             return Receiving(self, request, begun)
         return begun if isinstance(begun, int) else self.stored_as(request, begun)
@@ -137,6 +117,18 @@ class CStore:
                 ", ".join(f"{n} {what}" for what, n in sorted(stored.items())),
             )
         return dict(stored or {})
+
+
+def _applied(method: Callable[..., T], request: ul.StoreRequest) -> Callable[[], T]:
+    """``InstanceStore.store`` or ``receive`` applied to what a C-STORE request says."""
+    return lambda: method(
+        request.sop_class_uid,
+        request.sop_instance_uid,
+        request.transfer_syntax,
+        request.dataset,
+        request.peer.calling_aet,
+        abstract_syntax=request.abstract_syntax,
+    )
 
 
 class Receiving:
