@@ -902,3 +902,20 @@ def test_each_rejected_association_says_why_and_what_to_do(scp_factory):
         ),
         ("congestion", "1 associations already open (limit 1)"),
     ]
+
+
+def test_a_crash_after_the_background_durability_sync_loses_nothing(
+    scp_process, modality, instances, monkeypatch
+):
+    monkeypatch.setenv("STGCMT_CRASH_POINTS", "scp.durability.after_sync")
+    remote_arg = f"MODALITY@{LOCALHOST}:{modality.listen()}"
+    scp = scp_process("--remote", remote_arg)
+    [path] = instances(1)
+    assert modality.store(scp.port, [path]) == [0]
+    assert scp.proc.wait(timeout=20) == -9  # the round after the C-STORE synced it, then died
+
+    monkeypatch.delenv("STGCMT_CRASH_POINTS")
+    again = scp_process("--remote", remote_arg, data_dir=scp.data_dir)
+    assert modality.commit(again.port, refs_of([path]), "1.2.3.990") == 0
+    assert modality.wait_report(REPORT_WAIT)
+    assert report_content(modality.reports[0][1]) == ({path.stem}, {})

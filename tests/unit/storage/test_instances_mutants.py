@@ -103,3 +103,22 @@ def test_a_copy_replaced_before_the_sync_is_synced_and_marked_in_its_place(tmp_p
         )
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("policy", ["exists", "checksum"])
+def test_a_durability_round_marks_what_was_received_then_has_nothing_left(store, policy):
+    refs = [_stored(store) for _ in range(3)]
+    assert store.durability_round(policy) == 3
+    read_back = int(policy == "checksum")
+    assert [_index_row(store, ref) for ref in refs] == [(1, read_back)] * 3
+    assert store.durability_round(policy) == 0
+
+
+def test_a_round_under_checksum_leaves_a_damaged_copy_for_the_commitment_to_fail(store):
+    ref = _stored(store)
+    path = store.path_for(ref.sop_instance_uid)
+    content = path.read_bytes()
+    path.write_bytes(content[:-1] + bytes([content[-1] ^ 0xFF]))  # same size, other bytes
+    assert store.durability_round("checksum") == 0
+    assert _index_row(store, ref) == (0, 0)
+    assert store.verify([ref], "checksum") == [0x0110]
