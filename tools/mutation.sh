@@ -130,7 +130,8 @@ run_again() {
         for wanted in $selection; do
             [[ $wanted == --* || $path != "$wanted"* ]] || { changed+=($(new_tests "$since" "$path")); break; }
         done
-    done < <(git -C "$ROOT" diff --name-only "$since" HEAD -- 'tests/*.py')
+    done < <(git -C "$ROOT" diff --name-only "$since" HEAD -- 'tests/unit/*.py'
+             git -C "$ROOT" diff --name-only "$since" HEAD -- 'tests/e2e/*.py')  # fast ones first
     : >"$dir/again.txt"
     if [ ${#names[@]} -eq 0 ] || [ ${#changed[@]} -eq 0 ]; then
         echo "   nothing to re-check (survivors: ${#names[@]}, changed tests: ${#changed[@]})"
