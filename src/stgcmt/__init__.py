@@ -1,3 +1,3 @@
 """stgcmt: DICOM Storage Commitment (PS3.4 Annex J, Push Model) done right."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
