@@ -6,6 +6,7 @@ a file, of its directory or of the store's root passed every test before."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -70,3 +71,13 @@ def test_a_data_dir_the_store_created_survives_a_power_cut(lazy):
     assert {name: (after / name).read_bytes() for name in synced if (after / name).exists()} == (
         synced
     )
+
+
+def test_syncfs_asked_for_where_it_cannot_be_trusted_is_refused_with_the_fix(lazy):
+    data_dir = _existing_dir(lazy.mountpoint / "data")  # FUSE: syncfs proves nothing there
+    with pytest.raises(OSError) as refused:
+        FileBlobStore(data_dir, "syncfs")
+    assert refused.value.errno == errno.ENOTSUP
+    message = refused.value.strerror
+    assert message.startswith(f'durability = "syncfs" cannot be trusted for {data_dir}/instances: ')
+    assert message.endswith('; set durability = "auto" or "fsync"')
