@@ -81,7 +81,8 @@ PYEOF
 run_module() {
     local name=$1 file=$2 filter=$3 tests=$4 dir=$OUT/$1 sel names=()
     rm -rf "$dir"; mkdir -p "$dir"
-    git -C "$ROOT" archive HEAD | tar -x -C "$dir"
+    git -C "$ROOT" rev-parse HEAD >"$dir/commit"   # what was run, for --again
+    git -C "$ROOT" archive "$(cat "$dir/commit")" | tar -x -C "$dir"
     sel=$(printf '"%s", ' tests/e2e/test_mutations.py $tests)
     mkdir -p "$dir/.hooks"
     cp "$dir/tools/mutation_hits.py" "$dir/.hooks/"
@@ -163,7 +164,6 @@ main() {
         echo "== $name: mutating $file ${filter:+($filter)} with: tests/e2e/test_mutations.py $tests"
         if [ $mode = run ]; then
             run_module "$name" "$file" "$filter" "$tests" || continue
-            git -C "$ROOT" rev-parse HEAD >"$OUT/$name/commit"
         elif [ ! -f "$OUT/$name/results.txt" ]; then
             echo "   not run yet"; continue
         elif [ $mode = again ]; then
