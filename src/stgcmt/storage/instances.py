@@ -69,6 +69,9 @@ ROUND_ROWS = 20_000
 BARRIER_ROWS = 20_000
 """References a commitment keeps waiting for its barrier before it passes one (memory bound
 for a huge commitment; with the rounds, rarely reached)."""
+QUOTA_REFRESH = 1.0
+"""Seconds between reads of the archive's total from an index other nodes share: the quota is
+the cluster's, and each node may overshoot it by what the others stored within one interval."""
 BARRIER_ATTEMPTS = 3
 """Barriers for an instance replaced again and again while being made durable before it is
 reported failed (0110H)."""
@@ -133,6 +136,7 @@ class InstanceStore:
         # (resource limitation) rather than 0112H, which tells the sender to try again later.
         self._refused_for_space: set[str] = set()
         self._bytes = self.index.total_bytes()
+        self._bytes_read_at = time.monotonic()
         self._rounds: threading.Thread | None = None
         self._stop_rounds = threading.Event()
         self._round_failures: set[tuple[str, str, float]] = set()
@@ -279,10 +283,22 @@ class InstanceStore:
             self._refused_for_space.add(sop_instance_uid)
 
     def _check_quota(self, size: int) -> None:
-        if self.max_bytes and self._bytes + size > self.max_bytes:
+        if not self.max_bytes:
+            return
+        self._refresh_total()
+        if self._bytes + size > self.max_bytes:
             raise OSError(
                 errno.ENOSPC, f"store quota of {self.max_bytes} bytes reached ({self._bytes} used)"
             )
+
+    def _refresh_total(self) -> None:
+        """On an index other nodes share, what they stored counts against the quota too: the
+        archive's total is read again at most every :data:`QUOTA_REFRESH` seconds (between
+        reads, this node adds what it stores itself). An index of our own is never re-read."""
+        if self.index.node is None or time.monotonic() - self._bytes_read_at < QUOTA_REFRESH:
+            return
+        self._bytes_read_at = time.monotonic()
+        self._bytes = self.index.total_bytes()
 
     # -- looking up ----------------------------------------------------------------------------
 

@@ -107,6 +107,11 @@ class DeliveryAttempt:
 class InstanceIndex(Protocol):
     """The instance rows and the SOP Class conflicts."""
 
+    @property
+    def node(self) -> str | None:
+        """This node's name in an index several nodes share (PostgreSQL); None for an index
+        this process holds alone (SQLite), whose totals change only through it."""
+
     def lookup(self, uids: Sequence[str]) -> dict[str, IndexedInstance]: ...
 
     def put(self, row: InstanceRow) -> None:

@@ -93,6 +93,9 @@ def _add_read_back_column(db: Database) -> None:
 class SqliteInstanceIndex:
     """Instance rows keyed by SOP Instance UID; ``path`` holds the blob name."""
 
+    node: str | None = None
+    """Held by this process alone: nobody else adds rows."""
+
     def __init__(self, path: Path) -> None:
         self.db = Database(path, SCHEMA)
         _add_read_back_column(self.db)
