@@ -164,6 +164,8 @@ def summarize_concurrency(raw: dict[str, Any]) -> dict[str, Any]:
 
 DROPPED = "responses_dropped_by_client"
 """pynetdicom's own race (bench.nagle.ResponseLost): runs done again, counted."""
+CLIENT_CPU = "client_cpu_ms_per_instance"
+"""The pynetdicom client's own CPU time per instance (bench.nagle.pynetdicom_store)."""
 
 
 def summarize_nagle(raw: dict[str, Any]) -> dict[str, Any]:
@@ -171,6 +173,11 @@ def summarize_nagle(raw: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         name: stats([s["seconds"] / s["instances"] * 1e3 for s in runs])
         for name, runs in by_client.items()
+    }
+    out[CLIENT_CPU] = {
+        name: stats([s["client_cpu_seconds"] / s["instances"] * 1e3 for s in runs])
+        for name, runs in by_client.items()
+        if runs and "client_cpu_seconds" in runs[0]
     }
     out[DROPPED] = sum(s.get(DROPPED, 0) for runs in by_client.values() for s in runs)
     return out
@@ -499,10 +506,16 @@ def concurrency_table(summary: dict[str, Any]) -> str:
 
 
 def nagle_table(summary: dict[str, Any]) -> str:
-    rows = [[name, _n(s, 1, " ms")] for name, s in summary["nagle"].items() if name != DROPPED]
+    nagle = summary["nagle"]
+    cpu = nagle.get(CLIENT_CPU, {})
+    rows = [
+        [name, _n(s, 1, " ms"), _n(cpu.get(name), 1, " ms")]
+        for name, s in nagle.items()
+        if name not in (DROPPED, CLIENT_CPU)
+    ]
     table = _table(
         "Nagle-on clients (no TCP_NODELAY): wall time per instance",
-        ["client -> server", "per instance"],
+        ["client -> server", "per instance", "client's own CPU"],
         rows,
     )
     dropped = summary["nagle"].get(DROPPED)
