@@ -19,7 +19,9 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
@@ -42,6 +44,25 @@ _REAL_DIRECTORY_CACHE = 4096
 _FILE_MODE = 0o666
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0)
 _PROBE_NAME = ".stgcmt-tmpfile-probe"
+TEMP_SUFFIX = ".part"
+TEMP_MAX_AGE = 3600.0
+"""Seconds after which a temp file of another node is taken as a crash's leftover: far longer
+than any C-STORE is left idle (the PDU and network timeouts are seconds to minutes), so a node
+starting on a shared data dir never removes a temp file another node is still writing."""
+
+
+def node_tag(node: str) -> str:
+    """A node's name as it appears in its temp files' names: readable, file-name safe, and
+    told apart by a hash where two names differ only in characters that are replaced."""
+    readable = re.sub(r"[^A-Za-z0-9_-]", "-", node)[:40]
+    return f"{readable}-{hashlib.sha256(node.encode()).hexdigest()[:8]}"
+
+
+def _temp_tag(file_name: str) -> str | None:
+    """The node tag in a temp file's name (``.<blob>.<tag>.<pid>.<thread>.part``); None for a
+    name of another form (one written before temp names held the node)."""
+    parts = file_name.removesuffix(TEMP_SUFFIX).split(".")
+    return parts[-3] if len(parts) >= 6 and parts[-2].isdigit() and parts[-1].isdigit() else None
 
 
 def _open_directory(directory: Path) -> int:
@@ -83,8 +104,9 @@ class FileBlobWriter:
     Nothing is under its name until :meth:`commit`; :meth:`discard` (or a crash) leaves no
     file, apart from a temp file :meth:`FileBlobStore.recover` clears."""
 
-    def __init__(self, name: str, directory_fd: int, unnamed: bool) -> None:
+    def __init__(self, name: str, directory_fd: int, unnamed: bool, tag: str) -> None:
         self._name = name
+        self._tag = tag
         self._directory = directory_fd
         self._temp: str | None = None
         if unnamed:
@@ -97,8 +119,9 @@ class FileBlobWriter:
 
     def _temp_name(self) -> str:
         """Beside the final file (not one shared temp directory: create/delete cycles in one
-        directory slow file creation down on some file systems); one per thread."""
-        return f".{self._name}.{os.getpid()}.{threading.get_ident()}.part"
+        directory slow file creation down on some file systems); one per thread, named with
+        the node, so that on a shared data dir a node's recovery knows its own."""
+        return f".{self._name}.{self._tag}.{os.getpid()}.{threading.get_ident()}{TEMP_SUFFIX}"
 
     def write(self, pieces: Sequence[bytes | memoryview]) -> None:
         """Append ``pieces`` (one ``writev`` for the lot, short writes continued)."""
@@ -153,8 +176,13 @@ class FileBlobWriter:
 
 
 class FileBlobStore:
-    def __init__(self, data_dir: Path, durability: Durability = "auto") -> None:
+    """``node``: this node's name on a data dir several nodes share (default: the host's)."""
+
+    def __init__(
+        self, data_dir: Path, durability: Durability = "auto", node: str | None = None
+    ) -> None:
         self.data_dir = Path(data_dir)
+        self.tag = node_tag(node or os.uname().nodename)
         self.root = self.data_dir / ROOT_NAME
         created = missing_directories(self.root)
         ensure_writable_dir(self.root, "instances directory")
@@ -187,12 +215,12 @@ class FileBlobStore:
         final = self.data_dir / name
         directory = self._directory(final.parent)
         try:
-            return FileBlobWriter(final.name, directory, self._unnamed)
+            return FileBlobWriter(final.name, directory, self._unnamed, self.tag)
         except OSError as exc:
             if not self._unnamed or exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                 raise
             self._unnamed = False  # another file system was mounted there: temp names
-            return FileBlobWriter(final.name, directory, False)
+            return FileBlobWriter(final.name, directory, False, self.tag)
 
     def _directory(self, directory: Path) -> int:
         """The fd of a fan-out directory, created and opened on first use."""
@@ -272,11 +300,16 @@ class FileBlobStore:
             self._file_system.close()
 
     def recover(self) -> int:
-        """Remove temp files of writes a crash interrupted."""
+        """Remove temp files of writes a crash interrupted: this node's, and those of any node
+        older than :data:`TEMP_MAX_AGE` (another node's recent one may still be written: on a
+        data dir nodes share without ``O_TMPFILE``, NFS, it is left alone). Returns how many."""
         removed = 0
-        for leftover in self.root.glob("*/.*.part"):
-            leftover.unlink(missing_ok=True)
-            removed += 1
+        oldest = time.time() - TEMP_MAX_AGE
+        for leftover in self.root.glob(f"*/.*{TEMP_SUFFIX}"):
+            with contextlib.suppress(FileNotFoundError):  # its writer finished meanwhile
+                if _temp_tag(leftover.name) == self.tag or leftover.stat().st_mtime < oldest:
+                    leftover.unlink()
+                    removed += 1
         return removed
 
 

@@ -122,11 +122,13 @@ class InstanceStore:
         created = missing_directories(self.data_dir)
         ensure_writable_dir(self.data_dir, "data dir")
         fsync_created(created)
-        self.blobs: BlobStore = (
-            blobs if blobs is not None else FileBlobStore(self.data_dir, durability)
-        )
         self.index: InstanceIndex = (
             index if index is not None else SqliteInstanceIndex(self.data_dir / "index.sqlite")
+        )
+        self.blobs: BlobStore = (
+            blobs
+            if blobs is not None
+            else FileBlobStore(self.data_dir, durability, self.index.node)
         )
         self._reported_outside: set[str] = set()
         self.supported_classes = supported_classes

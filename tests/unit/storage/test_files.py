@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
 
-from stgcmt.storage.files import FileBlobStore, sha256_of
+from stgcmt.storage.files import TEMP_MAX_AGE, FileBlobStore, node_tag, sha256_of
 from stgcmt.storage.fsync import fsync_files_and_directories, fsync_path
 
 UID = "1.2.3.4.5"
@@ -78,15 +79,56 @@ def test_remove_is_idempotent(blobs: FileBlobStore):
     assert not blobs.path(name).exists()
 
 
-def test_recover_clears_leftovers_and_keeps_blobs(blobs: FileBlobStore):
+def _interrupted_write(blobs: FileBlobStore, uid: str) -> Path:
+    """A temp-name write cut short (as a crash leaves it, or as it is while another node is
+    still receiving): its ``.part`` file."""
+    blobs._unnamed = False  # NFS: no O_TMPFILE
+    writer = blobs.create(blobs.name_for(uid))
+    writer.write([b"torn"])
+    (leftover,) = blobs.path(blobs.name_for(uid)).parent.glob(".*.part")
+    return leftover
+
+
+def test_recover_clears_its_own_leftovers_and_keeps_blobs(blobs: FileBlobStore):
     name = blobs.name_for(UID)
     blobs.put(name, b"kept")
-    leftover = blobs.path(name).parent / ".half.dcm.1.2.part"
-    leftover.write_bytes(b"torn")
+    leftover = _interrupted_write(blobs, "1.2.3.4.6")
     assert blobs.recover() == 1
     assert not leftover.exists()
     assert blobs.path(name).read_bytes() == b"kept"
     assert blobs.recover() == 0
+
+
+def test_a_node_restarting_on_a_shared_dir_keeps_the_temp_file_another_node_writes(
+    tmp_path: Path,
+):
+    writing = FileBlobStore(tmp_path / "shared", node="node-a")
+    restarting = FileBlobStore(tmp_path / "shared", node="node-b")
+    theirs = _interrupted_write(writing, UID)
+    own = _interrupted_write(restarting, "1.2.3.4.6")
+    assert "node-a" in theirs.name and "node-b" in own.name
+    assert restarting.recover() == 1
+    assert theirs.exists() and not own.exists()
+    old = time.time() - TEMP_MAX_AGE - 60  # a crash's leftover of the other node, long ago
+    os.utime(theirs, (old, old))
+    assert restarting.recover() == 1
+    assert not theirs.exists()
+
+
+def test_temp_files_of_names_told_apart_only_by_replaced_characters_stay_apart():
+    assert node_tag("host:104") != node_tag("host-104")
+    assert node_tag("host:104").startswith("host-104-")
+    assert "." not in node_tag("a.b/../c") and "/" not in node_tag("a.b/../c")
+
+
+def test_an_old_style_leftover_without_a_node_waits_for_the_safe_age(blobs: FileBlobStore):
+    leftover = blobs.path(blobs.name_for(UID)).parent / ".half.dcm.1.2.part"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"torn")
+    assert blobs.recover() == 0
+    old = time.time() - TEMP_MAX_AGE - 60
+    os.utime(leftover, (old, old))
+    assert blobs.recover() == 1
 
 
 def test_sync_and_fsync_helpers_work_on_files_and_directories(blobs: FileBlobStore):

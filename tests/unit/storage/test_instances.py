@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from pydicom.filewriter import write_dataset
 
 from stgcmt.dicom.commitment import Reference
 from stgcmt.storage import row_writer
-from stgcmt.storage.files import FileBlobStore
+from stgcmt.storage.files import FileBlobStore, node_tag
 from stgcmt.storage.instances import IncomingInstance, InstanceStore, StoreOutcome
 from stgcmt.storage.queries import SqliteScpQueries
 from stgcmt.storage.sqlite_index import SqliteInstanceIndex
@@ -71,7 +72,8 @@ def test_recover_drops_rows_whose_files_did_not_survive(store, tmp_path):
     _store(store, kept)
     _store(store, lost)
     store.path_for(lost.SOPInstanceUID).write_bytes(b"torn write")
-    leftover = store.path_for(kept.SOPInstanceUID).parent / ".half.dcm.1.2.part"
+    torn = f".half.dcm.{node_tag(os.uname().nodename)}.1.2.part"  # this node's, a crash's
+    leftover = store.path_for(kept.SOPInstanceUID).parent / torn
     leftover.write_bytes(b"x")
     assert store.recover() == 1
     assert store.count() == 1
