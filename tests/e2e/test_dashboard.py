@@ -4,15 +4,14 @@ the overview's counts after a store + commit, a transaction's references and Fai
 the retry button delivering a report the modality receives, and a search. Screenshots go to
 $STGCMT_SCREENSHOTS (the README's are refreshed with ``STGCMT_SCREENSHOTS=docs ./test.sh
 tests/e2e/test_dashboard.py``), else to a temporary folder: a test run never changes the tree.
-Last, ingest with the dashboard open and polling every second against
-ingest without it: 500 small C-STOREs from DCMTK's storescu."""
+Last, 500 C-STOREs from DCMTK's storescu while the dashboard polls every second (what that
+costs is a bench figure, not a timed test)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -185,10 +184,9 @@ def test_wrong_token_is_refused_in_the_browser(tmp_path, page):
         expect(page.locator("#login")).to_be_visible()
 
 
-def _storescu(port: int, folder: Path) -> float:
-    """Seconds ``storescu`` took to send every file of ``folder`` on one association."""
+def _storescu(port: int, folder: Path) -> None:
+    """Send every file of ``folder`` on one association with DCMTK's storescu."""
     storescu = ensure_debian_package("storescu", "dcmtk")
-    began = time.monotonic()
     done = subprocess.run(
         [
             storescu,
@@ -207,43 +205,20 @@ def _storescu(port: int, folder: Path) -> float:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    return time.monotonic() - began
 
 
-ROUNDS = 3
-
-
-def test_ingest_with_the_dashboard_polling_every_second(tmp_path, browser):
-    """500 small C-STOREs with and without a browser showing the overview (polling status,
-    peers and timeline every second), alternated over a few rounds so that drift on a shared
-    machine hits both: the HTTP server's own thread and loop keep it out of the DICOM work's
-    way."""
-    write_instances(tmp_path / "warm", 20)
-    for n in range(ROUNDS):
-        write_instances(tmp_path / f"quiet{n}", 500)
-        write_instances(tmp_path / f"watched{n}", 500)
-    alone = polled = cpu_alone = cpu_polled = 0.0
+def test_ingest_while_the_dashboard_polls_every_second(tmp_path, browser):
+    """500 small C-STOREs while a browser shows the overview, polling status, peers and
+    timeline every second: every one stored, and the page follows the count. How much the
+    polling costs ingest is a figure of ``python -m bench`` (README "Benchmarks"), not of a
+    timed test."""
+    write_instances(tmp_path / "first", 20)
+    write_instances(tmp_path / "watched", 500)
     with scp_with_http(tmp_path / "scp", accept_unknown=True) as (scp, web):
-        _storescu(scp.port, tmp_path / "warm")  # first-run costs out of the way
-        for n in range(ROUNDS):
-            cpu = time.process_time()  # this process is the SCP: engine and HTTP threads
-            alone += _storescu(scp.port, tmp_path / f"quiet{n}")
-            cpu_alone += time.process_time() - cpu
-            context = browser.new_context()
-            page = context.new_page()
-            sign_in(page, web.port, query="?poll=1")
-            expect(page.locator("#count-instances .n")).to_have_text(str(20 + 1000 * n + 500))
-            cpu = time.process_time()
-            polled += _storescu(scp.port, tmp_path / f"watched{n}")
-            cpu_polled += time.process_time() - cpu
-            expect(page.locator("#count-instances .n")).to_have_text(str(20 + 1000 * (n + 1)))
-            context.close()
-    ratio = polled / alone
-    print(
-        f"\n{ROUNDS} x 500 C-STOREs (storescu, TCP_NODELAY=1): {alone:.2f} s alone,"
-        f" {polled:.2f} s with the dashboard open and polling every second: ratio {ratio:.2f};"
-        f" SCP process CPU {cpu_alone:.2f} s vs {cpu_polled:.2f} s;"
-        f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-    )
-    assert ratio < 2.0, "the dashboard slowed DICOM ingest down"
-    assert cpu_polled < 1.5 * cpu_alone, "serving the dashboard costs the SCP process much CPU"
+        _storescu(scp.port, tmp_path / "first")
+        page = browser.new_context().new_page()
+        sign_in(page, web.port, query="?poll=1")
+        expect(page.locator("#count-instances .n")).to_have_text("20")
+        _storescu(scp.port, tmp_path / "watched")
+        expect(page.locator("#count-instances .n")).to_have_text("520")
+        assert scp.store.count() == 520
