@@ -9,6 +9,12 @@ index; reports on a new association to the reference peer). Figures: instances p
 the ingest (first storescu start to last exit) and of the commitment (first N-ACTION on the wire
 to last report reassembled), min / median / max over the runs.
 
+A run in which the archive fails references it had acknowledged is no figure: the bench stops
+and says which Failure Reasons the archive's own journal holds for them (and whether its index
+holds those instances, durably), keeping the nodes' logs, journal and index in
+``bench/results/cluster-failed-*``. The results JSON records the commit the nodes ran and any
+uncommitted change under ``src/`` (the nodes import it from this working tree).
+
 PostgreSQL is a private server started for the bench (tests/support/postgres.py: ``initdb`` in
 a temp dir, Unix socket, free port) unless ``--database URL`` names an empty database the nodes
 may fill (each run then empties it first).
@@ -19,11 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +43,13 @@ from .servers import PEER_AET, SCU_AET, START_TIMEOUT
 
 RESULTS = Path(__file__).resolve().parent / "results"
 AET = "ARCHIVE"
-TESTS = Path(__file__).resolve().parent.parent / "tests"
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+
+
+class ReferencesFailed(BenchError):
+    """The archive failed references every one of which it had acknowledged (C-STORE
+    Success): not a figure but a finding, whose evidence the run keeps."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -162,7 +177,7 @@ def commit(peer: ReferencePeer, ports: list[int], sets: list[InstanceSet], tag: 
         raise BenchError(f"commitment failed: {errors[0]}")
     failed = sum(r.failed for r in reports)
     if failed:
-        raise BenchError(f"{failed} references failed: not a commitment figure")
+        raise ReferencesFailed(f"{failed} references failed: not a commitment figure")
     first_sent = min(r.received_at - r.latency_s for r in reports)
     return max(r.received_at for r in reports) - first_sent
 
@@ -177,13 +192,64 @@ def one_run(
 ) -> dict[str, float]:
     backend, nodes = config
     url = db.fresh() if backend == "postgresql" else None
-    with Children() as children:
-        ports = start_nodes(children, workdir, nodes, peer.port, url)
-        instances = make_set(workdir / "instances", args.instances, args.side)
-        sets = _split(instances, nodes, workdir / "split")
-        ingest_s = ingest(ports, sets, storescu, workdir / "storescu.log")
-        commit_s = commit(peer, ports, sets, str(int(time.time() * 1000)))
+    try:
+        with Children() as children:
+            ports = start_nodes(children, workdir, nodes, peer.port, url)
+            instances = make_set(workdir / "instances", args.instances, args.side)
+            sets = _split(instances, nodes, workdir / "split")
+            ingest_s = ingest(ports, sets, storescu, workdir / "storescu.log")
+            commit_s = commit(peer, ports, sets, str(int(time.time() * 1000)))
+    except ReferencesFailed as exc:  # the nodes have stopped: their logs are complete
+        kept = keep_evidence(workdir, args.out)
+        why = failure_reasons(workdir / "data", url)
+        raise BenchError(
+            f"{exc} ({why}); {tree_note()}node logs and journal kept in {kept}"
+        ) from exc
     return {"ingest_per_s": args.instances / ingest_s, "commit_per_s": args.instances / commit_s}
+
+
+def failure_reasons(data_dir: Path, database_url: str | None) -> str:
+    """What the archive's own journal says of each failed reference: its Failure Reason and
+    whether the index holds the instance (and durably), counted."""
+    from stgcmt.dicom.status import describe_status
+    from stgcmt.storage.backends import open_scp_queries
+
+    queries = open_scp_queries(database_url, data_dir)
+    reasons: Counter[str] = Counter()
+    for tx in queries.transactions():
+        for ref in (queries.transaction(tx["id"]) or {}).get("references", []):
+            if ref["failure_reason"] != 0:
+                held = "not indexed" if ref["durable"] is None else f"durable={ref['durable']}"
+                reasons[f"{describe_status(ref['failure_reason'])}, {held}"] += 1
+    return "; ".join(f"{n} x {why}" for why, n in reasons.most_common()) or "none in journal"
+
+
+def keep_evidence(workdir: Path, out: Path) -> Path:
+    """The failed run's logs and the SQLite index and journal (not the instances) copied
+    beside the results: the run's folder is temporary."""
+    kept = out / f"cluster-failed-{time.strftime('%Y%m%d-%H%M%S')}"
+    shutil.copytree(workdir, kept, ignore=shutil.ignore_patterns("instances", "split"))
+    return kept
+
+
+def tree_state() -> dict[str, Any]:
+    """The commit the nodes run, and the files under src/ that differ from it: the nodes
+    import src/ from this working tree, so what a run shows (a figure, a failure) may come
+    from an uncommitted edit in it rather than from the commit."""
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), *argv], capture_output=True, text=True, timeout=30
+        )
+        return done.stdout.rstrip("\n")
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": git("status", "--porcelain", "src")}
+
+
+def tree_note() -> str:
+    """A warning for the failure message when src/ has uncommitted changes."""
+    dirty = tree_state()["dirty"]
+    return f"src/ differed from HEAD: {' '.join(dirty.split())}; " if dirty else ""
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -240,6 +306,7 @@ def main(argv: list[str]) -> int:
         "load_before": os.getloadavg(),
         "instances": args.instances,
         "runs": args.runs,
+        "tree": tree_state(),
         "results": results,
         "raw": samples,
     }
