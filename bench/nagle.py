@@ -114,7 +114,9 @@ def memory(bench: Bench) -> None:
     after one small C-STORE so that start-up and first-use allocations are in the baseline);
     for our SCP the instance is then committed, to show it was stored whole."""
     big = make_big(bench.folder("big"), bench.plan.big_mb)
-    for server in (bench.start_scp("stgcmt", "memory"), bench.start_storescp("memory")):
+    starts = (lambda: bench.start_scp("stgcmt", "memory"), lambda: bench.start_storescp("memory"))
+    for start in starts:  # one at a time: each figure has the machine's memory to itself
+        server = start()
         with servers_running(bench, [server]):
             storescu(bench, server, bench.new_set("memory-warm-up", 1, SMALL_SIDE))
             before = server.peak_rss_mb()
