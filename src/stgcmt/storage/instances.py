@@ -9,6 +9,12 @@ anything is reported committed. After a crash, :meth:`InstanceStore.recover` re-
 non-durable row against its SHA-256 and drops rows whose file did not survive intact, so the
 index never claims a file it does not have.
 
+A failed sync is not forgotten ("fsyncgate"): Linux may mark the pages whose write-back failed
+clean and drop them, so a later sync that succeeds proves nothing about them. Every copy this
+node received before a sync failed and that was not durable yet is marked *unsafe* in the index
+(kept across restarts): never marked durable, its commitment fails (0110H) until the instance
+is sent again, whose new copy replaces it.
+
 Nothing a peer sends names a file: an instance's file is named by the SHA-256 of its UID, every
 UID is checked per PS3.5 9.1 before anything else happens, and every name read back from the
 index must lie inside the blob store (a row pointing elsewhere is treated as missing, never
@@ -17,6 +23,7 @@ opened). This module keeps those checks and the barrier; the parts are swappable
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -142,7 +149,10 @@ class InstanceStore:
         self._rounds: threading.Thread | None = None
         self._stop_rounds = threading.Event()
         self._round_failures: set[tuple[str, str, float]] = set()
-        self._round_failure: OSError | None = None
+        self.sync_failed_at: float | None = None
+        """When a sync of the store last failed (epoch seconds), None if never since start."""
+        self._unsafe_unrecorded: list[tuple[list[IndexedInstance], float]] = []
+        """Failed syncs whose unsafe copies the index could not record yet (retried first)."""
 
     @property
     def root(self) -> Path:
@@ -249,8 +259,10 @@ class InstanceStore:
         if existing is not None and existing.sop_class_uid != sop_class_uid:
             self.index.record_conflict(sop_instance_uid, sop_class_uid, source_aet)
             return StoreOutcome("conflict", existing.blob)
-        if existing is not None and not self.overwrite_duplicates:
+        if existing is not None and not self.overwrite_duplicates and not existing.unsafe:
             return StoreOutcome("duplicate", existing.blob)
+        if existing is not None and existing.unsafe:
+            log.info("instance %s sent again: replaces its unsafe copy", shown(sop_instance_uid))
         study, series, patient = attributes
         row = InstanceRow(
             sop_instance_uid,
@@ -269,10 +281,17 @@ class InstanceStore:
         incoming.write(file_meta(sop_class_uid, sop_instance_uid, transfer_syntax), prefix)
         return incoming
 
-    def _received(self, row: InstanceRow, existing: IndexedInstance | None) -> StoreOutcome:
-        """An instance's file is under its name: index it, account for it."""
+    def _received(
+        self, row: InstanceRow, existing: IndexedInstance | None, started: float
+    ) -> StoreOutcome:
+        """An instance's file is under its name: index it, account for it. One whose writing
+        ``started`` before a sync failed is unsafe (the failure may concern its first pages);
+        checked after the put, so that either this check or the failed sync's marking sees
+        the row."""
         crash_point("scp.store.after_rename")
         self.index.put(row)
+        if self.sync_failed_at is not None and started <= self.sync_failed_at:
+            self.index.mark_unsafe([IndexedInstance.of(row)], self.sync_failed_at)
         self._refused_for_space.discard(row.sop_instance_uid)
         if existing is not None and self.blobs.locate(existing.blob) != self.blobs.locate(row.blob):
             self.blobs.remove(existing.blob)  # a replaced copy under its pre-hash name
@@ -354,6 +373,14 @@ class InstanceStore:
             return NO_SUCH_OBJECT_INSTANCE
         if row.sop_class_uid != ref.sop_class_uid:
             return CLASS_INSTANCE_CONFLICT
+        if row.unsafe:
+            log.error(
+                "instance %s cannot be committed: a sync failed before its copy was durable,"
+                " so its bytes may not be on disk; the instance must be sent again (C-STORE),"
+                " then committed",
+                shown(ref.sop_instance_uid),
+            )
+            return PROCESSING_FAILURE
         problem = self.blob_problem(row, policy)
         if problem:
             log.error("instance %s fails verification: %s", ref.sop_instance_uid, problem)
@@ -366,9 +393,43 @@ class InstanceStore:
         """One sync of all the blobs (syncfs, or the files then their directories), then the
         rows marked durable with one synchronous commit; returns the UIDs marked (a row whose
         copy was replaced after the sync is not). Raises OSError if stable storage failed."""
-        self.blobs.sync([row.blob for row in rows])
+        self._record_unsafe()
+        try:
+            self.blobs.sync([row.blob for row in rows])
+        except OSError as exc:
+            self._sync_failed(rows, exc)
+            raise
         after_sync()
         return self.index.mark_durable(rows, read_back=policy == "checksum")
+
+    def _sync_failed(self, rows: Sequence[IndexedInstance], exc: OSError) -> None:
+        """A sync failed: the copies it covered and every non-durable copy received until now
+        are unsafe. If the index cannot record that now, it is retried before the next sync
+        (which then fails too rather than commit them)."""
+        self.sync_failed_at = time.time()
+        self._unsafe_unrecorded.append((list(rows), self.sync_failed_at))
+        log.error(
+            "sync of the store failed (%s): the copies received before it that were not yet"
+            " durable may have lost their bytes; their commitments fail (0110H) until the"
+            " instances are sent again",
+            exc,
+        )
+        with contextlib.suppress(OSError):  # logged by _record_unsafe; the barrier fails
+            self._record_unsafe()
+
+    def _record_unsafe(self) -> None:
+        """Record in the index the unsafe copies of failed syncs not recorded yet."""
+        while self._unsafe_unrecorded:
+            rows, failed_at = self._unsafe_unrecorded[0]
+            try:
+                marked = self.index.mark_unsafe(rows, failed_at)
+            except OSError as exc:
+                log.error(
+                    "cannot record unsafe copies in the index (%s): no sync until it can", exc
+                )
+                raise
+            self._unsafe_unrecorded.pop(0)
+            log.error("%d copies marked unsafe: they must be sent again", marked)
 
     def blob_problem(self, row: IndexedInstance, policy: VerifyPolicy) -> str | None:
         """Why the blob behind an index row (inside the store) is not what the index says.
@@ -412,29 +473,14 @@ class InstanceStore:
 
     def durability_round(self, policy: VerifyPolicy) -> int:
         """One round over at most :data:`ROUND_ROWS` non-durable rows: those that pass
-        ``policy`` are synced and marked durable. Returns how many were marked. None while a
-        sync failure of an earlier round waits to be reported by a commitment."""
-        if self._round_failure is not None:
-            return 0
+        ``policy`` are synced and marked durable. Returns how many were marked. A sync that
+        fails marks them unsafe (their commitments fail, see :meth:`_sync_failed`)."""
         rows = list(islice(self._round_candidates(policy), ROUND_ROWS))
         if not rows:
             return 0
-        try:
-            marked = self._make_durable(
-                rows, policy, lambda: crash_point("scp.durability.after_sync")
-            )
-        except OSError as exc:
-            self._round_failure = exc
-            raise
+        marked = self._make_durable(rows, policy, lambda: crash_point("scp.durability.after_sync"))
         log.debug("durability round: %d instances made durable", len(marked))
         return len(marked)
-
-    def take_round_failure(self) -> OSError | None:
-        """The sync failure a round met since the last barrier asked, once. The kernel reports
-        a write-back error to one sync only (errseq): had the round swallowed it, the next
-        barrier's sync would succeed and commit what may never have reached the disk."""
-        failure, self._round_failure = self._round_failure, None
-        return failure
 
     def _round_candidates(self, policy: VerifyPolicy) -> Iterator[IndexedInstance]:
         """Non-durable rows that pass ``policy``. A copy that fails is remembered and not read
@@ -493,6 +539,7 @@ class IncomingInstance:
         self._existing = existing
         self._digest = hashlib.sha256()
         self._size = 0
+        self._started = time.time()
         self._writer = self._guarded(lambda: store.blobs.create(row.blob))
 
     def write(self, *pieces: bytes | memoryview) -> None:
@@ -509,7 +556,7 @@ class IncomingInstance:
         row = replace(
             self._row, size=self._size, sha256=self._digest.hexdigest(), received_at=time.time()
         )
-        return self._guarded(lambda: self._store._received(row, self._existing))
+        return self._guarded(lambda: self._store._received(row, self._existing, self._started))
 
     def discard(self) -> None:
         self._writer.discard()
@@ -590,9 +637,6 @@ class DurabilityBarrier:
         """(UIDs marked, 0) or (nothing, the Failure Reason of a failed sync or commit)."""
         rows = [row for _, row in waiting.values()]
         try:
-            round_failure = self._store.take_round_failure()
-            if round_failure is not None:
-                raise round_failure
             marked = self._store._make_durable(
                 rows, self._policy, lambda: crash_point("scp.barrier.after_fsync")
             )

@@ -44,6 +44,22 @@ class IndexedInstance:
     the same bytes, ``--overwrite-duplicates``) is a new file that needs its own sync."""
     read_back: bool = False
     """Made durable after its bytes were read back and matched ``sha256`` (checksum policy)."""
+    unsafe: bool = False
+    """A sync failed before this copy was durable: the kernel may have dropped its pages, so it
+    is never marked durable; a new C-STORE of the instance replaces it."""
+
+    @classmethod
+    def of(cls, row: InstanceRow) -> IndexedInstance:
+        """What the index says of a row just put (or still pending in a writer)."""
+        return cls(
+            row.sop_instance_uid,
+            row.sop_class_uid,
+            row.blob,
+            row.size,
+            row.sha256,
+            row.durable,
+            row.received_at,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +148,15 @@ class InstanceIndex(Protocol):
         unchanged, rows still pending in a writer included): a copy stored since the caller's
         sync is left for a sync of its own."""
 
+    def mark_unsafe(self, rows: Sequence[IndexedInstance], received_by: float) -> int:
+        """A sync failed at ``received_by`` (epoch seconds): mark unsafe, with a commit that has
+        reached stable storage when it returns, the non-durable copies ``rows`` names (UID,
+        SHA-256, ``received_at``) and every non-durable copy this node received up to then
+        (rows pending in a writer included). Returns how many were marked."""
+
     def non_durable(self) -> Iterator[IndexedInstance]:
-        """Rows not yet made durable, in bounded batches (never all of them in memory): what
-        the durability round syncs and what recovery re-checks after a crash."""
+        """Rows not yet made durable and not unsafe, in bounded batches (never all of them in
+        memory): what the durability round syncs and what recovery re-checks after a crash."""
 
     def remove(self, sop_instance_uid: str) -> None: ...
 

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS instances (
     source_aet TEXT,
     received_at REAL NOT NULL,
     durable INTEGER NOT NULL DEFAULT 0,
-    read_back INTEGER NOT NULL DEFAULT 0
+    read_back INTEGER NOT NULL DEFAULT 0,
+    unsafe INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS instances_not_durable ON instances (durable) WHERE durable = 0;
 CREATE TABLE IF NOT EXISTS class_conflicts (
@@ -55,11 +56,19 @@ CREATE TABLE IF NOT EXISTS class_conflicts (
 )
 """
 
-_ROW = "sop_instance_uid, sop_class_uid, path, size, sha256, durable, received_at, read_back"
-_MARK = (
-    "UPDATE instances SET durable = 1, read_back = max(read_back, ?)"
-    " WHERE sop_instance_uid = ? AND sha256 = ? AND received_at = ?"
+_ROW = (
+    "sop_instance_uid, sop_class_uid, path, size, sha256, durable, received_at, read_back, unsafe"
 )
+_COPY = "sop_instance_uid = ? AND sha256 = ? AND received_at = ?"
+_MARK = (
+    f"UPDATE instances SET durable = 1, read_back = max(read_back, ?) WHERE unsafe = 0 AND {_COPY}"
+)
+_UNSAFE = "UPDATE instances SET unsafe = 1 WHERE durable = 0 AND unsafe = 0 AND "
+_ADDED_COLUMNS = {
+    "read_back": "INTEGER NOT NULL DEFAULT 0",  # such rows are read back once more (checksum)
+    "unsafe": "INTEGER NOT NULL DEFAULT 0",
+}
+"""Columns indexes made by older versions lack, added on open."""
 _INSERT = (
     "INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid,"
     " series_instance_uid, patient_id, transfer_syntax, path, size, sha256, source_aet,"
@@ -77,17 +86,17 @@ def _insert_sql(rows: int) -> str:
 def _indexed(row: Sequence) -> IndexedInstance:
     """An :class:`IndexedInstance` from the columns of ``_ROW``."""
     return IndexedInstance(
-        row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], bool(row[7])
+        row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], bool(row[7]), bool(row[8])
     )
 
 
-def _add_read_back_column(db: Database) -> None:
-    """Indexes made before ``read_back`` existed get it (0: such rows are read back once more
-    by the checksum policy)."""
+def _add_missing_columns(db: Database) -> None:
+    """Indexes made before a column of :data:`_ADDED_COLUMNS` existed get it."""
     columns = {row[1] for row in db.query("PRAGMA table_info(instances)")}
-    if "read_back" not in columns:
-        with db.transaction() as conn:
-            conn.execute("ALTER TABLE instances ADD COLUMN read_back INTEGER NOT NULL DEFAULT 0")
+    for name, definition in _ADDED_COLUMNS.items():
+        if name not in columns:
+            with db.transaction() as conn:
+                conn.execute(f"ALTER TABLE instances ADD COLUMN {name} {definition}")
 
 
 class SqliteInstanceIndex:
@@ -98,7 +107,7 @@ class SqliteInstanceIndex:
 
     def __init__(self, path: Path) -> None:
         self.db = Database(path, SCHEMA)
-        _add_read_back_column(self.db)
+        _add_missing_columns(self.db)
         self.path = path
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -114,7 +123,7 @@ class SqliteInstanceIndex:
         for uid in uids:
             pending = self._rows.pending(uid)
             if pending is not None:
-                found[uid] = _pending_instance(pending)
+                found[uid] = IndexedInstance.of(pending)
             elif self._known.may_hold(uid):
                 unwritten.append(uid)
         if not unwritten:
@@ -192,13 +201,24 @@ class SqliteInstanceIndex:
                     marked.add(row.sop_instance_uid)
         return marked
 
+    def mark_unsafe(self, rows: Sequence[IndexedInstance], received_by: float) -> int:
+        """One synchronous commit (see the Protocol); every row of this index is this node's."""
+        self.flush()
+        with self.db.transaction(durable=True) as conn:
+            marked = conn.execute(_UNSAFE + "received_at <= ?", (received_by,)).rowcount
+            for row in rows:
+                key = (row.sop_instance_uid, row.sha256, row.received_at)
+                marked += conn.execute(_UNSAFE + _COPY, key).rowcount
+        return int(marked)
+
     def non_durable(self) -> Iterator[IndexedInstance]:
         """Keyset pages in rowid order over the partial index of non-durable rows."""
         self.flush()
         last = 0
         while True:
             rows = self.db.query(
-                f"SELECT rowid, {_ROW} FROM instances WHERE durable = 0 AND rowid > ?"
+                f"SELECT rowid, {_ROW} FROM instances WHERE durable = 0 AND unsafe = 0"
+                " AND rowid > ?"
                 " ORDER BY rowid LIMIT ?",
                 (last, LOOKUP_BATCH),
             )
@@ -248,17 +268,4 @@ def _columns(row: InstanceRow) -> tuple[object, ...]:
         row.source_aet,
         row.received_at,
         int(row.durable),
-    )
-
-
-def _pending_instance(row: InstanceRow) -> IndexedInstance:
-    """What :meth:`SqliteInstanceIndex.lookup` says of a row not written yet."""
-    return IndexedInstance(
-        row.sop_instance_uid,
-        row.sop_class_uid,
-        row.blob,
-        row.size,
-        row.sha256,
-        row.durable,
-        row.received_at,
     )

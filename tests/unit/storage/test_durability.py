@@ -17,7 +17,7 @@ import pytest
 from stgcmt.dicom.commitment import Reference
 from stgcmt.storage import fsync as fsync_module
 from stgcmt.storage.fsync import FileSystemSync, file_system_type, syncfs_untrusted
-from stgcmt.storage.instances import InstanceStore
+from stgcmt.storage.instances import InstanceStore, StoreOutcome
 from stgcmt.storage.interfaces import InstanceRow
 from stgcmt.storage.queries import SqliteScpQueries
 from stgcmt.storage.sqlite_index import LOOKUP_BATCH, SqliteInstanceIndex
@@ -43,13 +43,19 @@ def stores(tmp_path: Path):
         store.close()
 
 
+def _send(store: InstanceStore, ds) -> Reference:
+    """A C-STORE of ``ds`` (again, if it was sent before), the reference to commit it."""
+    store.store(ds.SOPClassUID, ds.SOPInstanceUID, EXPLICIT_VR_LE, c_store_bytes(ds), "AE")
+    return Reference(SECONDARY_CAPTURE, ds.SOPInstanceUID)
+
+
 def _store_new(store: InstanceStore, count: int) -> list[Reference]:
-    refs = []
-    for _ in range(count):
-        ds = make_dataset()
-        store.store(ds.SOPClassUID, ds.SOPInstanceUID, EXPLICIT_VR_LE, c_store_bytes(ds), "AE")
-        refs.append(Reference(SECONDARY_CAPTURE, ds.SOPInstanceUID))
-    return refs
+    return [_send(store, make_dataset()) for _ in range(count)]
+
+
+def _unsafe(store: InstanceStore, refs: list[Reference]) -> list[bool]:
+    rows = store.index.lookup([ref.sop_instance_uid for ref in refs])
+    return [rows[ref.sop_instance_uid].unsafe for ref in refs]
 
 
 def _durable(store: InstanceStore) -> dict[str, bool]:
@@ -149,9 +155,68 @@ def test_failed_syncfs_is_never_committed(stores, tmp_path, monkeypatch, code, r
 
     monkeypatch.setattr(fsync_module, "_syncfs_function", lambda: failing)
     store = stores(durability="syncfs")
-    refs = _store_new(store, 2)
+    datasets = [make_dataset(), make_dataset()]
+    refs = [_send(store, ds) for ds in datasets]
     assert store.verify(refs, "checksum") == [reason, reason]
     assert not any(_durable(store).values())
+    assert _unsafe(store, refs) == [True, True]
+    monkeypatch.undo()  # storage is back: a later sync that succeeds proves nothing about them
+    assert store.verify(refs, "checksum") == [0x0110, 0x0110]
+    assert not any(_durable(store).values())
+
+
+def test_an_unsafe_copy_is_replaced_by_the_same_bytes_sent_again_and_then_commits(
+    stores, monkeypatch
+):
+    store = stores(durability="fsync")  # no --overwrite-duplicates
+    ds, other = make_dataset(), make_dataset()
+    ref, other_ref = _send(store, ds), _send(store, other)
+    monkeypatch.setattr(fsync_module, "fsync_path", _failing_fsync)
+    assert store.verify([ref, other_ref], "checksum") == [0x0110, 0x0110]
+    monkeypatch.undo()
+    assert _send(store, ds) == ref  # identical bytes: a duplicate otherwise
+    assert _unsafe(store, [ref, other_ref]) == [False, True]
+    assert store.verify([ref, other_ref], "checksum") == [0, 0x0110]
+    assert _durable(store) == {ds.SOPInstanceUID: True, other.SOPInstanceUID: False}
+    assert _send(store, ds) == ref  # a durable copy: a duplicate again, kept
+    assert store.verify([ref], "checksum") == [0]
+
+
+def test_unsafe_copies_stay_unsafe_after_a_restart(stores, monkeypatch):
+    store = stores(durability="fsync")
+    refs = _store_new(store, 2)
+    monkeypatch.setattr(fsync_module, "fsync_path", _failing_fsync)
+    assert store.verify(refs, "checksum") == [0x0110, 0x0110]
+    monkeypatch.undo()
+    store.close()
+    restarted = stores(durability="fsync")
+    assert restarted.recover() == 0  # kept, so that their commitment says 0110H, not 0112H
+    assert restarted.durability_round("checksum") == 0
+    assert restarted.verify(refs, "checksum") == [0x0110, 0x0110]
+
+
+def test_a_copy_being_received_while_a_sync_fails_is_unsafe(stores, monkeypatch):
+    store = stores(durability="fsync")
+    (stored,) = _store_new(store, 1)
+    arriving = make_dataset(pixel_bytes=100_000)
+    encoded = c_store_bytes(arriving)
+    incoming = store.receive(
+        arriving.SOPClassUID, arriving.SOPInstanceUID, EXPLICIT_VR_LE, encoded[:1000], "AE"
+    )
+    assert not isinstance(incoming, StoreOutcome)
+    monkeypatch.setattr(fsync_module, "fsync_path", _failing_fsync)
+    with pytest.raises(OSError):
+        store.durability_round("checksum")  # its first pages may be among those lost
+    monkeypatch.undo()
+    incoming.write(encoded[1000:])
+    incoming.finish()
+    late = _store_new(store, 1)  # written after the failure: safe
+    refs = [stored, Reference(SECONDARY_CAPTURE, arriving.SOPInstanceUID), *late]
+    assert store.verify(refs, "checksum") == [0x0110, 0x0110, 0]
+
+
+def _failing_fsync(path) -> None:
+    raise OSError(errno.EIO, "write-back error", str(path))
 
 
 # -- a copy replaced while being made durable --------------------------------------------------
@@ -263,7 +328,7 @@ def test_non_durable_streams_past_one_page_while_rows_are_removed(tmp_path):
         index.close()
 
 
-def test_an_index_from_before_read_back_gets_the_column(tmp_path):
+def test_an_index_from_before_read_back_and_unsafe_gets_the_columns(tmp_path):
     path = tmp_path / "index.sqlite"
     old = sqlite3.connect(path)
     old.execute(
@@ -282,14 +347,20 @@ def test_an_index_from_before_read_back_gets_the_column(tmp_path):
     index = SqliteInstanceIndex(path)
     try:
         row = index.lookup(["1.2.3"])["1.2.3"]
-        assert (row.durable, row.read_back, row.received_at) == (True, False, 1.5)
+        assert (row.durable, row.read_back, row.unsafe, row.received_at) == (
+            True,
+            False,
+            False,
+            1.5,
+        )
     finally:
         index.close()
 
 
-def test_a_sync_failure_met_by_the_round_fails_the_next_commitment(stores, monkeypatch):
-    """The kernel reports a write-back error to one sync only: the round's. The commitment
-    after it must still fail (0110H), and no round may mark those rows meanwhile."""
+def test_a_sync_failure_met_by_the_round_fails_the_next_commitments(stores, monkeypatch):
+    """The kernel reports a write-back error to one sync only: the round's. The commitments
+    after it must still fail (0110H), and no round may mark those rows; a copy received after
+    the failure commits."""
     store = stores(durability="fsync")
     refs = _store_new(store, 2)
     real = fsync_module.fsync_path
@@ -303,10 +374,15 @@ def test_a_sync_failure_met_by_the_round_fails_the_next_commitment(stores, monke
     monkeypatch.setattr(fsync_module, "fsync_path", fails_once)
     with pytest.raises(OSError):
         store.durability_round("checksum")
-    assert store.durability_round("checksum") == 0  # paused until a commitment reported it
-    assert store.verify(refs, "checksum") == [0x0110, 0x0110]
-    assert not any(_durable(store).values())
-    assert store.verify(refs, "checksum") == [0, 0]  # reported; storage is back
+    assert store.durability_round("checksum") == 0  # nothing it may make durable
+    late = _store_new(store, 1)
+    assert store.verify([*refs, *late], "checksum") == [0x0110, 0x0110, 0]
+    assert store.verify(refs, "checksum") == [0x0110, 0x0110]  # not forgotten
+    assert _durable(store) == {
+        refs[0].sop_instance_uid: False,
+        refs[1].sop_instance_uid: False,
+        late[0].sop_instance_uid: True,
+    }
 
 
 def test_a_data_dir_the_store_creates_is_synced_into_its_parents(tmp_path, fsyncs):

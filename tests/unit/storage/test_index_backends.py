@@ -112,6 +112,38 @@ def test_non_durable_streams_every_unsynced_row(index):
     )
 
 
+def test_a_failed_sync_makes_earlier_unsynced_copies_unsafe_until_stored_again(index):
+    before, durable, after, synced = (
+        row("1.2.1"),
+        row("1.2.2"),
+        row("1.2.3", at=5000.0),
+        row("1.2.4", at=6000.0),
+    )
+    for r in (before, durable, after, synced):
+        index.put(r)
+    index.mark_durable([indexed(durable)], read_back=False)
+    # the sync failed at 2000: copies received by then and not durable, plus the ones it synced
+    assert index.mark_unsafe([indexed(synced)], 2000.0) == 2
+    now = index.lookup(["1.2.1", "1.2.2", "1.2.3", "1.2.4"])
+    assert {uid for uid, r in now.items() if r.unsafe} == {"1.2.1", "1.2.4"}
+    assert now["1.2.2"] == indexed(durable, durable=True)  # it was on disk before
+    assert [r.sop_instance_uid for r in index.non_durable()] == ["1.2.3"]
+    assert index.mark_durable([indexed(before), indexed(synced)], read_back=False) == set()
+    assert index.mark_unsafe([], 2000.0) == 0  # marked once
+    sent_again = row("1.2.1", at=7000.0)
+    index.put(sent_again)
+    assert index.lookup(["1.2.1"])["1.2.1"] == indexed(sent_again)
+    assert index.mark_durable([indexed(sent_again)], read_back=False) == {"1.2.1"}
+
+
+def test_unsafe_survives_reopening(index, scp_backend):
+    r = row("1.2.1")
+    index.put(r)
+    index.mark_unsafe([], r.received_at)
+    index.close()
+    assert scp_backend.index().lookup(["1.2.1"])["1.2.1"].unsafe
+
+
 def test_a_class_conflict_is_kept_once(index, scp_backend):
     index.put(row("1.2.1"))
     index.record_conflict("1.2.1", CT, "OTHER")

@@ -16,7 +16,16 @@ from stgcmt.storage.postgres.connection import PgDatabase
 LOOKUP_BATCH = 5000
 """UIDs per ``= ANY(%s)`` lookup: one round trip for a typical N-ACTION batch."""
 
-_ROW = "sop_instance_uid, sop_class_uid, path, size, sha256, durable, received_at, read_back"
+_ROW = (
+    "sop_instance_uid, sop_class_uid, path, size, sha256, durable, received_at, read_back, unsafe"
+)
+_COPIES = (
+    " FROM (SELECT unnest(%s::text[]) AS uid, unnest(%s::text[]) AS sha256,"
+    " unnest(%s::float8[]) AS received_at) c WHERE i.sop_instance_uid = c.uid"
+    " AND i.sha256 = c.sha256 AND i.received_at = c.received_at"
+)
+"""The copies (UID, SHA-256, received_at) given as three arrays (:func:`_copy_arrays`)."""
+_UNSAFE = "UPDATE instances i SET unsafe = 1"
 _UPSERT = (
     "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid,"
     " series_instance_uid, patient_id, transfer_syntax, path, size, sha256, source_aet,"
@@ -27,7 +36,7 @@ _UPSERT = (
     " transfer_syntax = EXCLUDED.transfer_syntax, path = EXCLUDED.path, size = EXCLUDED.size,"
     " sha256 = EXCLUDED.sha256, source_aet = EXCLUDED.source_aet,"
     " received_at = EXCLUDED.received_at, durable = EXCLUDED.durable, node = EXCLUDED.node,"
-    " read_back = 0"
+    " read_back = 0, unsafe = 0"
 )
 
 
@@ -39,7 +48,24 @@ def _values(row: InstanceRow) -> tuple[object, ...]:
 
 def _indexed(row: tuple) -> IndexedInstance:
     return IndexedInstance(
-        row[0], row[1], row[2], int(row[3]), row[4], bool(row[5]), row[6], bool(row[7])
+        row[0],
+        row[1],
+        row[2],
+        int(row[3]),
+        row[4],
+        bool(row[5]),
+        row[6],
+        bool(row[7]),
+        bool(row[8]),
+    )
+
+
+def _copy_arrays(rows: Sequence[IndexedInstance]) -> tuple[list[str], list[str], list[float]]:
+    """The arrays :data:`_COPIES` takes."""
+    return (
+        [row.sop_instance_uid for row in rows],
+        [row.sha256 for row in rows],
+        [row.received_at for row in rows],
     )
 
 
@@ -89,19 +115,27 @@ class PgInstanceIndex:
             return set()
         with self.db.transaction() as cursor:
             cursor.execute(
-                "UPDATE instances i SET durable = 1, read_back = greatest(i.read_back, %s) FROM"
-                " (SELECT unnest(%s::text[]) AS uid, unnest(%s::text[]) AS sha256,"
-                " unnest(%s::float8[]) AS received_at) c WHERE i.sop_instance_uid = c.uid"
-                " AND i.sha256 = c.sha256 AND i.received_at = c.received_at"
-                " RETURNING i.sop_instance_uid",
-                (
-                    int(read_back),
-                    [row.sop_instance_uid for row in rows],
-                    [row.sha256 for row in rows],
-                    [row.received_at for row in rows],
-                ),
+                "UPDATE instances i SET durable = 1, read_back = greatest(i.read_back, %s)"
+                + _COPIES
+                + " AND i.unsafe = 0 RETURNING i.sop_instance_uid",
+                (int(read_back), *_copy_arrays(rows)),
             )
             return {uid for (uid,) in cursor.fetchall()}
+
+    def mark_unsafe(self, rows: Sequence[IndexedInstance], received_by: float) -> int:
+        """One synchronous commit: the copies named (whichever node stored them: this node's
+        sync covered them) and this node's own non-durable copies up to ``received_by``
+        (another node's were in its page cache, not ours)."""
+        with self.db.transaction() as cursor:
+            cursor.execute(
+                _UNSAFE + " WHERE durable = 0 AND unsafe = 0 AND node = %s AND received_at <= %s",
+                (self.node, received_by),
+            )
+            marked = cursor.rowcount
+            cursor.execute(
+                _UNSAFE + _COPIES + " AND i.durable = 0 AND i.unsafe = 0", _copy_arrays(rows)
+            )
+            return int(marked + cursor.rowcount)
 
     def non_durable(self) -> Iterator[IndexedInstance]:
         """This node's rows not yet durable (what its own crash may have cut short, what its
@@ -109,7 +143,7 @@ class PgInstanceIndex:
         last = ""
         while True:
             rows = self.db.query(
-                f"SELECT {_ROW} FROM instances WHERE durable = 0 AND node = %s"
+                f"SELECT {_ROW} FROM instances WHERE durable = 0 AND unsafe = 0 AND node = %s"
                 " AND sop_instance_uid > %s ORDER BY sop_instance_uid LIMIT %s",
                 (self.node, last, LOOKUP_BATCH),
             )

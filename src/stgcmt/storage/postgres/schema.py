@@ -7,8 +7,9 @@ The tables mirror the SQLite ones (``sqlite_index``, ``scp_journal``) column for
 what a cluster needs: which node stored an instance, received, verified and delivered a
 transaction, and the lease (``lease_node``, ``lease_until``) a node holds while it works on
 one. ``durable`` is 1 once synced, ``read_back`` 1 once its bytes were also read back matching
-its SHA-256, as in SQLite. Times are epoch seconds (``double precision``) as on the SQLite side;
-leases compare the nodes' clocks, which must be synchronised (NTP).
+its SHA-256, ``unsafe`` 1 once a sync failed before it was durable, as in SQLite. Times are
+epoch seconds (``double precision``) as on the SQLite side; leases compare the nodes' clocks,
+which must be synchronised (NTP).
 """
 
 from __future__ import annotations
@@ -95,9 +96,14 @@ CREATE TABLE delivery_attempts (
 CREATE INDEX delivery_attempts_tx ON delivery_attempts (tx_id, id)
 """
 
+_V3 = """
+ALTER TABLE instances ADD COLUMN unsafe smallint NOT NULL DEFAULT 0
+"""
+
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "instances, class conflicts, transactions with node and lease, references", _V1),
     (2, "delivery attempts: when, which node, same/new association, outcome, error", _V2),
+    (3, "instances.unsafe: a copy a failed sync may have lost, never committed", _V3),
 )
 """(version, description, SQL): append, never edit one that has shipped."""
 
