@@ -112,11 +112,24 @@ def test_failed_fsync_is_reported_failed_never_committed(
     assert committed == set()
     assert failed == {p.stem: reason for p in paths}
 
-    # Storage is back: the same instances now pass the barrier and commit.
     monkeypatch.undo()
-    assert modality.commit(scp.port, refs_of(paths), "1.2.3.901") == 0
-    assert modality.wait_report(REPORT_WAIT, count=2)
-    event_type, information, _ = modality.reports[1]
+    _failed_until_sent_again(scp.port, modality, paths, "1.2.3.901")
+
+
+def _failed_until_sent_again(port: int, modality, paths, transaction_uid: str) -> None:
+    """Storage is back, but a sync that succeeds now proves nothing about the pages whose
+    write-back failed: the same instances still fail (0110H) until they are sent again (the
+    same bytes, no --overwrite-duplicates), then they commit."""
+    reports = len(modality.reports)
+    assert modality.commit(port, refs_of(paths), transaction_uid + ".1") == 0
+    assert modality.wait_report(REPORT_WAIT, count=reports + 1)
+    event_type, information, _ = modality.reports[reports]
+    assert event_type == 2
+    assert report_content(information) == (set(), {p.stem: PROCESSING_FAILURE for p in paths})
+    assert modality.store(port, paths) == [0] * len(paths)
+    assert modality.commit(port, refs_of(paths), transaction_uid + ".2") == 0
+    assert modality.wait_report(REPORT_WAIT, count=reports + 2)
+    event_type, information, _ = modality.reports[reports + 1]
     assert event_type == 1
     assert report_content(information) == ({p.stem for p in paths}, {})
 
@@ -170,12 +183,8 @@ def test_fsync_eio_from_the_disk_fails_the_commitment_with_0110(
     assert event_type == 2
     assert report_content(information) == (set(), {p.stem: PROCESSING_FAILURE for p in paths})
 
-    arm.unlink()  # the disk recovers: the same instances pass the barrier now
-    assert modality.commit(scp.port, refs_of(paths), "1.2.3.903") == 0
-    assert modality.wait_report(REPORT_WAIT, count=2)
-    event_type, information, _ = modality.reports[1]
-    assert event_type == 1
-    assert report_content(information) == ({p.stem for p in paths}, {})
+    arm.unlink()  # the disk recovers
+    _failed_until_sent_again(scp.port, modality, paths, "1.2.3.903")
 
 
 # -- 2. the SCU keeps a file that changed after it was sent ------------------------------------
