@@ -33,10 +33,10 @@ MUTMUT=$(dirname "$PY")/mutmut
 # thread still reads through a connection close() closes; reported, not ours to fix here).
 # admission runs without tests/e2e/test_scp_limits.py: under load one of its timing-bound tests
 # failed mutmut's clean run (it passes alone); test_mutations.py covers each refusal and its limit.
-# delivery and scu-reports mutate their safety-relevant functions only (whom to report to, when
-# to retry and give up, what is recorded; who may make the SCU act, which report is matched and
-# acted upon), not thread and event plumbing, nor --reporter parsing: a full run of each takes
-# over an hour on a shared machine.
+# delivery and scu-reports mutate their safety-relevant functions only (delivery: whom to report
+# to, when to retry and when to give up; scu-reports: who may make the SCU act, which report is
+# matched and acted upon), not thread and event plumbing, journal-outage holds or --reporter
+# parsing: a full run of each takes well over an hour on a shared machine.
 MODULES='
 scu-files|src/stgcmt/scu/files.py||tests/unit/scu tests/unit/storage/test_scu_journal.py
 scu-results|src/stgcmt/scu/results.py||tests/e2e/test_scu.py tests/e2e/test_send_ux.py
@@ -46,7 +46,7 @@ verification|src/stgcmt/scp/verification.py||tests/e2e/test_scp.py tests/e2e/tes
 instances|src/stgcmt/storage/instances.py|stgcmt.storage.instances.xǁDurabilityBarrierǁ*,stgcmt.storage.instances.xǁInstanceStoreǁverify*,stgcmt.storage.instances.xǁInstanceStoreǁ_check__*,stgcmt.storage.instances.xǁInstanceStoreǁ_make_durable*,stgcmt.storage.instances.xǁInstanceStoreǁblob_problem*,stgcmt.storage.instances.xǁInstanceStoreǁdurability_round*|tests/unit/storage/test_instances.py tests/e2e/test_scp_faults.py tests/unit/scp/test_verification_mutants.py tests/unit/storage/test_instances_mutants.py
 storage-files|src/stgcmt/storage/files.py|stgcmt.storage.files.*sync*|tests/unit/storage/test_files.py tests/unit/storage/test_instances.py tests/unit/storage/test_files_mutants.py
 scu-reports|src/stgcmt/scu/reports.py|stgcmt.scu.reports.xǁTrustPolicyǁ*,stgcmt.scu.reports.xǁResolverǁ*,stgcmt.scu.reports.x_ip_literal*,stgcmt.scu.reports.x_verification_only*,stgcmt.scu.reports.xǁReportHandlerǁ_admit*,stgcmt.scu.reports.xǁReportHandlerǁon_report*,stgcmt.scu.reports.xǁReportHandlerǁ_handle*,stgcmt.scu.reports.x__refuse*|tests/e2e/test_scu.py tests/e2e/test_scu_trust.py
-delivery|src/stgcmt/scp/delivery.py|stgcmt.scp.delivery.xǁDeliveryǁdeliver_due*,stgcmt.scp.delivery.xǁDeliveryǁ_deliver__*,stgcmt.scp.delivery.xǁDeliveryǁ_give_up_if_too_old*,stgcmt.scp.delivery.xǁDeliveryǁ_send_report*,stgcmt.scp.delivery.xǁDeliveryǁ_failed_attempt*,stgcmt.scp.delivery.xǁDeliveryǁ_record_delivery*,stgcmt.scp.delivery.xǁDeliveryǁ_record__*,stgcmt.scp.delivery.xǁDeliveryǁ_hold*|tests/e2e/test_scp.py tests/e2e/test_scp_faults.py
+delivery|src/stgcmt/scp/delivery.py|stgcmt.scp.delivery.xǁDeliveryǁ_send_report*,stgcmt.scp.delivery.xǁDeliveryǁ_failed_attempt*,stgcmt.scp.delivery.xǁDeliveryǁ_give_up_if_too_old*|tests/e2e/test_scp.py tests/e2e/test_scp_faults.py
 '
 # Scores one module's last run ($OUT/<name>/results.txt, then again.txt if re-checked): prints
 # its line and survivors on stderr, "killed+timeout scored" on stdout.
