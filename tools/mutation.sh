@@ -142,6 +142,14 @@ run_again() {
     fi
     rm -rf "$dir/mutants/tests"
     git -C "$ROOT" archive HEAD tests tools | tar -x -C "$dir/mutants"
+    # only the tests that pass on the unmutated code of that run can kill anything
+    mapfile -t changed < <(cd "$dir/mutants" && MUTANT_UNDER_TEST="" PYTHONPATH="$dir/mutants/src" \
+        timeout 1800 "$PY" -m pytest -q -rA -p no:cacheprovider --continue-on-collection-errors \
+        "${changed[@]}" 2>/dev/null | sed -n 's/^PASSED \([^ ]*\).*/\1/p' | awk '!seen[$0]++')
+    if [ ${#changed[@]} -eq 0 ]; then
+        echo "   none of the new tests passes on the code of that run: nothing re-checked"
+        return 0
+    fi
     echo "   ${#names[@]} survivors and timeouts against ${changed[*]}"
     for entry in "${names[@]}"; do
         m=${entry%: *} rc=0
