@@ -142,10 +142,14 @@ run_again() {
     fi
     rm -rf "$dir/mutants/tests"
     git -C "$ROOT" archive HEAD tests tools | tar -x -C "$dir/mutants"
-    # only the tests that pass on the unmutated code of that run can kill anything
-    mapfile -t changed < <(cd "$dir/mutants" && MUTANT_UNDER_TEST="" PYTHONPATH="$dir/mutants/src" \
-        timeout 1800 "$PY" -m pytest -q -rA -p no:cacheprovider --continue-on-collection-errors \
-        "${changed[@]}" 2>/dev/null | sed -n 's/^PASSED \([^ ]*\).*/\1/p' | awk '!seen[$0]++')
+    # only the tests that pass on the unmutated code of that run can kill anything (one at a
+    # time: a test that does not exist there would stop pytest before it runs any)
+    local passing=()
+    for path in "${changed[@]}"; do
+        (cd "$dir/mutants" && MUTANT_UNDER_TEST="" PYTHONPATH="$dir/mutants/src" timeout 900 \
+            "$PY" -m pytest -q -p no:cacheprovider "$path") >>"$dir/again.log" 2>&1 && passing+=("$path")
+    done
+    changed=("${passing[@]}")
     if [ ${#changed[@]} -eq 0 ]; then
         echo "   none of the new tests passes on the code of that run: nothing re-checked"
         return 0
