@@ -192,3 +192,24 @@ def test_every_node_sees_every_row_but_recovers_only_its_own(postgres_url, tmp_p
         assert nodes == {"1.2.1": "node-a", "1.2.2": "node-b"}
     finally:
         backend.close()
+
+
+def test_a_failed_sync_on_one_node_makes_unsafe_its_own_copies_and_those_it_synced(
+    postgres_url, tmp_path
+):
+    """Node A's failed sync covered what A wrote (its page cache) and the copies its barrier
+    synced; node B's other copies were in B's page cache, not concerned."""
+    from support.backends import Backend
+
+    backend = Backend("postgresql", tmp_path / "data", postgres_url)
+    try:
+        a, b = backend.index("node-a"), backend.index("node-b")
+        a.put(row("1.2.1"))
+        b.put(row("1.2.2"))
+        b.put(row("1.2.3"))
+        assert a.mark_unsafe([indexed(row("1.2.2"))], 2000.0) == 2
+        found = b.lookup(["1.2.1", "1.2.2", "1.2.3"])
+        assert {uid for uid, r in found.items() if r.unsafe} == {"1.2.1", "1.2.2"}
+        assert [r.sop_instance_uid for r in b.non_durable()] == ["1.2.3"]
+    finally:
+        backend.close()
