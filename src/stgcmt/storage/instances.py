@@ -153,6 +153,7 @@ class InstanceStore:
         """When a sync of the store last failed (epoch seconds), None if never since start."""
         self._unsafe_unrecorded: list[tuple[list[IndexedInstance], float]] = []
         """Failed syncs whose unsafe copies the index could not record yet (retried first)."""
+        self._recording_unsafe = threading.Lock()
 
     @property
     def root(self) -> Path:
@@ -418,18 +419,20 @@ class InstanceStore:
             self._record_unsafe()
 
     def _record_unsafe(self) -> None:
-        """Record in the index the unsafe copies of failed syncs not recorded yet."""
-        while self._unsafe_unrecorded:
-            rows, failed_at = self._unsafe_unrecorded[0]
-            try:
-                marked = self.index.mark_unsafe(rows, failed_at)
-            except OSError as exc:
-                log.error(
-                    "cannot record unsafe copies in the index (%s): no sync until it can", exc
-                )
-                raise
-            self._unsafe_unrecorded.pop(0)
-            log.error("%d copies marked unsafe: they must be sent again", marked)
+        """Record in the index the unsafe copies of failed syncs not recorded yet (one thread at
+        a time: the round's and a barrier's syncs may both have failed)."""
+        with self._recording_unsafe:
+            while self._unsafe_unrecorded:
+                rows, failed_at = self._unsafe_unrecorded[0]
+                try:
+                    marked = self.index.mark_unsafe(rows, failed_at)
+                except OSError as exc:
+                    log.error(
+                        "cannot record unsafe copies in the index (%s): no sync until it can", exc
+                    )
+                    raise
+                self._unsafe_unrecorded.pop(0)
+                log.error("%d copies marked unsafe: they must be sent again", marked)
 
     def blob_problem(self, row: IndexedInstance, policy: VerifyPolicy) -> str | None:
         """Why the blob behind an index row (inside the store) is not what the index says.

@@ -215,6 +215,31 @@ def test_a_copy_being_received_while_a_sync_fails_is_unsafe(stores, monkeypatch)
     assert store.verify(refs, "checksum") == [0x0110, 0x0110, 0]
 
 
+def test_unsafe_copies_the_index_could_not_record_are_recorded_before_the_next_sync(
+    stores, monkeypatch
+):
+    store = stores(durability="fsync")
+    refs = _store_new(store, 2)
+    real_mark_unsafe = store.index.mark_unsafe
+    index_failures = [OSError(errno.EIO, "index unreachable")]
+
+    def mark_unsafe_fails_once(rows, received_by):
+        if index_failures:
+            raise index_failures.pop()
+        return real_mark_unsafe(rows, received_by)
+
+    monkeypatch.setattr(store.index, "mark_unsafe", mark_unsafe_fails_once)
+    monkeypatch.setattr(fsync_module, "fsync_path", _failing_fsync)
+    assert store.verify(refs, "checksum") == [0x0110, 0x0110]
+    assert _unsafe(store, refs) == [False, False]  # not recorded yet
+    monkeypatch.setattr(fsync_module, "fsync_path", _real_fsync_path)  # storage is back
+    assert store.verify(refs, "checksum") == [0x0110, 0x0110]
+    assert _unsafe(store, refs) == [True, True]
+
+
+_real_fsync_path = fsync_module.fsync_path
+
+
 def _failing_fsync(path) -> None:
     raise OSError(errno.EIO, "write-back error", str(path))
 
