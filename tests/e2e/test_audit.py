@@ -4,6 +4,7 @@ never reads, which must not slow a C-STORE down."""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -196,6 +197,26 @@ def test_the_agent_audits_its_start_a_rejected_association_and_a_forged_report(
     assert [p.get("UserID") for p in forged.participants()] == ["CT1", "OTHER"]
     assert [p.get("UserID") for p in rejected.participants()] == ["CT1", "STRANGER"]
     assert forged.xml.find("EventIdentification").get("EventOutcomeIndicator") == "8"
+
+
+def test_a_failed_tls_handshake_is_a_security_alert(tmp_path: Path, processes) -> None:
+    """A peer speaking plain DICOM to the TLS listener: Node Authentication, naming its host."""
+    authority = CertificateAuthority(tmp_path / "ca")
+    archive_tls = authority.issue("archive")
+    with Rsyslog(tmp_path / "rsyslog") as collector:
+        tls = ["--tls-cert", str(archive_tls.cert), "--tls-key", str(archive_tls.key)]
+        tls += ["--tls-ca", str(authority.cert), "--audit", collector.udp_url]
+        scp = archive(tmp_path, processes, free_port(), *tls)
+        plain = AE("MODALITY")
+        plain.add_requested_context(SECONDARY_CAPTURE)
+        assert not plain.associate(LOCALHOST, scp.port, ae_title="ARCHIVE").is_established
+        messages = collector.wait_messages(2)
+    (alert,) = by_event(messages, SECURITY_ALERT)
+    assert alert.xml.find("EventIdentification/EventTypeCode").get("csd-code") == "110126"
+    performer = alert.participants()[1]
+    assert (performer.get("UserID"), performer.get("AlternativeUserID")) == (LOCALHOST, None)
+    detail = alert.objects()[0].find("ParticipantObjectDetail").get("value")
+    assert base64.b64decode(detail).decode().startswith("tls-handshake: TLS handshake failed")
 
 
 def listening(port: int) -> bool:

@@ -28,6 +28,7 @@ from stgcmt.events import (
     InstanceStored,
     Peer,
     ReportGivenUp,
+    SecurityAlert,
 )
 from stgcmt.scp.admission import Admission
 from stgcmt.scp.c_store import CStore
@@ -120,6 +121,9 @@ class StorageCommitmentSCP:
                 n_action=self._n_action.on_n_action,
                 n_action_answered=self._requesters.answered,
                 closed=self._on_closed,
+                tls_failed=lambda host, port, why: self.events.emit(
+                    SecurityAlert("tls-handshake", why, Peer("", config.aet, host, port))
+                ),
             ),
             storage=True,
             commitment=True,

@@ -278,6 +278,9 @@ class ReportHandler:
             n_event_report=lambda link, event: self.on_report(event, f"{via} association"),
             n_event_report_answered=self._answered,
             closed=lambda link: self.events.emit(AssociationClosed(Peer.of(link.peer), {})),
+            tls_failed=lambda host, port, why: self.events.emit(
+                SecurityAlert("tls-handshake", why, Peer("", self.aet, host, port))
+            ),
         )
 
     def on_report(self, event: ul.EventReport, via: str) -> int:

@@ -216,6 +216,9 @@ class Handlers:
     receiver release the association (an A-RELEASE-RQ queued ahead of the response would
     break the association)."""
     closed: Callable[[Link], None] | None = None
+    tls_failed: Callable[[str, int, str], None] | None = None
+    """A TLS handshake on our listener failed: the peer's address, port and why (on the
+    engine's loop: quick, never blocking)."""
 
 
 @dataclass

@@ -109,6 +109,7 @@ class EngineServer:
             self._ssl_context,
             self._timeouts.associate_rq,
             self._registry,
+            self._handlers.tls_failed,
         )
 
     @property

@@ -75,8 +75,10 @@ class TlsGate(asyncio.Protocol):
         context: ssl.SSLContext,
         timeout: float,
         registry: Registry,
+        failed: Callable[[str, int, str], None] | None = None,
     ) -> None:
         self._association = association
+        self._failed = failed
         self._context = context
         self._timeout = timeout
         self._registry = registry
@@ -107,6 +109,8 @@ class TlsGate(asyncio.Protocol):
         except Exception as exc:
             host, port = self.address
             log.warning("TLS handshake with %s:%d failed: %s", host, port, tls_reason(exc))
+            if self._failed is not None:
+                self._failed(host, port, f"TLS handshake failed: {tls_reason(exc)}")
             transport.close()
             return
         finally:
