@@ -9,8 +9,6 @@ import signal
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from support.cluster import Node
 from support.common import LOCALHOST, ensure_debian_package, make_dataset, wait_for
 
@@ -44,13 +42,6 @@ def _storescu(storescu: str, port: int, path: Path) -> subprocess.CompletedProce
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SqliteInstanceIndex opens a reader connection per thread that looks up and closes"
-    " it only at close(): every association thread that reads the index (a re-sent streamed"
-    " instance) leaves the index database and its WAL open (fix in storage/sqlite_index.py,"
-    " which the receive-path helper is editing)",
-)
 def test_associations_that_read_the_index_leave_no_descriptor_open(tmp_path: Path):
     storescu = ensure_debian_package("storescu", "dcmtk")
     data_dir = tmp_path / "data"

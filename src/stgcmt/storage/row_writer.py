@@ -90,18 +90,20 @@ class RowWriter:
 
     def _write_batch(self) -> bool:
         """One transaction of up to BATCH_ROWS rows (``_writing`` held); False if none was
-        pending. On failure the rows stay pending, in order, and the failure is raised."""
+        pending. On failure the rows stay pending, in order, and the failure is raised as
+        OSError (a bug or MemoryError as EIO: the rows are never dropped, the thread goes on)."""
         with self._changed:
             batch, self._queue = self._queue[:BATCH_ROWS], self._queue[BATCH_ROWS:]
         if not batch:
             return False
         try:
             self._write(batch)
-        except OSError as exc:
+        except Exception as exc:  # whatever it was, the batch is written again later
+            failure = exc if isinstance(exc, OSError) else OSError(errno.EIO, repr(exc))
             with self._changed:
                 self._queue[:0] = batch
-                self._failure = exc
-            raise
+                self._failure = failure
+            raise failure from exc
         with self._changed:
             self._failure = None
             for row in batch:
@@ -115,10 +117,6 @@ class RowWriter:
                 self.flush()
             except OSError as exc:
                 log.error("index rows not written (%s): retrying in %.1f s", exc, RETRY_AFTER)
-                with self._changed:
-                    self._changed.wait_for(lambda: self._closing, timeout=RETRY_AFTER)
-            except Exception:
-                log.exception("index writer failed: retrying in %.1f s", RETRY_AFTER)
                 with self._changed:
                     self._changed.wait_for(lambda: self._closing, timeout=RETRY_AFTER)
 

@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from stgcmt.faults import crash_point
@@ -24,6 +25,8 @@ from stgcmt.storage.uid_filter import UidFilter
 LOOKUP_BATCH = 500
 READER_MMAP_BYTES = 256 << 20
 """Lookups read the database through mmap: a page is a memory access, not a pread()."""
+IDLE_READERS = 4
+"""Read-only connections kept open between lookups (more are opened while busy)."""
 WRITE_AT_ONCE_BYTES = 64 * 1024
 """A row for an instance at least this big is written before :meth:`SqliteInstanceIndex.put`
 returns: its transfer took far longer than an insert, and a full disk is then told to the
@@ -109,9 +112,9 @@ class SqliteInstanceIndex:
         self.db = Database(path, SCHEMA)
         _add_missing_columns(self.db)
         self.path = path
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._idle_readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._closed = False
         self._rows = RowWriter(self._insert, "stgcmt-index-writer")
         self._known = UidFilter(self._row_count())
         self._known.fill(self._all_uids, "stgcmt-index-filter")
@@ -128,36 +131,52 @@ class SqliteInstanceIndex:
                 unwritten.append(uid)
         if not unwritten:
             return found
-        reader = self._reader()
-        for batch in chunked(unwritten, LOOKUP_BATCH):
-            marks = ",".join("?" * len(batch))
-            for row in reader.execute(
-                f"SELECT {_ROW} FROM instances WHERE sop_instance_uid IN ({marks})", list(batch)
-            ):
-                found.setdefault(row[0], _indexed(row))
+        with self._reading() as reader:
+            for batch in chunked(unwritten, LOOKUP_BATCH):
+                marks = ",".join("?" * len(batch))
+                for row in reader.execute(
+                    f"SELECT {_ROW} FROM instances WHERE sop_instance_uid IN ({marks})",
+                    list(batch),
+                ):
+                    found.setdefault(row[0], _indexed(row))
         return found
 
-    def _reader(self) -> sqlite3.Connection:
-        """This thread's read-only connection (opened on first use, closed by :meth:`close`)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "reader", None)
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection, taken from the idle ones (or opened) and given back after
+        use. Not one per thread: every association has a thread of its own, and a connection
+        kept per thread would hold two descriptors (database and WAL) per association served
+        until the index closes. At most :data:`IDLE_READERS` idle ones are kept."""
+        with self._readers_lock:
+            conn = self._idle_readers.pop() if self._idle_readers else None
         if conn is None:
-            conn = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None, timeout=30.0
-            )
-            conn.execute("PRAGMA query_only=ON")
-            conn.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
-            self._local.reader = conn
+            conn = self._open_reader()
+        try:
+            yield conn
+        finally:
             with self._readers_lock:
-                self._readers.append(conn)
+                keep = not self._closed and len(self._idle_readers) < IDLE_READERS
+                if keep:
+                    self._idle_readers.append(conn)
+            if not keep:
+                conn.close()
+
+    def _open_reader(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        conn.execute("PRAGMA query_only=ON")
+        conn.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
         return conn
 
     def _row_count(self) -> int:
         return int(self.db.query("SELECT count(*) FROM instances")[0][0])
 
     def _all_uids(self) -> Iterable[str]:
-        """Every UID in the database, read through a connection of the filling thread."""
-        for (uid,) in self._reader().execute("SELECT sop_instance_uid FROM instances"):
-            yield uid
+        """Every UID in the database, through a reader held until the fill ends."""
+        with self._reading() as reader:
+            for (uid,) in reader.execute("SELECT sop_instance_uid FROM instances"):
+                yield uid
 
     def put(self, row: InstanceRow) -> None:
         """Insert or replace, in the writer's next batch (at once for a large instance). OSError
@@ -247,9 +266,10 @@ class SqliteInstanceIndex:
         finally:
             self._known.stop()
             with self._readers_lock:
-                for reader in self._readers:
-                    reader.close()
-                self._readers.clear()
+                self._closed = True
+                idle, self._idle_readers = self._idle_readers, []
+            for reader in idle:
+                reader.close()
             self.db.close()
 
 

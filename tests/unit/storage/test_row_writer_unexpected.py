@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from stgcmt.dicom.commitment import Reference
 from stgcmt.storage.instances import InstanceStore
 from stgcmt.storage.sqlite_index import SqliteInstanceIndex
@@ -17,12 +15,6 @@ from stgcmt.ul import STORAGE_SOP_CLASSES
 from support.common import SECONDARY_CAPTURE, c_store_bytes, make_dataset, wait_for
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RowWriter._write_batch puts a failed batch back only for OSError: any other"
-    " exception drops it from the queue while its rows stay pending (fix in"
-    " storage/row_writer.py, which the receive-path helper is editing)",
-)
 def test_a_batch_that_failed_unexpectedly_is_written_later_and_committed(
     tmp_path: Path, monkeypatch
 ):
