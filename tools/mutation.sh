@@ -157,6 +157,10 @@ run_again() {
     echo "   ${#names[@]} survivors and timeouts against ${changed[*]}"
     for entry in "${names[@]}"; do
         m=${entry%: *} rc=0
+        if grep -qxF "$m" "$ROOT/tools/mutation_equivalent.txt"; then
+            echo "    $entry" >>"$dir/again.txt"   # judged equivalent: survives, not re-run
+            continue
+        fi
         (cd "$dir/mutants" && MUTANT_UNDER_TEST=$m PYTHONPATH="$dir/mutants/src" timeout 900 \
             "$PY" -m pytest -x -q -p no:cacheprovider "${changed[@]}") >>"$dir/again.log" 2>&1 || rc=$?
         # killed now, or as it was (a timeout stays one: the old tests may still kill it)
