@@ -200,7 +200,8 @@ def test_the_agent_audits_its_start_a_rejected_association_and_a_forged_report(
 
 
 def test_a_failed_tls_handshake_is_a_security_alert(tmp_path: Path, processes) -> None:
-    """A peer speaking plain DICOM to the TLS listener: Node Authentication, naming its host."""
+    """A peer speaking plain DICOM to the TLS listener: Node Authentication, naming its host
+    and why. (The start-up probe that connects and closes is one too, and says so.)"""
     authority = CertificateAuthority(tmp_path / "ca")
     archive_tls = authority.issue("archive")
     with Rsyslog(tmp_path / "rsyslog") as collector:
@@ -210,13 +211,24 @@ def test_a_failed_tls_handshake_is_a_security_alert(tmp_path: Path, processes) -
         plain = AE("MODALITY")
         plain.add_requested_context(SECONDARY_CAPTURE)
         assert not plain.associate(LOCALHOST, scp.port, ae_title="ARCHIVE").is_established
-        messages = collector.wait_messages(2)
-    (alert,) = by_event(messages, SECURITY_ALERT)
+
+        def plain_dicom_alerts() -> list[Received]:
+            alerts = by_event(collector.messages(), SECURITY_ALERT)
+            return [a for a in alerts if "wrong version number" in alert_detail(a)]
+
+        found = wait_for(plain_dicom_alerts, 10)
+        assert found, collector.messages()
+    (alert,) = found
     assert alert.xml.find("EventIdentification/EventTypeCode").get("csd-code") == "110126"
     performer = alert.participants()[1]
     assert (performer.get("UserID"), performer.get("AlternativeUserID")) == (LOCALHOST, None)
-    detail = alert.objects()[0].find("ParticipantObjectDetail").get("value")
-    assert base64.b64decode(detail).decode().startswith("tls-handshake: TLS handshake failed")
+    assert alert_detail(alert).startswith("tls-handshake: TLS handshake failed")
+
+
+def alert_detail(alert: Received) -> str:
+    """The Security Alert subject's description, as an auditor decodes it."""
+    value = alert.objects()[0].find("ParticipantObjectDetail").get("value")
+    return base64.b64decode(value).decode()
 
 
 def listening(port: int) -> bool:
