@@ -43,13 +43,6 @@ from support.pynetdicom_peer import Modality, refs_of, report_content
 REPORT_WAIT = 30
 
 
-@pytest.fixture
-def modality():
-    peer = Modality("MODALITY", called="ARCHIVE")
-    yield peer
-    peer.stop()
-
-
 def _lease_config(folder: Path) -> Path:
     """A configuration file with a short lease (4 s), so that takeovers are quick to reach."""
     config = folder / "archive.toml"

@@ -11,19 +11,11 @@ import pytest
 from stgcmt.storage.instances import QUOTA_REFRESH
 
 from support.cluster import Cluster
-from support.pynetdicom_peer import Modality
 
 QUOTA = 1_000_000
 PIXELS = 100_000
 """Each instance is a little over 100 kB: 6 of them are more than half the quota."""
 OUT_OF_RESOURCES = 0xA700
-
-
-@pytest.fixture
-def modality():
-    peer = Modality("MODALITY", called="ARCHIVE")
-    yield peer
-    peer.stop()
 
 
 @pytest.fixture
