@@ -43,7 +43,7 @@ from stgcmt.dicom.uids import (
     STORAGE_COMMITMENT_PUSH_MODEL,
     VERIFICATION,
 )
-from stgcmt.events import AssociationRejected
+from stgcmt.events import AssociationRejected, SecurityAlert
 from stgcmt.scu.send import EXIT_FAILED, EXIT_PENDING, SendOptions, send
 from stgcmt.storage.queries import SqliteScpQueries
 
@@ -913,6 +913,8 @@ def test_each_rejected_association_says_why_and_what_to_do(scp_factory):
         ),
         ("congestion", "1 associations already open (limit 1)"),
     ]
+    alerts = [e.detail for e in seen if isinstance(e, SecurityAlert)]
+    assert alerts == [detail for _, detail in _details(seen)[:3]]  # not for a busy archive
 
 
 def test_a_crash_after_the_background_durability_sync_loses_nothing(

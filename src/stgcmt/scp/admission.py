@@ -22,6 +22,9 @@ from stgcmt.ul.seam import RejectionReason
 
 log = logging.getLogger("stgcmt.scp")
 
+LOAD_REASONS = frozenset({"congestion", "temporary-congestion"})
+"""Rejections for load, not for who is asking: no Security Alert (ATNA) for them."""
+
 
 def _addresses(host: str) -> frozenset[str]:
     """The IP addresses a configured host name stands for (resolved once, at start)."""
@@ -57,7 +60,8 @@ class Admission:
         reason, detail = refusal
         log.warning("rejected association from %s: %s", peer, detail)
         self.events.emit(AssociationRejected(who, reason, detail))
-        self.events.emit(SecurityAlert("rejected-association", detail, who))
+        if reason not in LOAD_REASONS:  # a busy archive is not a security event
+            self.events.emit(SecurityAlert("rejected-association", detail, who))
         return ul.Rejection(reason)
 
     def _refusal(self, peer: ul.PeerInfo) -> tuple[RejectionReason, str] | None:
