@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from pynetdicom import AE
 
-from e2e.test_scp_process import ScpProcess
 from stgcmt.dicom.commitment import CommitmentReport
 from stgcmt.dicom.status import PROCESSING_FAILURE
 from stgcmt.storage.scu_journal import ScuJournal
@@ -34,6 +33,7 @@ from support.common import (
 from support.pynetdicom_archive import Archive
 from support.pynetdicom_peer import Modality, refs_of
 from support.rsyslog import CollectorTls, Received, Rsyslog, free_udp_port
+from support.scp_process import ScpProcess
 from support.scu import pending_transaction
 from support.tls_certs import CertificateAuthority
 
