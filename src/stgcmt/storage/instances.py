@@ -446,7 +446,10 @@ class InstanceStore:
         if policy in ("size", "checksum") and size != row.size:
             return f"file {self.blobs.locate(row.blob)} has {size} bytes, index says {row.size}"
         if policy == "checksum" and not row.read_back:
-            digest = self.blobs.sha256(row.blob)
+            try:
+                digest = self.blobs.sha256(row.blob)
+            except OSError as exc:  # found but not readable: a failure, never a stuck verification
+                return f"file {self.blobs.locate(row.blob)} unreadable: {exc.strerror}"
             if digest != row.sha256:
                 return (
                     f"file {self.blobs.locate(row.blob)} SHA-256 {digest[:12]}…"

@@ -67,6 +67,20 @@ def test_verify_policies(store):
     assert store.verify(ref, "exists") == [0x0110]
 
 
+def test_a_file_that_cannot_be_read_back_fails_its_reference(store, monkeypatch):
+    """Found but unreadable (EIO) under the checksum policy: 0110H for that reference, not an
+    exception that would leave the whole transaction verifying, retried, never reported."""
+    ds = make_dataset()
+    _store(store, ds)
+
+    def unreadable(name: str) -> str:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(store.blobs, "sha256", unreadable)
+    ref = [Reference(SECONDARY_CAPTURE, ds.SOPInstanceUID)]
+    assert store.verify(ref, "checksum") == [0x0110]
+
+
 def test_recover_drops_rows_whose_files_did_not_survive(store, tmp_path):
     kept, lost = make_dataset(), make_dataset()
     _store(store, kept)
