@@ -247,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         from .cluster import main as cluster_main
 
         return cluster_main([a for a in argv if a != "--cluster"])
+    if "--dashboard" in argv:  # ingest with the web dashboard polling: bench/dashboard.py
+        from .dashboard import main as dashboard_main
+
+        return dashboard_main([a for a in argv if a != "--dashboard"])
     args = parse_args(argv)
     plan = make_plan(args)
     try:
