@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from pydicom.dataset import Dataset
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 from stgcmt.dicom.status import (
     INVALID_ARGUMENT_VALUE,
@@ -70,9 +71,17 @@ class InvalidRequest(ValueError):
         self.status = status
 
 
+def _new_dataset() -> Dataset:
+    """An empty pydicom data set, pydicom imported on first use: ``stgcmt status`` and
+    ``stgcmt send --help`` import this module (through the journal) and build none."""
+    from pydicom.dataset import Dataset
+
+    return Dataset()
+
+
 def build_action_information(request: CommitmentRequest) -> Dataset:
     """Action Information of an N-ACTION request (PS3.4 J.3.2.1.1)."""
-    ds = Dataset()
+    ds = _new_dataset()
     ds.TransactionUID = request.transaction_uid
     ds.ReferencedSOPSequence = _reference_items(request.references)
     return ds
@@ -81,7 +90,7 @@ def build_action_information(request: CommitmentRequest) -> Dataset:
 def _reference_items(refs: Iterable[Reference | FailedReference]) -> list[Dataset]:
     items = []
     for ref in refs:
-        item = Dataset()
+        item = _new_dataset()
         item.ReferencedSOPClassUID = ref.sop_class_uid
         item.ReferencedSOPInstanceUID = ref.sop_instance_uid
         if isinstance(ref, FailedReference):
@@ -92,7 +101,7 @@ def _reference_items(refs: Iterable[Reference | FailedReference]) -> list[Datase
 
 def build_event_information(report: CommitmentReport) -> Dataset:
     """Event Information of an N-EVENT-REPORT (PS3.4 J.3.3.1.1, Tables J.3-2/J.3-3)."""
-    ds = Dataset()
+    ds = _new_dataset()
     ds.TransactionUID = report.transaction_uid
     if report.retrieve_ae_title:
         ds.RetrieveAETitle = report.retrieve_ae_title

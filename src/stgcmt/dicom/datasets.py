@@ -5,19 +5,23 @@ a file's data set straight from disk."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import BinaryIO
-
-from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
-from pydicom.uid import UID
+from typing import TYPE_CHECKING, BinaryIO
 
 from stgcmt.dicom.elements import LONG_VRS, MalformedDataset, read_header
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = ["MalformedDataset", "Part10Header", "encode_data_set", "read_part10_header"]
 
 
 def encode_data_set(ds: Dataset, transfer_syntax: str) -> bytes:
+    """``ds`` encoded in ``transfer_syntax``; pydicom is imported here, not with the module,
+    which ``stgcmt send`` needs for its header reader alone."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pydicom.uid import UID
+
     uid = UID(transfer_syntax)
     fp = DicomBytesIO()
     fp.is_implicit_VR = uid.is_implicit_VR

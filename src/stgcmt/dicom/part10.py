@@ -11,8 +11,6 @@ from __future__ import annotations
 import struct
 from io import BytesIO
 
-from pydicom import dcmread
-
 from stgcmt.dicom.elements import (
     LONG_VRS,
     UNDEFINED_LENGTH,
@@ -105,7 +103,10 @@ def _scan(data: memoryview, implicit: bool) -> dict[int, str | None]:
 
 
 def _index_attributes_with_pydicom(dataset: bytes, transfer_syntax: str) -> tuple[str | None, ...]:
-    """The :func:`scanned_attributes` of big endian and deflated data sets (rare traffic)."""
+    """The :func:`scanned_attributes` of big endian and deflated data sets (rare traffic);
+    pydicom imported for them only (``stgcmt send`` scans with this module)."""
+    from pydicom import dcmread
+
     content = file_meta("1.2.3", "1.2.3", transfer_syntax) + dataset
     try:
         ds = dcmread(BytesIO(content), stop_before_pixels=True, specific_tags=list(SCANNED_TAGS))

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 
-from pydicom.uid import generate_uid
-
 STORAGE_COMMITMENT_PUSH_MODEL = "1.2.840.10008.1.20.1"
 """Storage Commitment Push Model SOP Class UID."""
 
@@ -35,4 +33,8 @@ def is_valid_uid(value: object) -> bool:
 
 
 def new_transaction_uid() -> str:
+    """A fresh UID under pydicom's root; pydicom imported here, on first use, not by every
+    command that only needs a constant of this module."""
+    from pydicom.uid import generate_uid
+
     return str(generate_uid())
