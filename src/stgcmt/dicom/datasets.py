@@ -12,7 +12,12 @@ from stgcmt.dicom.elements import LONG_VRS, MalformedDataset, read_header
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["MalformedDataset", "Part10Header", "encode_data_set", "read_part10_header"]
+__all__ = ["MalformedDataset", "NotPart10", "Part10Header", "encode_data_set", "read_part10_header"]
+
+
+class NotPart10(ValueError):
+    """No 'DICM' after the preamble: not a Part 10 file at all (a ``.txt``, a raw data set), as
+    opposed to a Part 10 file whose header is broken."""
 
 
 def encode_data_set(ds: Dataset, transfer_syntax: str) -> bytes:
@@ -46,10 +51,10 @@ _WANTED = {0x0002: "sop_class_uid", 0x0003: "sop_instance_uid", 0x0010: "transfe
 def read_part10_header(f: BinaryIO) -> Part10Header:
     """Read the File Meta Information (Explicit VR Little Endian, group 0002) from the open
     binary stream ``f`` and leave it at the first byte of the data set. Raises ValueError
-    (:class:`MalformedDataset` if an element header is truncated) if ``f`` is not a Part 10
-    file."""
+    (:class:`NotPart10` without the 'DICM' prefix, :class:`MalformedDataset` if an element
+    header is truncated) if ``f`` is not a usable Part 10 file."""
     if f.read(_PREAMBLE + 4)[_PREAMBLE:] != b"DICM":
-        raise ValueError("not a DICOM Part 10 file (no DICM prefix)")
+        raise NotPart10("not a DICOM Part 10 file (no DICM prefix)")
     found: dict[str, str] = {}
     while True:
         start = f.tell()
