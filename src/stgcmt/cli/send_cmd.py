@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -30,16 +31,16 @@ from stgcmt.scu import (
     DEFAULT_AET,
     DEFAULT_LISTEN_BIND,
     REPORT_WAIT_CHOICES,
-    AssociationError,
     Reporter,
     ScuJournal,
     SendOptions,
     SendResult,
     UsageError,
     default_journal_path,
-    send,
 )
-from stgcmt.scu.send import StageCallback, partial_result
+
+if TYPE_CHECKING:
+    from stgcmt.scu.send import StageCallback
 
 log = logging.getLogger("stgcmt.cli")
 
@@ -194,6 +195,10 @@ def options_from(args: argparse.Namespace) -> SendOptions:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The engine (and pydicom behind it) only once there is something to send: not for --help.
+    from stgcmt.scu import AssociationError, send
+    from stgcmt.scu.send import partial_result
+
     setup_logging(args.verbose, args.log_file)
     if (error := apply_scu_config(args, archive=True)) is not None:
         return error

@@ -2,13 +2,32 @@
 
 What the CLI and Python callers use is here: :class:`StorageCommitmentSCP`, :func:`status` (a
 read-only look at a data directory, or at a cluster's database) and the errors a data directory
-or a database that cannot be used raise."""
+or a database that cannot be used raise.
 
-from stgcmt.scp.service import StorageCommitmentSCP
-from stgcmt.storage.backends import DatabaseUnavailable
-from stgcmt.storage.backends import scp_status as status
-from stgcmt.storage.queries import format_scp_status as format_status
-from stgcmt.storage.sqlite import StorageUnavailable
+The names are loaded on first use (PEP 562 ``__getattr__``): ``stgcmt status`` reads a
+database and has no use for the service, the engine and pydicom behind
+:class:`StorageCommitmentSCP`, whose import is most of such a run's time."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stgcmt.scp.service import StorageCommitmentSCP
+    from stgcmt.storage.backends import DatabaseUnavailable
+    from stgcmt.storage.backends import scp_status as status
+    from stgcmt.storage.queries import format_scp_status as format_status
+    from stgcmt.storage.sqlite import StorageUnavailable
+
+_WHERE = {
+    "DatabaseUnavailable": ("stgcmt.storage.backends", "DatabaseUnavailable"),
+    "StorageCommitmentSCP": ("stgcmt.scp.service", "StorageCommitmentSCP"),
+    "StorageUnavailable": ("stgcmt.storage.sqlite", "StorageUnavailable"),
+    "format_status": ("stgcmt.storage.queries", "format_scp_status"),
+    "status": ("stgcmt.storage.backends", "scp_status"),
+}
+"""Each public name: the module that defines it, and its name there."""
 
 __all__ = [
     "DatabaseUnavailable",
@@ -17,3 +36,18 @@ __all__ = [
     "format_status",
     "status",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import the module behind ``name`` on first use (and keep the value for the next)."""
+    try:
+        module, attribute = _WHERE[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

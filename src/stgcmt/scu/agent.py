@@ -21,14 +21,8 @@ from stgcmt.dicom.commitment import CommitmentRequest, Reference
 from stgcmt.dicom.status import describe_status
 from stgcmt.events import ApplicationActivity, Events
 from stgcmt.scu.files import finish_due_actions
-from stgcmt.scu.options import SendOptions
-from stgcmt.scu.reports import (
-    DEFAULT_AET,
-    DEFAULT_LISTEN_BIND,
-    Reporter,
-    ReportHandler,
-    report_server,
-)
+from stgcmt.scu.options import DEFAULT_AET, DEFAULT_LISTEN_BIND, Reporter, SendOptions
+from stgcmt.scu.reports import ReportHandler, report_server
 from stgcmt.scu.results import SendResult
 from stgcmt.scu.send import send
 from stgcmt.storage.interfaces import ScuQueries

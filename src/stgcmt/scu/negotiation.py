@@ -16,32 +16,32 @@ Compressed files are proposed in their own syntax whatever the mode.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from pydicom.uid import (
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
+from stgcmt.dicom.uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
 )
 
-from stgcmt.scu.dicomfiles import LocalFile
+if TYPE_CHECKING:
+    from stgcmt.scu.dicomfiles import LocalFile
 
 Propose = Literal["negotiate", "implicit", "explicit", "file"]
 PROPOSE_CHOICES: tuple[str, ...] = ("negotiate", "implicit", "explicit", "file")
 
 UNCOMPRESSED: frozenset[str] = frozenset(
     {
-        ImplicitVRLittleEndian,
-        ExplicitVRLittleEndian,
-        ExplicitVRBigEndian,
-        DeflatedExplicitVRLittleEndian,
+        IMPLICIT_VR_LITTLE_ENDIAN,
+        EXPLICIT_VR_LITTLE_ENDIAN,
+        EXPLICIT_VR_BIG_ENDIAN,
+        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     }
 )
 """What :func:`stgcmt.dicom.transcode.transcode` converts between."""
 
-FALLBACKS: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+FALLBACKS: tuple[str, ...] = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 """What an uncompressed file may be transcoded to, in order of preference."""
 
 Offer = tuple[str, tuple[str, ...]]
@@ -55,6 +55,10 @@ class Accepting(Protocol):
 
 
 def syntax_name(uid: str) -> str:
+    """``uid`` with its name, for messages; pydicom's dictionary is loaded only when one is
+    written (a failure), not by every ``send``."""
+    from pydicom.uid import UID
+
     name = UID(uid).name
     return f"{name} ({uid})" if name and name != uid else uid
 
@@ -65,9 +69,9 @@ def targets(transfer_syntax: str, mode: Propose) -> tuple[str, ...]:
     if transfer_syntax not in UNCOMPRESSED or mode == "file":
         return (transfer_syntax,)
     if mode == "implicit":
-        return (ImplicitVRLittleEndian,)
+        return (IMPLICIT_VR_LITTLE_ENDIAN,)
     if mode == "explicit":
-        return (ExplicitVRLittleEndian,)
+        return (EXPLICIT_VR_LITTLE_ENDIAN,)
     return tuple(dict.fromkeys((transfer_syntax, *FALLBACKS)))
 
 

@@ -6,17 +6,51 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from stgcmt.config import ConfigError, Timeouts, TlsConfig
+from stgcmt.config import ConfigError, Timeouts, TlsConfig, validate_aet
 from stgcmt.scu.dicomfiles import GroupBy
 from stgcmt.scu.negotiation import PROPOSE_CHOICES, Propose
-from stgcmt.scu.reports import DEFAULT_AET, DEFAULT_LISTEN_BIND, Reporter
 from stgcmt.storage.scu_journal import OnCommit
+
+DEFAULT_AET = "STGCMT_SCU"
+DEFAULT_LISTEN_BIND = "0.0.0.0"
 
 ReportWait = Literal["new", "same", "any"]
 """Where ``send`` waits for a report: a new association to its listener, the sending
 association, or either."""
 REPORT_WAIT_CHOICES: tuple[str, ...] = ("new", "same", "any")
 ANY_SAME_ASSOC_WAIT = 10.0
+
+
+@dataclass(frozen=True)
+class Reporter:
+    """Someone besides the archive asked who may report on a new association: ``AET@HOST``
+    (dcm4che style; a ``:PORT`` is accepted and ignored, since a reporter connects from any
+    port). The AE title alone is not enough: anyone can claim an AE title."""
+
+    aet: str
+    host: str
+
+    @classmethod
+    def parse(cls, text: str) -> Reporter:
+        """``AET@HOST``, ``AET@HOST:PORT``, ``AET@[IPv6]`` or ``AET@[IPv6]:PORT``."""
+        aet, sep, address = text.rpartition("@")
+        if not sep or not aet or not address:
+            raise ConfigError(f"reporter {text!r} is not written AET@HOST")
+        if address.startswith("["):
+            host, _, rest = address[1:].partition("]")
+            port = rest.removeprefix(":") if rest.startswith(":") else None
+            if rest and port is None:
+                raise ConfigError(f"reporter {text!r} is not written AET@[IPv6]:PORT")
+        elif address.count(":") == 1:
+            host, port = address.split(":")
+        else:
+            host, port = address, None
+        if not host or (port is not None and not port.isdigit()):
+            raise ConfigError(f"reporter {text!r} is not written AET@HOST or AET@HOST:PORT")
+        return cls(validate_aet(aet), host)
+
+    def __str__(self) -> str:
+        return f"{self.aet}@{self.host}"
 
 
 class UsageError(ValueError):

@@ -22,10 +22,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from stgcmt import ul
-from stgcmt.config import ConfigError, Timeouts, TlsConfig, validate_aet
+from stgcmt.config import Timeouts, TlsConfig
 from stgcmt.dicom.commitment import (
     EVENT_TYPE_ALL_COMMITTED,
     EVENT_TYPE_FAILURES_EXIST,
@@ -43,13 +42,12 @@ from stgcmt.events import (
 )
 from stgcmt.faults import crash_point
 from stgcmt.scu.files import perform_actions
+from stgcmt.scu.options import Reporter
 from stgcmt.scu.results import failure_words
 from stgcmt.storage.scu_journal import FAILED, PENDING, ScuJournal, Transaction
 
 log = logging.getLogger("stgcmt.scu")
 
-DEFAULT_AET = "STGCMT_SCU"
-DEFAULT_LISTEN_BIND = "0.0.0.0"
 ANSWER_WAIT = 5.0
 
 
@@ -59,38 +57,6 @@ REPORTED_RECENTLY = 7 * 24 * 3600.0
 
 SECURITY = "security:"
 """Prefix of every log line about a refused reporter, for log monitoring."""
-
-
-@dataclass(frozen=True)
-class Reporter:
-    """Someone besides the archive asked who may report on a new association: ``AET@HOST``
-    (dcm4che style; a ``:PORT`` is accepted and ignored, since a reporter connects from any
-    port). The AE title alone is not enough: anyone can claim an AE title."""
-
-    aet: str
-    host: str
-
-    @classmethod
-    def parse(cls, text: str) -> Reporter:
-        """``AET@HOST``, ``AET@HOST:PORT``, ``AET@[IPv6]`` or ``AET@[IPv6]:PORT``."""
-        aet, sep, address = text.rpartition("@")
-        if not sep or not aet or not address:
-            raise ConfigError(f"reporter {text!r} is not written AET@HOST")
-        if address.startswith("["):
-            host, _, rest = address[1:].partition("]")
-            port = rest.removeprefix(":") if rest.startswith(":") else None
-            if rest and port is None:
-                raise ConfigError(f"reporter {text!r} is not written AET@[IPv6]:PORT")
-        elif address.count(":") == 1:
-            host, port = address.split(":")
-        else:
-            host, port = address, None
-        if not host or (port is not None and not port.isdigit()):
-            raise ConfigError(f"reporter {text!r} is not written AET@HOST or AET@HOST:PORT")
-        return cls(validate_aet(aet), host)
-
-    def __str__(self) -> str:
-        return f"{self.aet}@{self.host}"
 
 
 def ip_literal(text: str) -> str | None:

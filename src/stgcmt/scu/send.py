@@ -26,18 +26,15 @@ from stgcmt.scu import negotiation
 from stgcmt.scu.dicomfiles import LocalFile, Skipped, scan, split
 from stgcmt.scu.negotiation import Offer
 from stgcmt.scu.options import (
+    DEFAULT_AET,
+    DEFAULT_LISTEN_BIND,
     REPORT_WAIT_CHOICES,
+    Reporter,
     ReportWait,
     SendOptions,
     UsageError,
 )
-from stgcmt.scu.reports import (
-    DEFAULT_AET,
-    DEFAULT_LISTEN_BIND,
-    Reporter,
-    ReportHandler,
-    report_server,
-)
+from stgcmt.scu.reports import ReportHandler, report_server
 from stgcmt.scu.results import (
     EXIT_COMMITTED,
     EXIT_FAILED,
