@@ -11,9 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
 from stgcmt.cli.common import (
     EXIT_USAGE,
     add_logging_flags,
@@ -252,6 +249,9 @@ def _progress(enabled: bool) -> Iterator[StageCallback | None]:
     if not enabled:
         yield None
         return
+    from rich.console import Console  # a person is watching: worth its start-up time
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("starting", total=None)
