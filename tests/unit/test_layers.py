@@ -21,10 +21,12 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "stgcmt.faults": (),
     "stgcmt.logs": (),
     "stgcmt.events": (),
+    "stgcmt.lazy": (),
     "stgcmt.ul": ("stgcmt.ul", "stgcmt.dicom", "stgcmt.config"),
     "stgcmt.storage": ("stgcmt.storage", "stgcmt.dicom", "stgcmt.config", "stgcmt.faults"),
     "stgcmt.scp": (
         "stgcmt.scp",
+        "stgcmt.lazy",
         "stgcmt.ul",
         "stgcmt.storage",
         "stgcmt.dicom",
@@ -34,6 +36,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     ),
     "stgcmt.scu": (
         "stgcmt.scu",
+        "stgcmt.lazy",
         "stgcmt.ul",
         "stgcmt.storage",
         "stgcmt.dicom",

@@ -10,8 +10,9 @@ database and has no use for the service, the engine and pydicom behind
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING
+
+from stgcmt.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from stgcmt.scp.service import StorageCommitmentSCP
@@ -38,16 +39,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    """Import the module behind ``name`` on first use (and keep the value for the next)."""
-    try:
-        module, attribute = _WHERE[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value = getattr(import_module(module), attribute)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)

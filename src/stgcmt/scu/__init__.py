@@ -10,8 +10,9 @@ The names are loaded on first use (PEP 562 ``__getattr__``): ``stgcmt status`` o
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING
+
+from stgcmt.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from stgcmt.scu.agent import DEFAULT_PORT, Agent
@@ -95,16 +96,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    """Import the module behind ``name`` on first use (and keep the value for the next)."""
-    try:
-        module, attribute = _WHERE[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value = getattr(import_module(module), attribute)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
