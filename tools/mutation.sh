@@ -41,7 +41,7 @@ MODULES='
 scu-files|src/stgcmt/scu/files.py||tests/unit/scu tests/unit/storage/test_scu_journal.py
 scu-results|src/stgcmt/scu/results.py||tests/e2e/test_scu.py tests/e2e/test_send_ux.py
 retry|src/stgcmt/config/model.py|stgcmt.config.model.xǁRetryPolicyǁ*|tests/unit/test_config.py tests/e2e/test_scp_faults.py
-admission|src/stgcmt/scp/admission.py||tests/e2e/test_scp_trust.py --deselect=tests/e2e/test_scp_trust.py::test_index_rows_outside_the_store_are_never_used
+admission|src/stgcmt/scp/admission.py||tests/unit/scp/test_admission.py tests/e2e/test_scp_trust.py --deselect=tests/e2e/test_scp_trust.py::test_index_rows_outside_the_store_are_never_used
 verification|src/stgcmt/scp/verification.py||tests/e2e/test_scp.py tests/e2e/test_scp_faults.py tests/unit/scp/test_verification_mutants.py
 instances|src/stgcmt/storage/instances.py|stgcmt.storage.instances.xǁDurabilityBarrierǁ*,stgcmt.storage.instances.xǁInstanceStoreǁverify*,stgcmt.storage.instances.xǁInstanceStoreǁ_check__*,stgcmt.storage.instances.xǁInstanceStoreǁ_make_durable*,stgcmt.storage.instances.xǁInstanceStoreǁblob_problem*,stgcmt.storage.instances.xǁInstanceStoreǁdurability_round*|tests/unit/storage/test_instances.py tests/e2e/test_scp_faults.py tests/unit/scp/test_verification_mutants.py tests/unit/storage/test_instances_mutants.py
 storage-files|src/stgcmt/storage/files.py|stgcmt.storage.files.*sync*|tests/unit/storage/test_files.py tests/unit/storage/test_instances.py tests/unit/storage/test_files_mutants.py
