@@ -13,10 +13,12 @@ from stgcmt.storage.scu_journal import ScuJournal
 from support.common import write_instances
 
 
-def pending_transaction(journal: ScuJournal, folder: Path, count: int, **create) -> list:
+def pending_transaction(
+    journal: ScuJournal, folder: Path, count: int, transaction_uid: str = "1.2.3.9", **create
+) -> list:
     """A transaction whose files were all stored and requested; returns its files."""
     files = scan(write_instances(folder, count)).files
-    tx = journal.create("1.2.3.9", "CT1", "ARCHIVE@127.0.0.1:104", files, **create)
+    tx = journal.create(transaction_uid, "CT1", "ARCHIVE@127.0.0.1:104", files, **create)
     for seq in range(count):
         journal.record_store(tx.id, seq, 0, True)
     journal.mark_requested(tx.id)

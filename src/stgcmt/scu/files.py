@@ -82,11 +82,10 @@ SKIPPED_SHOWN = 5
 """Files kept because they changed, logged one by one at WARNING; the rest at DEBUG."""
 
 
-def perform_actions(journal: ScuJournal, rows: Iterable[tuple[Transaction, FileRow]]) -> int:
+def perform_actions(journal: ScuJournal, rows: Iterable[tuple[Transaction, FileRow]]) -> None:
     """Run due delete/move actions, recording each; an error leaves the action due (retried by
     the next agent start). Each file is logged at DEBUG, each transaction once at INFO (how
-    many were deleted/moved, kept, left due). Returns how many were done."""
-    done = 0
+    many were deleted/moved, kept, left due)."""
     tally: dict[int, tuple[Transaction, dict[str, int]]] = {}
     for tx, row in rows:
         counts = tally.setdefault(tx.id, (tx, {}))[1]
@@ -102,7 +101,6 @@ def perform_actions(journal: ScuJournal, rows: Iterable[tuple[Transaction, FileR
         counts[state] = counts.get(state, 0) + 1
         loud = state != "done" and counts[state] <= SKIPPED_SHOWN
         log.log(logging.WARNING if loud else logging.DEBUG, "%s: %s: %s", tx.label, row.path, note)
-        done += state == "done"
     for tx, counts in tally.values():
         verb = "deleted" if tx.on_commit == "delete" else "moved"
         parts = [f"{counts.get('done', 0)} {verb}"]
@@ -112,7 +110,6 @@ def perform_actions(journal: ScuJournal, rows: Iterable[tuple[Transaction, FileR
             parts.append(f"{counts['due']} still due (errors, retried by the agent)")
         level = logging.INFO if len(parts) == 1 else logging.WARNING
         log.log(level, "%s: %s", tx.label, ", ".join(parts))
-    return done
 
 
 def finish_due_actions(journal: ScuJournal) -> None:

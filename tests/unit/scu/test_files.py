@@ -5,6 +5,7 @@ the mutants tools/mutation.sh found surviving."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,10 @@ from pathlib import Path
 import pytest
 
 import stgcmt.scu.files as files
-from stgcmt.scu.files import act_on, move_without_overwrite
+from stgcmt.dicom.commitment import CommitmentReport
+from stgcmt.scu.files import act_on, finish_due_actions, move_without_overwrite
+
+from support.scu import pending_transaction, refs
 
 
 @dataclass
@@ -131,3 +135,51 @@ def test_act_on_keeps_a_file_that_changed_after_sending(tmp_path, change):
         assert act_on(tx, row) == ("skipped", "kept: the file changed after it was sent")
         assert path.read_bytes() == b"sent"
     assert not (tmp_path / "sent").exists()
+
+
+def _report_all(journal, uid: str, files) -> None:
+    journal.record_report(CommitmentReport(uid, committed=refs(files)), "test")
+
+
+def test_a_move_that_fails_stays_due_with_its_error_and_a_restart_finishes_it(
+    scu_journal, tmp_path, caplog
+):
+    blocker = tmp_path / "sent"
+    blocker.write_bytes(b"a file where the move directory should be")
+    files = pending_transaction(
+        scu_journal, tmp_path / "out", 2, on_commit="move", move_dir=blocker
+    )
+    _report_all(scu_journal, "1.2.3.9", files)
+    tx = scu_journal.get(1)
+
+    with caplog.at_level(logging.INFO, logger="stgcmt.scu.files"):
+        finish_due_actions(scu_journal)
+
+    rows = scu_journal.files(tx.id)
+    assert [r.action for r in rows] == ["due", "due"]
+    assert all(r.action_note and r.action_note.startswith("error: ") for r in rows), rows
+    assert all(f.path.exists() for f in files)
+    assert f"{tx.label}: 0 moved, 2 still due (errors, retried by the agent)" in caplog.messages
+
+    blocker.unlink()
+    finish_due_actions(scu_journal)  # the next agent start
+    rows = scu_journal.files(tx.id)
+    assert [r.action for r in rows] == ["done", "done"]
+    assert all(r.action_note == f"moved to {blocker / r.relpath}" for r in rows)
+    assert not any(f.path.exists() for f in files)
+
+
+def test_each_transaction_is_summed_up_on_its_own(scu_journal, tmp_path, caplog):
+    first = pending_transaction(scu_journal, tmp_path / "a", 2, "1.2.3.1", on_commit="delete")
+    second = pending_transaction(scu_journal, tmp_path / "b", 2, "1.2.3.2", on_commit="delete")
+    _report_all(scu_journal, "1.2.3.1", first)
+    _report_all(scu_journal, "1.2.3.2", second)
+    second[0].path.write_bytes(b"rewritten after it was sent")
+
+    with caplog.at_level(logging.INFO, logger="stgcmt.scu.files"):
+        finish_due_actions(scu_journal)
+
+    one, two = scu_journal.get(1), scu_journal.get(2)
+    assert f"{one.label}: 2 deleted" in caplog.messages
+    assert f"{two.label}: 1 deleted, 1 kept (changed after sending)" in caplog.messages
+    assert second[0].path.exists() and not second[1].path.exists()
