@@ -932,3 +932,31 @@ def test_a_crash_after_the_background_durability_sync_loses_nothing(
     assert modality.commit(again.port, refs_of([path]), "1.2.3.990") == 0
     assert modality.wait_report(REPORT_WAIT)
     assert report_content(modality.reports[0][1]) == ({path.stem}, {})
+
+
+# -- 15. the delivery history: every attempt, on which association, why it failed, what next ----
+
+
+def test_each_delivery_attempt_is_kept_with_its_route_outcome_error_and_next_time(
+    scp_factory, modality, instances
+):
+    port = free_port()
+    scp = scp_factory(
+        remotes=(remote("MODALITY", port),),
+        retry=RetryPolicy(start=1.0, cap=1.0, give_up_after=3600),
+    )
+    paths = instances(1)
+    assert modality.store(scp.port, paths) == [0]
+    assert modality.commit(scp.port, refs_of(paths), "1.2.3.990") == 0  # nobody listens yet
+    assert wait_for(lambda: scp.journal.get(1).attempts >= 1, 10)
+    modality.listen(port)
+    assert modality.wait_report(REPORT_WAIT)
+    assert scp.wait_delivered("1.2.3.990", 5).state == "delivered"
+
+    failed, *_, delivered = scp.journal.attempts(1)
+    assert (failed.via, failed.outcome) == ("new", "failed")
+    assert failed.error and f"{LOCALHOST}:{port}" in failed.error, failed.error
+    assert failed.next_attempt_at is not None
+    assert failed.at + 0.9 <= failed.next_attempt_at <= failed.at + 1.5
+    assert (delivered.via, delivered.outcome, delivered.error) == ("new", "delivered", None)
+    assert delivered.next_attempt_at is None
