@@ -47,7 +47,8 @@ TOKEN_FILE = "http-token"
 
 class HttpServer:
     """Start with :meth:`start`, stop with :meth:`stop`. ``make_api`` builds the role's routes
-    from the timeline and the pool; ``pending`` feeds the pending gauge."""
+    from the timeline and the pool; ``pending`` feeds the pending gauge, ``unsafe`` (the
+    archive's) the unsafe-copies gauge."""
 
     def __init__(
         self,
@@ -56,9 +57,10 @@ class HttpServer:
         make_api: Callable[[Timeline, ThreadPoolExecutor], Api],
         pending: Callable[[], float],
         token_dir: Path,
+        unsafe: Callable[[], float] | None = None,
     ) -> None:
         self.config = with_token(config.checked(), token_dir)
-        self.metrics = Metrics(pending)
+        self.metrics = Metrics(pending, unsafe)
         self.timeline = Timeline()
         self._pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="stgcmt-http")
         self.api = make_api(self.timeline, self._pool)
@@ -175,13 +177,15 @@ def with_token(config: HttpConfig, token_dir: Path) -> HttpConfig:
 
 
 def serve_scp(scp: StorageCommitmentSCP, config: HttpConfig) -> HttpServer:
-    """The archive's HTTP server (not yet started); its gauge: reports pending."""
+    """The archive's HTTP server (not yet started); its gauges: reports pending, unsafe
+    copies."""
     return HttpServer(
         config,
         scp.events,
         lambda timeline, pool: ScpApi(scp, timeline, pool),
         _count_in_state(scp.queries, REPORT_PENDING),
         scp.config.data_dir,
+        _count_unsafe(scp.queries),
     )
 
 
@@ -194,6 +198,16 @@ def serve_agent(agent: Agent, config: HttpConfig) -> HttpServer:
         _count_in_state(agent.queries, PENDING),
         Path(agent.journal.path).parent,
     )
+
+
+def _count_unsafe(queries: ScpQueries) -> Callable[[], float]:
+    """The total of ``GET /api/v1/instances?unsafe=true`` (an index lookup of the non-durable
+    rows, not a scan of every instance)."""
+
+    def count() -> float:
+        return float(queries.find_instances(unsafe=True, limit=0)["total"])
+
+    return count
 
 
 def _count_in_state(queries: ScpQueries | ScuQueries, state: str) -> Callable[[], float]:

@@ -3,7 +3,7 @@
 Each server has its own :class:`~prometheus_client.CollectorRegistry` (never the global one), so
 an SCP and an agent in one process, or many tests, never share or collide on a counter. Counting
 happens on the emitting thread and only touches in-memory counters; the pending-reports gauge
-is read from the journal at scrape time.
+is read from the journal at scrape time, and the archive's unsafe-copies gauge from the index.
 """
 
 from __future__ import annotations
@@ -46,9 +46,12 @@ def hex_status(code: int) -> str:
 
 class Metrics:
     """The counters, gauges and histograms of one service, and the observer that feeds them.
-    ``pending`` returns the reports (SCP) or transactions (agent) waiting, read at scrape."""
+    ``pending`` returns the reports (SCP) or transactions (agent) waiting, ``unsafe`` (the
+    archive's) the copies a failed sync may have lost, both read at scrape."""
 
-    def __init__(self, pending: Callable[[], float]) -> None:
+    def __init__(
+        self, pending: Callable[[], float], unsafe: Callable[[], float] | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.c_store = Counter(
@@ -99,6 +102,13 @@ class Metrics:
             registry=r,
         )
         pending_gauge.set_function(pending)
+        if unsafe is not None:
+            unsafe_gauge = Gauge(
+                "stgcmt_instances_unsafe",
+                "Copies a failed sync may have lost: never committed until sent again",
+                registry=r,
+            )
+            unsafe_gauge.set_function(unsafe)
 
     def observe(self, event: Event) -> None:
         """The events observer: one counter step per fact."""

@@ -105,12 +105,18 @@ SCP = {
     "/api/v1/transactions/{id}/give-up": _action("give the pending report up", "200"),
     "/api/v1/transactions/{id}/reverify": _action("verify the references again"),
     "/api/v1/instances": _get(
-        "instances held, newest first, with the durable flag",
+        "instances held, newest first, with the durable and unsafe flags",
         [
             _param("sop_instance_uid", "SOP Instance UID"),
             _param("study_uid", "Study Instance UID"),
             _param("series_uid", "Series Instance UID"),
             _param("patient_id", "Patient ID"),
+            _param(
+                "unsafe",
+                "true: the copies a failed sync may have lost (never committed): the modality"
+                " must send them again",
+                {"type": "string", "enum": ["true", "false"]},
+            ),
             *PAGE,
         ],
     ),

@@ -48,7 +48,13 @@ def reference_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _instance(row: dict[str, Any]) -> dict[str, Any]:
-    return row | {"durable": bool(row["durable"])}
+    return row | {"durable": bool(row["durable"]), "unsafe": bool(row["unsafe"])}
+
+
+def _boolean(query: Query, name: str) -> bool | None:
+    """``true`` or ``false`` (anything else is a 400: a typo must not list everything)."""
+    value = query.choice(name, ("true", "false"))
+    return None if value is None else value == "true"
 
 
 def _transaction_filters(query: Query) -> dict[str, Any]:
@@ -69,6 +75,7 @@ def _instance_filters(query: Query) -> dict[str, Any]:
         "study_uid": query.uid("study_uid"),
         "series_uid": query.uid("series_uid"),
         "patient_id": query.text("patient_id"),
+        "unsafe": _boolean(query, "unsafe"),
     }
 
 

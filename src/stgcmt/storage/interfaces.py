@@ -409,11 +409,13 @@ class ScpQueries(Protocol):
         study_uid: str | None = None,
         series_uid: str | None = None,
         patient_id: str | None = None,
+        unsafe: bool | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> dict[str, Any]:
         """Index rows (without blob name and checksum) matching every filter, newest first:
-        ``{"total": N, "items": [...]}``."""
+        ``{"total": N, "items": [...]}``; ``unsafe`` True: only the copies a failed sync may
+        have lost, which the modality must send again."""
 
     def peers(self) -> list[dict[str, Any]]:
         """Per calling AE: transactions, last_request_at, reports_pending, reports_given_up,

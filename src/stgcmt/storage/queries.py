@@ -42,8 +42,8 @@ class SqliteScpQueries:
         self.journal_path = self.data_dir / "commitment.sqlite"
 
     def status(self, limit: int = 50) -> dict[str, Any]:
-        """Counts by state, the instance count, and the most recent transactions (active
-        first)."""
+        """Counts by state, the instance counts (all, durable, unsafe), and the most recent
+        transactions (active first)."""
         journal = open_readonly(self.journal_path)
         index = open_readonly(self.index_path)
         try:
@@ -57,7 +57,9 @@ class SqliteScpQueries:
                 " LIMIT ?",
                 (limit,),
             ).fetchall()
-            instances = index.execute("SELECT count(*), sum(durable) FROM instances").fetchone()
+            instances = index.execute(
+                f"SELECT count(*), sum(durable), sum({_unsafe_column(index)}) FROM instances"
+            ).fetchone()
         finally:
             journal.close()
             index.close()
@@ -65,6 +67,7 @@ class SqliteScpQueries:
             "data_dir": str(self.data_dir),
             "instances": instances[0],
             "instances_durable": instances[1] or 0,
+            "instances_unsafe": instances[2] or 0,
             "transactions_by_state": {state: counts.get(state, 0) for state in STATE_WORDS},
             "transactions": [dict(row) for row in rows],
         }
@@ -172,21 +175,24 @@ class SqliteScpQueries:
         study_uid: str | None = None,
         series_uid: str | None = None,
         patient_id: str | None = None,
+        unsafe: bool | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> dict[str, Any]:
         """Index rows matching every filter given, newest first (``durable``: on stable
-        storage, verified by a commitment)."""
-        where = Where()
-        where.add("sop_instance_uid = ?", sop_instance_uid)
-        where.add("study_instance_uid = ?", study_uid)
-        where.add("series_instance_uid = ?", series_uid)
-        where.add("patient_id = ?", patient_id)
+        storage, verified by a commitment; ``unsafe``: a sync failed before it was durable, the
+        modality must send it again)."""
         conn = open_readonly(self.index_path)
         try:
-            return where.page(
-                conn, f"SELECT {_INSTANCE_COLUMNS} FROM instances", limit, offset, "received_at"
-            )
+            column = _unsafe_column(conn)
+            where = Where()
+            where.add("sop_instance_uid = ?", sop_instance_uid)
+            where.add("study_instance_uid = ?", study_uid)
+            where.add("series_instance_uid = ?", series_uid)
+            where.add("patient_id = ?", patient_id)
+            where.unsafe(unsafe, column)
+            select = f"SELECT {_INSTANCE_COLUMNS}, {column} AS unsafe FROM instances"
+            return where.page(conn, select, limit, offset, "received_at")
         finally:
             conn.close()
 
@@ -224,6 +230,13 @@ _INSTANCE_COLUMNS = (
 )
 
 
+def _unsafe_column(index: sqlite3.Connection) -> str:
+    """``unsafe``, or ``0`` for an index an older version made and no SCP has opened since
+    (the column is added on open): ``stgcmt status`` works beside an SCP not yet upgraded."""
+    columns = {row[1] for row in index.execute("PRAGMA table_info(instances)")}
+    return "unsafe" if "unsafe" in columns else "0"
+
+
 class Where:
     """The WHERE clause of a search: conditions for the filters given (None: no filter)."""
 
@@ -235,6 +248,13 @@ class Where:
         if value is not None:
             self.conditions.append(condition)
             self.params.append(value)
+
+    def unsafe(self, value: bool | None, column: str = "unsafe") -> None:
+        """The unsafe filter. An unsafe copy is never durable: saying so lets the partial index
+        of non-durable rows find them without reading the whole index (the metrics gauge asks
+        at every scrape)."""
+        if value is not None:
+            self.conditions.append(f"durable = 0 AND {column} = 1" if value else f"{column} = 0")
 
     def page(
         self,
@@ -286,7 +306,9 @@ def format_scp_status(status: dict[str, Any]) -> str:
     database = status.get("database")
     lines = [
         f"database   {database}" if database else f"data dir   {status['data_dir']}",
-        f"instances  {status['instances']} ({status['instances_durable']} durable)",
+        f"instances  {status['instances']} ({status['instances_durable']} durable,"
+        f" {status['instances_unsafe']} unsafe)",
+        *_unsafe_advice(status["instances_unsafe"]),
         "transactions  " + ", ".join(f"{STATE_WORDS[s]}: {n}" for s, n in counts.items()),
         *_node_lines(status.get("nodes", [])),
     ]
@@ -308,6 +330,18 @@ def format_scp_status(status: dict[str, Any]) -> str:
         if "received_by" in tx:
             lines.append(f"{'':>7}{_by_nodes(tx)}")
     return "\n".join(lines)
+
+
+def _unsafe_advice(unsafe: int) -> list[str]:
+    """What the administrator does about unsafe copies: the modality sends them again (a new
+    C-STORE replaces such a copy, identical bytes too)."""
+    if not unsafe:
+        return []
+    copies = "copy" if unsafe == 1 else "copies"
+    return [
+        f"           {unsafe} {copies} unsafe after a failed sync: have the modality send them"
+        " again (GET /api/v1/instances?unsafe=true lists them)"
+    ]
 
 
 def _node_lines(nodes: list[dict[str, Any]]) -> list[str]:

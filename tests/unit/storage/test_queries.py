@@ -85,7 +85,11 @@ def test_scp_rows(archive):
 def test_scp_status(archive):
     data, _, _, backend = archive
     status = backend.queries().status()
-    assert (status["instances"], status["instances_durable"]) == (2, 1)
+    assert (status["instances"], status["instances_durable"], status["instances_unsafe"]) == (
+        2,
+        1,
+        0,
+    )
     assert status["transactions_by_state"] == {
         "received": 1,
         "verifying": 0,
@@ -98,7 +102,8 @@ def test_scp_status(archive):
     assert [t["transaction_uid"] for t in limited["transactions"]] == ["1.2.3.2"]
     assert archive_status(data, database_url=backend.url) == status  # stgcmt status
     text = format_scp_status(status)
-    assert "instances  2 (1 durable)" in text and "1.2.3.2" in text
+    assert "instances  2 (1 durable, 0 unsafe)" in text and "1.2.3.2" in text
+    assert "unsafe after a failed sync" not in text
 
 
 def test_searches_agree_on_both_backends(archive):

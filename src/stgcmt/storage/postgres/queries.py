@@ -84,7 +84,8 @@ class PgScpQueries:
             for row in self._rows("SELECT state, count(*) AS n FROM transactions GROUP BY state")
         }
         instances = self._rows(
-            "SELECT count(*) AS n, count(*) FILTER (WHERE durable > 0) AS durable FROM instances"
+            "SELECT count(*) AS n, count(*) FILTER (WHERE durable > 0) AS durable,"
+            " count(*) FILTER (WHERE unsafe > 0) AS unsafe FROM instances"
         )[0]
         return {
             "data_dir": None,
@@ -92,6 +93,7 @@ class PgScpQueries:
             "schema_version": LATEST,
             "instances": instances["n"],
             "instances_durable": instances["durable"],
+            "instances_unsafe": instances["unsafe"],
             "transactions_by_state": {state: counts.get(state, 0) for state in STATE_WORDS},
             "nodes": self._rows(_NODES),
             "transactions": self._rows(_RECENT, (limit,)),
@@ -196,6 +198,7 @@ class PgScpQueries:
         study_uid: str | None = None,
         series_uid: str | None = None,
         patient_id: str | None = None,
+        unsafe: bool | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> dict[str, Any]:
@@ -204,7 +207,8 @@ class PgScpQueries:
         where.add("study_instance_uid = %s", study_uid)
         where.add("series_instance_uid = %s", series_uid)
         where.add("patient_id = %s", patient_id)
-        select = f"SELECT {_INSTANCE_COLUMNS}, node FROM instances"
+        where.unsafe(unsafe)
+        select = f"SELECT {_INSTANCE_COLUMNS}, unsafe, node FROM instances"
         return self._page(where, select, limit, offset, "received_at")
 
     def peers(self) -> list[dict[str, Any]]:
