@@ -85,6 +85,7 @@ def test_transactions_filtered_by_what_an_administrator_knows(archive, modality,
     assert found["total"] == 2
     assert {i["sop_instance_uid"] for i in found["items"]} == {p.stem for p in first}
     assert all(i["durable"] is True and i["study_instance_uid"] == study for i in found["items"])
+    assert not any(i["unsafe"] for i in found["items"])
     one = client.ok(f"/api/v1/instances?sop_instance_uid={first[0].stem}")
     assert [i["sop_instance_uid"] for i in one["items"]] == [first[0].stem]
 
@@ -239,6 +240,7 @@ def test_delivery_attempts_are_listed_with_their_errors_and_survive_a_restart(
         ("GET", "/api/v1/transactions?state=delivered&state=given_up", 400, "bad-request", "once"),
         ("GET", "/api/v1/transactions?calling_aet=" + "A" * 17, 400, "bad-request", "AE"),
         ("GET", "/api/v1/instances?patient_id=" + "P" * 65, 400, "bad-request", "64"),
+        ("GET", "/api/v1/instances?unsafe=yes", 400, "bad-request", "not one of true, false"),
         ("GET", "/api/v1/transactions/abc", 400, "bad-request", "not a number"),
         ("GET", "/api/v1/transactions/4242", 404, "not-found", "#4242"),
         ("POST", "/api/v1/transactions/4242/retry", 404, "not-found", "#4242"),
@@ -284,3 +286,6 @@ def test_openapi_document_lists_every_route(archive):
         "/healthz",
         "/metrics",
     } <= set(document["paths"])
+    instances = document["paths"]["/api/v1/instances"]["get"]["parameters"]
+    (unsafe,) = [p for p in instances if p["name"] == "unsafe"]
+    assert unsafe["schema"]["enum"] == ["true", "false"]
