@@ -162,7 +162,10 @@ def test_a_move_that_fails_stays_due_with_its_error_and_a_restart_finishes_it(
     assert f"{tx.label}: 0 moved, 2 still due (errors, retried by the agent)" in caplog.messages
 
     blocker.unlink()
-    finish_due_actions(scu_journal)  # the next agent start
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="stgcmt.scu.files"):
+        finish_due_actions(scu_journal)  # the next agent start
+    assert f"{tx.label}: 2 moved" in caplog.messages
     rows = scu_journal.files(tx.id)
     assert [r.action for r in rows] == ["done", "done"]
     assert all(r.action_note == f"moved to {blocker / r.relpath}" for r in rows)
@@ -180,6 +183,26 @@ def test_each_transaction_is_summed_up_on_its_own(scu_journal, tmp_path, caplog)
         finish_due_actions(scu_journal)
 
     one, two = scu_journal.get(1), scu_journal.get(2)
-    assert f"{one.label}: 2 deleted" in caplog.messages
-    assert f"{two.label}: 1 deleted, 1 kept (changed after sending)" in caplog.messages
+    lines = {r.getMessage(): r.levelno for r in caplog.records}
+    assert lines[f"{one.label}: 2 deleted"] == logging.INFO
+    assert lines[f"{two.label}: 1 deleted, 1 kept (changed after sending)"] == logging.WARNING
     assert second[0].path.exists() and not second[1].path.exists()
+
+
+def test_kept_files_are_warned_about_one_by_one_up_to_five(scu_journal, tmp_path, caplog):
+    files = pending_transaction(scu_journal, tmp_path / "out", 8, on_commit="delete")
+    _report_all(scu_journal, "1.2.3.9", files)
+    for f in files[1:]:
+        f.path.write_bytes(b"rewritten after it was sent")
+    tx = scu_journal.get(1)
+
+    with caplog.at_level(logging.DEBUG, logger="stgcmt.scu.files"):
+        finish_due_actions(scu_journal)
+
+    kept = "kept: the file changed after it was sent"
+    lines = {r.getMessage(): r.levelno for r in caplog.records}
+    warned = [m for m, level in lines.items() if level == logging.WARNING and kept in m]
+    assert warned == [f"{tx.label}: {f.path}: {kept}" for f in files[1:6]]
+    assert lines[f"{tx.label}: {files[6].path}: {kept}"] == logging.DEBUG
+    assert lines[f"{tx.label}: {files[0].path}: deleted"] == logging.DEBUG
+    assert lines[f"{tx.label}: 1 deleted, 7 kept (changed after sending)"] == logging.WARNING
