@@ -7,6 +7,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,3 +209,28 @@ def test_kept_files_are_warned_about_one_by_one_up_to_five(scu_journal, tmp_path
     assert lines[f"{tx.label}: {files[6].path}: {kept}"] == logging.DEBUG
     assert lines[f"{tx.label}: {files[0].path}: deleted"] == logging.DEBUG
     assert lines[f"{tx.label}: 1 deleted, 7 kept (changed after sending)"] == logging.WARNING
+
+
+def test_a_crash_between_two_deletions_leaves_the_rest_due_and_a_restart_finishes(
+    scu_journal, tmp_path
+):
+    files = pending_transaction(scu_journal, tmp_path / "out", 3, on_commit="delete")
+    _report_all(scu_journal, "1.2.3.9", files)
+    crash_log = tmp_path / "crashes"
+    agent = (
+        "import sys; from pathlib import Path; from stgcmt.scu.files import finish_due_actions;"
+        " from stgcmt.storage.scu_journal import ScuJournal;"
+        " finish_due_actions(ScuJournal(Path(sys.argv[1])))"
+    )
+    env = os.environ | {"STGCMT_CRASH_POINTS": "scu.purge.mid", "STGCMT_CRASH_LOG": str(crash_log)}
+    run = subprocess.run(
+        [sys.executable, "-c", agent, str(scu_journal.path)], env=env, timeout=60, check=False
+    )
+
+    assert run.returncode == -signal.SIGKILL
+    assert crash_log.read_text().split()[0] == "scu.purge.mid"
+    assert [r.action for r in scu_journal.files(1)] == ["done", "due", "due"]
+    assert [f.path.exists() for f in files] == [False, True, True]
+    finish_due_actions(scu_journal)
+    assert [r.action for r in scu_journal.files(1)] == ["done", "done", "done"]
+    assert not any(f.path.exists() for f in files)
