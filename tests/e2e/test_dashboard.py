@@ -9,7 +9,9 @@ costs is a bench figure, not a timed test)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from stgcmt.config import RetryPolicy
 from stgcmt.dicom.commitment import Reference
+from stgcmt.storage import fsync as fsync_module
 from stgcmt.storage.scu_journal import ScuJournal
 
 from support.common import (
@@ -100,6 +103,8 @@ def test_overview_transaction_and_search(tmp_path, page, modality):
         expect(page.locator("#count-delivered .n")).to_have_text("1")
         expect(page.locator("#count-report_pending .n")).to_have_text("0")
         expect(page.locator("#count-instances .n")).to_have_text("3")
+        expect(page.locator("#count-unsafe .n")).to_have_text("0")
+        expect(page.locator("#count-unsafe")).not_to_have_class(re.compile("alert"))
         expect(page.locator("#peers")).to_contain_text("MODALITY")
         expect(page.locator(".chart svg rect.bar").first).to_be_attached()
         page.screenshot(path=str(DOCS / "dashboard-overview.png"), full_page=True)
@@ -122,6 +127,37 @@ def test_overview_transaction_and_search(tmp_path, page, modality):
         page.fill("#filters input[name=patient_id]", "NOBODY")
         page.click("#filters button[type=submit]")
         expect(page.locator("main h2")).to_have_text("Transactions (0)")
+
+
+def _failing_fsync(path) -> None:  # the disk answers the barrier's fsync with an error
+    raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+
+
+def test_unsafe_copies_are_highlighted_and_listed(tmp_path, page, modality, monkeypatch):
+    """The barrier's fsync fails with EIO (fsync, not syncfs: the disk's answer is patched into
+    fsync_path): the overview's unsafe count stands out and leads to those instances."""
+    lost, kept = write_instances(tmp_path / "lost", 2), write_instances(tmp_path / "kept", 1)
+    with scp_with_http(tmp_path / "scp", accept_unknown=True, durability="fsync") as (scp, web):
+        monkeypatch.setattr(fsync_module, "fsync_path", _failing_fsync)
+        assert modality.store(scp.port, lost) == [0, 0]
+        unsafe = wait_for(lambda: scp.queries.status(0)["instances_unsafe"] == 2, 15)
+        assert unsafe, "the failed sync did not make the copies unsafe"
+        monkeypatch.undo()
+        assert modality.store(scp.port, kept) == [0]
+
+        sign_in(page, web.port)
+        expect(page.locator("#count-unsafe .n")).to_have_text("2")
+        expect(page.locator("#count-unsafe")).to_have_class(re.compile("alert"))
+        page.click("#count-unsafe")
+        expect(page.locator("main h2").first).to_have_text("Instances (2)")  # (overview: 3)
+        expect(page.locator("#search select[name=unsafe]")).to_have_value("true")
+        for path in lost:
+            expect(page.locator("#instances")).to_contain_text(path.stem)
+        expect(page.locator("#instances")).not_to_contain_text(kept[0].stem)
+        page.select_option("#search select[name=unsafe]", "false")
+        page.click("#search button[type=submit]")
+        expect(page.locator("main h2")).to_have_text("Instances (1)")
+        expect(page.locator("#instances")).to_contain_text(kept[0].stem)
 
 
 def test_retry_button_delivers_the_report(tmp_path, page):

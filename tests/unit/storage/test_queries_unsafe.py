@@ -14,6 +14,7 @@ from stgcmt.storage import fsync as fsync_module
 from stgcmt.storage.instances import InstanceStore
 from stgcmt.storage.queries import SqliteScpQueries, format_scp_status
 from stgcmt.storage.scp_journal import CommitmentJournal
+from stgcmt.storage.sqlite_index import SCHEMA
 
 from support.common import SECONDARY_CAPTURE, c_store_bytes, make_dataset
 
@@ -96,17 +97,12 @@ def test_an_index_an_older_version_made_has_no_unsafe_copies(tmp_path):
     """``stgcmt status`` beside an SCP not upgraded yet: its index lacks the column (added when
     the new version opens it); nothing is unsafe there, and nothing fails."""
     old = sqlite3.connect(tmp_path / "index.sqlite")
+    old.executescript(SCHEMA)
     old.execute(
-        "CREATE TABLE instances (sop_instance_uid TEXT PRIMARY KEY, sop_class_uid TEXT NOT NULL,"
-        " study_instance_uid TEXT, series_instance_uid TEXT, patient_id TEXT,"
-        " transfer_syntax TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL,"
-        " sha256 TEXT NOT NULL, source_aet TEXT, received_at REAL NOT NULL,"
-        " durable INTEGER NOT NULL DEFAULT 0)"
+        "INSERT INTO instances (sop_instance_uid, sop_class_uid, transfer_syntax, path, size,"
+        " sha256, received_at) VALUES ('1.2.3', '1.2', '1.2', 'x', 1, 'ab', 1.5)"
     )
-    old.execute(
-        "INSERT INTO instances VALUES ('1.2.3', '1.2', NULL, NULL, NULL, '1.2', 'x', 1,"
-        " 'ab', NULL, 1.5, 0)"
-    )
+    old.execute("ALTER TABLE instances DROP COLUMN unsafe")  # as the older version made it
     old.commit()
     old.close()
     CommitmentJournal(tmp_path / "commitment.sqlite").close()

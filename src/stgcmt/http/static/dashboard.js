@@ -129,6 +129,11 @@ async function overview(main) {
     cards.push(el("div", { class: "card", id: "count-instances" },
       el("div", { class: "n" }, stat.instances), el("div", { class: "label" },
         `instances (${stat.instances_durable} durable)`)));
+    // copies a failed sync may have lost: never committed until the modality sends them again
+    const unsafe = stat.instances_unsafe;
+    cards.push(el("a", { href: "#/instances?unsafe=true", id: "count-unsafe",
+      class: unsafe ? "card alert" : "card", title: unsafe ? "have the modality send these instances again" : null },
+      el("div", { class: unsafe ? "n bad" : "n" }, unsafe), el("div", { class: "label" }, "unsafe copies (send again)")));
   }
   const minutes = timeline.minutes;
   const charts = ROLE === "scp" ? [
@@ -300,6 +305,9 @@ async function instances(main, params) {
   const form = el("form", { class: "filters", id: "search" },
     keys.map((k) => el("label", {}, k.replaceAll("_", " "),
       el("input", { name: k, value: params.get(k) || "", size: k === "patient_id" ? 14 : 30 }))),
+    el("label", {}, "unsafe", el("select", { name: "unsafe" },
+      [["", "any"], ["true", "yes: send again"], ["false", "no"]].map(([v, label]) =>
+        el("option", { value: v, selected: (params.get("unsafe") || "") === v }, label)))),
     el("button", { type: "submit" }, "Search"));
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -310,13 +318,14 @@ async function instances(main, params) {
   const page = await api(`/api/v1/instances?${params}`);
   main.replaceChildren(el("h2", {}, `Instances (${page.total})`), form,
     el("table", { id: "instances" },
-      el("tr", {}, ["SOP Instance UID", "Patient ID", "Study UID", "Series UID", "bytes", "from", "received", "durable"]
-        .map((h) => el("th", {}, h))),
+      el("tr", {}, ["SOP Instance UID", "Patient ID", "Study UID", "Series UID", "bytes", "from", "received", "durable",
+        "unsafe"].map((h) => el("th", {}, h))),
       page.items.map((i) => el("tr", {}, el("td", { class: "uid" }, i.sop_instance_uid), el("td", {}, i.patient_id || ""),
         el("td", { class: "uid" }, el("a", { href: `#/transactions?study_uid=${encodeURIComponent(i.study_instance_uid || "")}` },
           i.study_instance_uid || "")),
         el("td", { class: "uid" }, i.series_instance_uid || ""), el("td", {}, i.size), el("td", {}, i.source_aet || ""),
-        el("td", {}, when(i.received_at)), el("td", { class: i.durable ? "ok" : "warn" }, i.durable ? "yes" : "no")))),
+        el("td", {}, when(i.received_at)), el("td", { class: i.durable ? "ok" : "warn" }, i.durable ? "yes" : "no"),
+        el("td", { class: i.unsafe ? "bad" : "" }, i.unsafe ? "yes: send again" : "no")))),
     pager(page, params, "#/instances"));
 }
 
