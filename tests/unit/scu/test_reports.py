@@ -5,6 +5,7 @@ Alert) and the metrics are built from. tests/e2e/test_scu_trust.py shows it on t
 from __future__ import annotations
 
 import itertools
+import socket
 
 import pytest
 
@@ -12,7 +13,7 @@ from stgcmt import ul
 from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION
 from stgcmt.events import AssociationAccepted, AssociationRejected, Event, Events, SecurityAlert
 from stgcmt.scu.options import Reporter
-from stgcmt.scu.reports import ReportHandler
+from stgcmt.scu.reports import ReportHandler, Resolver
 
 from support.scu import pending_transaction
 
@@ -98,3 +99,27 @@ def test_verification_alone_is_accepted_from_anyone(handler):
     )
     both = (VERIFICATION, STORAGE_COMMITMENT_PUSH_MODEL)
     assert reports.accept(_peer(calling="ANYONE", proposed=both)) == ul.Rejection("calling-aet")
+
+
+def test_a_rejected_reporter_is_one_security_line_for_log_monitoring(handler, caplog):
+    reports, _ = handler
+    reports.accept(_peer(calling="FORGER"))
+    assert caplog.messages == [
+        "security: association rejected (calling AE title not recognised) from calling AE"
+        f" 'FORGER' at 127.0.0.1 port 40000 (called 'CT1'): {NOT_WAITED_FOR}; nothing deleted"
+    ]
+
+
+def test_a_host_name_keeps_the_addresses_it_had_and_a_failed_lookup_is_tried_again(monkeypatch):
+    resolver = Resolver()
+    real = socket.getaddrinfo
+
+    def down(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_AGAIN, "name server down")
+
+    monkeypatch.setattr(socket, "getaddrinfo", down)
+    assert resolver.addresses("localhost") == frozenset()  # nobody matches it for now
+    monkeypatch.setattr(socket, "getaddrinfo", real)
+    assert "127.0.0.1" in resolver.addresses("localhost")  # not remembered: looked up again
+    monkeypatch.setattr(socket, "getaddrinfo", down)
+    assert "127.0.0.1" in resolver.addresses("localhost")  # resolved once, kept
