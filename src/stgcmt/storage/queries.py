@@ -7,272 +7,75 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from stgcmt.dicom.status import describe_status
-from stgcmt.storage.scp_journal import ATTEMPT_COLUMNS
+from stgcmt.storage.scp_journal import in_sqlite_marks
 from stgcmt.storage.sqlite import open_readonly
-
-STATE_WORDS = {
-    "received": "received",
-    "verifying": "verifying",
-    "report_pending": "report pending",
-    "delivered": "delivered",
-    "given_up": "given up",
-}
-
-ATTEMPTS_SHOWN = 100
-"""Delivery attempts one transaction's view lists (the newest; its ``attempts`` counts all)."""
-ATTEMPTS_SQL = (
-    f"SELECT {ATTEMPT_COLUMNS} FROM (SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts"
-    " WHERE tx_id = %s ORDER BY id DESC LIMIT %s) newest ORDER BY id"
-)
-"""A transaction's newest attempts, oldest first (PostgreSQL's placeholders; SQLite's are
-substituted)."""
+from stgcmt.storage.views import STATE_WORDS, Run, ScpViews, Where
 
 
-class SqliteScpQueries:
+class SqliteScpQueries(ScpViews):
     """Read-only views of an SCP data dir (``index.sqlite`` and ``commitment.sqlite``): each
     call opens the databases read-only and closes them again."""
+
+    INSTANCES = "idx.instances"
+    NO_LIMIT = -1
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self.index_path = self.data_dir / "index.sqlite"
         self.journal_path = self.data_dir / "commitment.sqlite"
 
-    def status(self, limit: int = 50) -> dict[str, Any]:
-        """Counts by state, the instance counts (all, durable, unsafe), and the most recent
-        transactions (active first)."""
-        journal = open_readonly(self.journal_path)
-        index = open_readonly(self.index_path)
+    @contextmanager
+    def _journal(self, index: bool = False) -> Iterator[Run]:
+        """The journal, read-only; ``index``: with the index attached read-only as ``idx``."""
+        conn = open_readonly(self.journal_path)
         try:
-            counts = dict(
-                journal.execute("SELECT state, count(*) FROM transactions GROUP BY state")
-            )
-            rows = journal.execute(
-                "SELECT id, transaction_uid, calling_aet, state, n_refs, n_committed, n_failed,"
-                " attempts, last_error, received_at, updated_at, next_attempt_at, delivered_via"
-                " FROM transactions ORDER BY state IN ('delivered', 'given_up'), id DESC"
-                " LIMIT ?",
-                (limit,),
-            ).fetchall()
-            instances = index.execute(
-                f"SELECT count(*), sum(durable), sum({_unsafe_column(index)}) FROM instances"
-            ).fetchone()
+            if index:
+                conn.execute("ATTACH DATABASE ? AS idx", (f"file:{self.index_path}?mode=ro",))
+            yield _runner(conn)
         finally:
-            journal.close()
-            index.close()
-        return {
-            "data_dir": str(self.data_dir),
-            "instances": instances[0],
-            "instances_durable": instances[1] or 0,
-            "instances_unsafe": instances[2] or 0,
-            "transactions_by_state": {state: counts.get(state, 0) for state in STATE_WORDS},
-            "transactions": [dict(row) for row in rows],
-        }
+            conn.close()
+
+    @contextmanager
+    def _index(self) -> Iterator[Run]:
+        conn = open_readonly(self.index_path)
+        try:
+            yield _runner(conn)
+        finally:
+            conn.close()
+
+    def _about(self) -> dict[str, Any]:
+        return {"data_dir": str(self.data_dir)}
+
+    def _unsafe_column(self, run: Run) -> str:
+        """``unsafe``, or ``0`` for an index an older version made and no SCP has opened since
+        (the column is added on open): ``stgcmt status`` works beside an SCP not yet upgraded."""
+        columns = {row["name"] for row in run("PRAGMA table_info(instances)", ())}
+        return "unsafe" if "unsafe" in columns else "0"
 
     def instances(self) -> list[dict[str, Any]]:
         """Every index row, all columns (``path`` is the blob name)."""
         return _rows(self.index_path, "SELECT * FROM instances ORDER BY rowid")
 
-    def instance(self, sop_instance_uid: str) -> dict[str, Any] | None:
-        rows = _rows(
-            self.index_path,
-            "SELECT * FROM instances WHERE sop_instance_uid = ?",
-            (sop_instance_uid,),
-        )
-        return rows[0] if rows else None
-
     def class_conflicts(self) -> list[dict[str, Any]]:
         return _rows(self.index_path, "SELECT * FROM class_conflicts ORDER BY rowid")
-
-    def transactions(self) -> list[dict[str, Any]]:
-        """Every journal transaction, all columns, oldest first."""
-        return _rows(self.journal_path, "SELECT * FROM transactions ORDER BY id")
-
-    def active_transactions(self) -> int:
-        rows = _rows(
-            self.journal_path,
-            "SELECT count(*) AS n FROM transactions WHERE state NOT IN ('delivered', 'given_up')",
-        )
-        return int(rows[0]["n"])
-
-    def committed_instances(self) -> set[str]:
-        rows = _rows(
-            self.journal_path,
-            "SELECT DISTINCT r.sop_instance_uid FROM refs r JOIN transactions t ON t.id = r.tx_id"
-            " WHERE t.state = 'delivered' AND r.failure_reason = 0",
-        )
-        return {row["sop_instance_uid"] for row in rows}
 
     def integrity_problems(self) -> list[str]:
         return _integrity(self.index_path) + _integrity(self.journal_path)
 
-    # -- the HTTP API's searches -----------------------------------------------------------------
 
-    def find_transactions(
-        self,
-        *,
-        state: str | None = None,
-        calling_aet: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        transaction_uid: str | None = None,
-        patient_id: str | None = None,
-        study_uid: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> dict[str, Any]:
-        """Transactions matching every filter given, newest first: ``total`` and one page of
-        ``items``. Patient ID and Study UID match the references' instances in the index."""
-        where = Where()
-        where.add("t.state = ?", state)
-        where.add("t.calling_aet = ?", calling_aet)
-        where.add("t.received_at >= ?", since)
-        where.add("t.received_at < ?", until)
-        where.add("t.transaction_uid = ?", transaction_uid)
-        for column, value in (("patient_id", patient_id), ("study_instance_uid", study_uid)):
-            where.add(
-                "t.id IN (SELECT r.tx_id FROM refs r JOIN idx.instances i"
-                f" ON i.sop_instance_uid = r.sop_instance_uid WHERE i.{column} = ?)",
-                value,
-            )
-        conn = self._journal_with_index()
-        try:
-            return where.page(conn, f"SELECT {_TX_COLUMNS} FROM transactions t", limit, offset)
-        finally:
-            conn.close()
+def _runner(conn: sqlite3.Connection) -> Run:
+    """Statements written with ``%s`` placeholders run on ``conn``, rows as dicts."""
 
-    def transaction(
-        self, tx_id: int, *, refs_limit: int | None = None, refs_offset: int = 0
-    ) -> dict[str, Any] | None:
-        """One transaction, all columns, with its references (Failure Reason, and the index's
-        Study UID, Patient ID and durable flag when it holds the instance), ``refs_limit`` of
-        them (None: all) from ``refs_offset``."""
-        conn = self._journal_with_index()
-        try:
-            row = conn.execute("SELECT * FROM transactions WHERE id = ?", (tx_id,)).fetchone()
-            if row is None:
-                return None
-            refs = conn.execute(
-                "SELECT r.seq, r.sop_class_uid, r.sop_instance_uid, r.failure_reason,"
-                " i.study_instance_uid, i.patient_id, i.durable FROM refs r"
-                " LEFT JOIN idx.instances i ON i.sop_instance_uid = r.sop_instance_uid"
-                " WHERE r.tx_id = ? ORDER BY r.seq LIMIT ? OFFSET ?",
-                (tx_id, -1 if refs_limit is None else refs_limit, refs_offset),
-            ).fetchall()
-            attempts = conn.execute(ATTEMPTS_SQL.replace("%s", "?"), (tx_id, ATTEMPTS_SHOWN))
-            shown = [dict(a) for a in attempts.fetchall()]
-        finally:
-            conn.close()
-        return dict(row) | {"references": [dict(r) for r in refs], "delivery_attempts": shown}
+    def run(sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        return [dict(row) for row in conn.execute(in_sqlite_marks(sql), params)]
 
-    def find_instances(
-        self,
-        *,
-        sop_instance_uid: str | None = None,
-        study_uid: str | None = None,
-        series_uid: str | None = None,
-        patient_id: str | None = None,
-        unsafe: bool | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> dict[str, Any]:
-        """Index rows matching every filter given, newest first (``durable``: on stable
-        storage, verified by a commitment; ``unsafe``: a sync failed before it was durable, the
-        modality must send it again)."""
-        conn = open_readonly(self.index_path)
-        try:
-            column = _unsafe_column(conn)
-            where = Where()
-            where.add("sop_instance_uid = ?", sop_instance_uid)
-            where.add("study_instance_uid = ?", study_uid)
-            where.add("series_instance_uid = ?", series_uid)
-            where.add("patient_id = ?", patient_id)
-            where.unsafe(unsafe, column)
-            select = f"SELECT {_INSTANCE_COLUMNS}, {column} AS unsafe FROM instances"
-            return where.page(conn, select, limit, offset, "received_at")
-        finally:
-            conn.close()
-
-    def peers(self) -> list[dict[str, Any]]:
-        """Each calling AE the journal knows: transactions, reports pending, the last request,
-        the last delivery error and the next attempt of its pending reports."""
-        return _rows(
-            self.journal_path,
-            "SELECT calling_aet, count(*) AS transactions, max(received_at) AS last_request_at,"
-            " sum(state = 'report_pending') AS reports_pending,"
-            " sum(state = 'given_up') AS reports_given_up,"
-            " max(delivered_at) AS last_delivered_at,"
-            " min(CASE WHEN state = 'report_pending' THEN next_attempt_at END) AS next_attempt_at,"
-            " (SELECT last_error FROM transactions e WHERE e.calling_aet = t.calling_aet"
-            "  AND e.last_error IS NOT NULL AND e.state != 'delivered'"
-            "  ORDER BY e.updated_at DESC LIMIT 1) AS last_error"
-            " FROM transactions t GROUP BY calling_aet ORDER BY calling_aet",
-        )
-
-    def _journal_with_index(self) -> sqlite3.Connection:
-        """The journal, read-only, with the index attached read-only as ``idx``."""
-        conn = open_readonly(self.journal_path)
-        conn.execute("ATTACH DATABASE ? AS idx", (f"file:{self.index_path}?mode=ro",))
-        return conn
-
-
-_TX_COLUMNS = (
-    "t.id, t.transaction_uid, t.calling_aet, t.peer_host, t.state, t.n_refs, t.n_committed,"
-    " t.n_failed, t.attempts, t.last_error, t.received_at, t.updated_at, t.next_attempt_at,"
-    " t.delivered_at, t.delivered_via, t.duplicate_of"
-)
-_INSTANCE_COLUMNS = (
-    "sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid, patient_id,"
-    " transfer_syntax, size, source_aet, received_at, durable"
-)
-
-
-def _unsafe_column(index: sqlite3.Connection) -> str:
-    """``unsafe``, or ``0`` for an index an older version made and no SCP has opened since
-    (the column is added on open): ``stgcmt status`` works beside an SCP not yet upgraded."""
-    columns = {row[1] for row in index.execute("PRAGMA table_info(instances)")}
-    return "unsafe" if "unsafe" in columns else "0"
-
-
-class Where:
-    """The WHERE clause of a search: conditions for the filters given (None: no filter)."""
-
-    def __init__(self) -> None:
-        self.conditions: list[str] = []
-        self.params: list[Any] = []
-
-    def add(self, condition: str, value: Any) -> None:
-        if value is not None:
-            self.conditions.append(condition)
-            self.params.append(value)
-
-    def unsafe(self, value: bool | None, column: str = "unsafe") -> None:
-        """The unsafe filter. An unsafe copy is never durable: saying so lets the partial index
-        of non-durable rows find them without reading the whole index (the metrics gauge asks
-        at every scrape)."""
-        if value is not None:
-            self.conditions.append(f"durable = 0 AND {column} = 1" if value else f"{column} = 0")
-
-    def page(
-        self,
-        conn: sqlite3.Connection,
-        select: str,
-        limit: int,
-        offset: int,
-        newest: str = "id",
-    ) -> dict[str, Any]:
-        """``total`` rows matching, and ``items``: ``limit`` of them from ``offset``, newest
-        first."""
-        clause = f" WHERE {' AND '.join(self.conditions)}" if self.conditions else ""
-        sql = f"{select}{clause}"
-        total = conn.execute(f"SELECT count(*) FROM ({sql})", self.params).fetchone()[0]
-        rows = conn.execute(
-            f"{sql} ORDER BY {newest} DESC LIMIT ? OFFSET ?", [*self.params, limit, offset]
-        ).fetchall()
-        return {"total": total, "items": [dict(row) for row in rows]}
+    return run
 
 
 def scp_status(data_dir: Path, limit: int = 50) -> dict[str, Any]:
@@ -445,14 +248,14 @@ class SqliteScuQueries:
     ) -> dict[str, Any]:
         """Transactions matching every filter given, newest first: ``total`` and a page."""
         where = Where()
-        where.add("state = ?", state)
-        where.add("archive_aet = ?", archive_aet)
-        where.add("created_at >= ?", since)
-        where.add("created_at < ?", until)
-        where.add("transaction_uid = ?", transaction_uid)
+        where.add("state = %s", state)
+        where.add("archive_aet = %s", archive_aet)
+        where.add("created_at >= %s", since)
+        where.add("created_at < %s", until)
+        where.add("transaction_uid = %s", transaction_uid)
         conn = open_readonly(self.journal_path)
         try:
-            return where.page(conn, "SELECT * FROM transactions", limit, offset)
+            return where.page(_runner(conn), "SELECT * FROM transactions", limit, offset, "id")
         finally:
             conn.close()
 

@@ -11,9 +11,11 @@ crash after the answer cannot lose it. States::
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from stgcmt.dicom.commitment import CommitmentReport, FailedReference, Reference
 from stgcmt.storage.interfaces import DeliveryAttempt, JournalTransaction
@@ -96,7 +98,80 @@ class Transaction(JournalTransaction):
 _COLUMNS = ", ".join(Transaction.__dataclass_fields__)
 
 
-class CommitmentJournal:
+def in_sqlite_marks(sql: str) -> str:
+    """SQL written once for both backends, with psycopg's ``%s`` placeholders, in SQLite's."""
+    return sql.replace("%s", "?")
+
+
+REQUEST_COLUMNS = (
+    "transaction_uid, calling_aet, peer_host, report_assoc, duplicate_of, state, received_at,"
+    " updated_at, n_refs"
+)
+"""What a new request writes in every journal (:func:`request_row`)."""
+
+
+Request = tuple[str, str, str | None, str]
+"""An N-ACTION as the requester asked it: Transaction UID, calling AE, its host, and how to
+reach it with the report."""
+
+
+def request_row(
+    asked: Request, duplicate_of: int | None, n_refs: int, now: float
+) -> tuple[object, ...]:
+    """The columns every journal writes for a new request, in :data:`REQUEST_COLUMNS` order:
+    received now, not yet verified."""
+    return (*asked, duplicate_of, RECEIVED, now, now, n_refs)
+
+
+class JournalReads(ABC):
+    """The reads both journals make the same way, written once with ``%s`` placeholders: a
+    transaction, its references in batches, its report and its delivery attempts."""
+
+    @abstractmethod
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """Rows (tuples) of one read; ``sql`` as this module writes it."""
+
+    def get(self, tx_id: int) -> Transaction:
+        rows = self._query(f"SELECT {_COLUMNS} FROM transactions WHERE id = %s", (tx_id,))
+        return Transaction(*rows[0])
+
+    def reference_batches(self, tx_id: int) -> Iterator[list[tuple[int, Reference]]]:
+        """The references of a transaction in bounded batches, with their sequence numbers."""
+        last = -1
+        while True:
+            rows = self._query(
+                "SELECT seq, sop_class_uid, sop_instance_uid FROM refs"
+                " WHERE tx_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+                (tx_id, last, BATCH),
+            )
+            if not rows:
+                return
+            yield [(row[0], Reference(row[1], row[2])) for row in rows]
+            last = rows[-1][0]
+
+    def report(self, tx: Transaction, retrieve_ae_title: str) -> CommitmentReport:
+        report = CommitmentReport(tx.transaction_uid, retrieve_ae_title=retrieve_ae_title)
+        for class_uid, instance_uid, reason in self._query(
+            "SELECT sop_class_uid, sop_instance_uid, failure_reason FROM refs"
+            " WHERE tx_id = %s ORDER BY seq",
+            (tx.id,),
+        ):
+            if reason == 0:
+                report.committed.append(Reference(class_uid, instance_uid))
+            else:
+                report.failed.append(FailedReference(class_uid, instance_uid, reason))
+        return report
+
+    def attempts(self, tx_id: int) -> list[DeliveryAttempt]:
+        """The transaction's delivery attempts, oldest first."""
+        rows = self._query(
+            f"SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts WHERE tx_id = %s ORDER BY id",
+            (tx_id,),
+        )
+        return [DeliveryAttempt(*row) for row in rows]
+
+
+class CommitmentJournal(JournalReads):
     def __init__(self, path: Path) -> None:
         # Commits that make a promise (the request, the verdict, the delivery) are durable;
         # progress in between (states, per-batch results) need not be.
@@ -113,6 +188,7 @@ class CommitmentJournal:
     ) -> Transaction:
         """Persist an N-ACTION durably. A Transaction UID still active in the journal makes
         this a duplicate: it is kept, and its report fails every reference with 0131H."""
+        asked = (transaction_uid, calling_aet, peer_host, report_assoc)
         now = time.time()
         with self.db.transaction(durable=True) as conn:
             active = conn.execute(
@@ -121,20 +197,8 @@ class CommitmentJournal:
                 (transaction_uid, *ACTIVE_STATES),
             ).fetchone()
             cursor = conn.execute(
-                "INSERT INTO transactions (transaction_uid, calling_aet, peer_host, report_assoc,"
-                " duplicate_of, state, received_at, updated_at, n_refs)"
-                " VALUES (?,?,?,?,?,?,?,?,?)",
-                (
-                    transaction_uid,
-                    calling_aet,
-                    peer_host,
-                    report_assoc,
-                    active[0] if active else None,
-                    RECEIVED,
-                    now,
-                    now,
-                    len(references),
-                ),
+                f"INSERT INTO transactions ({REQUEST_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+                request_row(asked, active[0] if active else None, len(references), now),
             )
             tx_id = cursor.lastrowid
             conn.executemany(
@@ -146,9 +210,8 @@ class CommitmentJournal:
             )
         return self.get(int(tx_id))  # type: ignore[arg-type]
 
-    def get(self, tx_id: int) -> Transaction:
-        rows = self.db.query(f"SELECT {_COLUMNS} FROM transactions WHERE id = ?", (tx_id,))
-        return Transaction(*rows[0])
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        return self.db.query(in_sqlite_marks(sql), params)
 
     def in_state(self, *states: str) -> list[Transaction]:
         marks = ",".join("?" * len(states))
@@ -188,20 +251,6 @@ class CommitmentJournal:
                 (state, time.time(), tx_id),
             )
 
-    def reference_batches(self, tx_id: int) -> Iterator[list[tuple[int, Reference]]]:
-        """The references of a transaction in bounded batches, with their sequence numbers."""
-        last = -1
-        while True:
-            rows = self.db.query(
-                "SELECT seq, sop_class_uid, sop_instance_uid FROM refs"
-                " WHERE tx_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (tx_id, last, BATCH),
-            )
-            if not rows:
-                return
-            yield [(row[0], Reference(row[1], row[2])) for row in rows]
-            last = rows[-1][0]
-
     def record_results(self, tx_id: int, results: Sequence[tuple[int, int]]) -> None:
         """Store (seq, failure reason or 0) for verified references: one UPDATE per run of
         consecutive sequence numbers with the same reason (a batch of 1,000 committed
@@ -226,19 +275,6 @@ class CommitmentJournal:
                 (REPORT_PENDING, committed or 0, failed or 0, first_attempt_at, time.time(), tx_id),
             )
         return self.get(tx_id)
-
-    def report(self, tx: Transaction, retrieve_ae_title: str) -> CommitmentReport:
-        report = CommitmentReport(tx.transaction_uid, retrieve_ae_title=retrieve_ae_title)
-        for row in self.db.query(
-            "SELECT sop_class_uid, sop_instance_uid, failure_reason FROM refs"
-            " WHERE tx_id = ? ORDER BY seq",
-            (tx.id,),
-        ):
-            if row[2] == 0:
-                report.committed.append(Reference(row[0], row[1]))
-            else:
-                report.failed.append(FailedReference(row[0], row[1], row[2]))
-        return report
 
     def record_failed_attempt(self, tx_id: int, error: str, next_attempt_at: float) -> None:
         with self.db.transaction(durable=True) as conn:
@@ -292,13 +328,6 @@ class CommitmentJournal:
                 " VALUES (?,?,?,?,?,?)",
                 (tx_id, time.time(), via, outcome, error, next_attempt_at),
             )
-
-    def attempts(self, tx_id: int) -> list[DeliveryAttempt]:
-        rows = self.db.query(
-            f"SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts WHERE tx_id = ? ORDER BY id",
-            (tx_id,),
-        )
-        return [DeliveryAttempt(*row) for row in rows]
 
     def close(self) -> None:
         self.db.close()

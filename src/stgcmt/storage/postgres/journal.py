@@ -19,21 +19,22 @@ What a cluster adds:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from stgcmt.dicom.commitment import CommitmentReport, FailedReference, Reference
-from stgcmt.storage import scp_journal
-from stgcmt.storage.interfaces import DeliveryAttempt
+from stgcmt.dicom.commitment import Reference
 from stgcmt.storage.postgres.connection import PgDatabase
 from stgcmt.storage.scp_journal import (
     ACTIVE_STATES,
-    ATTEMPT_COLUMNS,
     DELIVERED,
     GIVEN_UP,
     RECEIVED,
     REPORT_PENDING,
+    REQUEST_COLUMNS,
     VERIFYING,
+    JournalReads,
     Transaction,
+    request_row,
 )
 
 _COLUMNS = ", ".join(Transaction.__dataclass_fields__)
@@ -44,7 +45,7 @@ def _transaction(row: tuple) -> Transaction:
     return Transaction(*row)
 
 
-class PgScpJournal:
+class PgScpJournal(JournalReads):
     """The commitment journal in PostgreSQL; ``node`` names this node, ``lease`` is how many
     seconds a claim lasts."""
 
@@ -66,6 +67,7 @@ class PgScpJournal:
     ) -> Transaction:
         """Persist an N-ACTION durably, leased to this node. A Transaction UID active anywhere
         in the cluster makes this a duplicate (its report fails every reference with 0131H)."""
+        asked = (transaction_uid, calling_aet, peer_host, report_assoc)
         now = time.time()
         with self.db.transaction() as cursor:
             cursor.execute(
@@ -77,24 +79,11 @@ class PgScpJournal:
                 (transaction_uid, _ACTIVE),
             )
             active = cursor.fetchone()
+            row = request_row(asked, active[0] if active else None, len(references), now)
             cursor.execute(
-                "INSERT INTO transactions (transaction_uid, calling_aet, peer_host, report_assoc,"
-                " duplicate_of, state, received_at, updated_at, n_refs, received_by, lease_node,"
+                f"INSERT INTO transactions ({REQUEST_COLUMNS}, received_by, lease_node,"
                 " lease_until) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
-                (
-                    transaction_uid,
-                    calling_aet,
-                    peer_host,
-                    report_assoc,
-                    active[0] if active else None,
-                    RECEIVED,
-                    now,
-                    now,
-                    len(references),
-                    self.node,
-                    self.node,
-                    now + self.lease,
-                ),
+                (*row, self.node, self.node, now + self.lease),
             )
             tx_id = int(cursor.fetchone()[0])  # type: ignore[index]
             with cursor.copy(
@@ -104,11 +93,10 @@ class PgScpJournal:
                     copy.write_row((tx_id, seq, ref.sop_class_uid, ref.sop_instance_uid))
         return self.get(tx_id)
 
-    # -- reading -------------------------------------------------------------------------------
+    # -- reading (a transaction, its references, report and attempts: JournalReads) ---------
 
-    def get(self, tx_id: int) -> Transaction:
-        rows = self.db.query(f"SELECT {_COLUMNS} FROM transactions WHERE id = %s", (tx_id,))
-        return _transaction(rows[0])
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        return self.db.query(sql, params)
 
     def in_state(self, *states: str) -> list[Transaction]:
         rows = self.db.query(
@@ -134,34 +122,6 @@ class PgScpJournal:
             (transaction_uid, [DELIVERED, GIVEN_UP]),
         )
         return _transaction(rows[0]) if rows else None
-
-    def reference_batches(self, tx_id: int) -> Iterator[list[tuple[int, Reference]]]:
-        """The references of a transaction in bounded batches (the SQLite journal's size),
-        with their sequence numbers."""
-        last = -1
-        while True:
-            rows = self.db.query(
-                "SELECT seq, sop_class_uid, sop_instance_uid FROM refs"
-                " WHERE tx_id = %s AND seq > %s ORDER BY seq LIMIT %s",
-                (tx_id, last, scp_journal.BATCH),
-            )
-            if not rows:
-                return
-            yield [(row[0], Reference(row[1], row[2])) for row in rows]
-            last = rows[-1][0]
-
-    def report(self, tx: Transaction, retrieve_ae_title: str) -> CommitmentReport:
-        report = CommitmentReport(tx.transaction_uid, retrieve_ae_title=retrieve_ae_title)
-        for class_uid, instance_uid, reason in self.db.query(
-            "SELECT sop_class_uid, sop_instance_uid, failure_reason FROM refs"
-            " WHERE tx_id = %s ORDER BY seq",
-            (tx.id,),
-        ):
-            if reason == 0:
-                report.committed.append(Reference(class_uid, instance_uid))
-            else:
-                report.failed.append(FailedReference(class_uid, instance_uid, reason))
-        return report
 
     # -- leases --------------------------------------------------------------------------------
 
@@ -286,13 +246,6 @@ class PgScpJournal:
                 " next_attempt_at) VALUES (%s,%s,%s,%s,%s,%s,%s)",
                 (tx_id, time.time(), self.node, via, outcome, error, next_attempt_at),
             )
-
-    def attempts(self, tx_id: int) -> list[DeliveryAttempt]:
-        rows = self.db.query(
-            f"SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts WHERE tx_id = %s ORDER BY id",
-            (tx_id,),
-        )
-        return [DeliveryAttempt(*row) for row in rows]
 
     def close(self) -> None:
         self.db.close()
