@@ -126,9 +126,15 @@ new_tests() {
 # reads over results.txt. Much faster than a new run, which repeats every old test per survivor.
 run_again() {
     local dir=$OUT/$1 selection=" tests/e2e/test_mutations.py $2 " since path wanted entry m rc
-    local names=() changed=()
+    local names=() changed=() patterns=()
     since=$(cat "$dir/commit")
-    mapfile -t names < <(sed -n 's/^ *\(.*: \(survived\|timeout\)\)$/\1/p' "$dir/results.txt")
+    IFS=',' read -ra patterns <<<"${3:-*}"
+    while read -r entry; do   # only the mutants the module's filter selects (the score's)
+        for wanted in "${patterns[@]}"; do
+            # shellcheck disable=SC2053  # a glob on purpose
+            [[ ${entry%: *} == $wanted ]] && { names+=("$entry"); break; }
+        done
+    done < <(sed -n 's/^ *\(.*: \(survived\|timeout\)\)$/\1/p' "$dir/results.txt")
     while read -r path; do
         for wanted in $selection; do
             [[ $wanted == --* || $path != "$wanted"* ]] || { changed+=($(new_tests "$since" "$path")); break; }
@@ -185,7 +191,7 @@ main() {
         elif [ ! -f "$OUT/$name/results.txt" ]; then
             echo "   not run yet"; continue
         elif [ $mode = again ]; then
-            run_again "$name" "$tests" || continue
+            run_again "$name" "$tests" "$filter" || continue
         fi
         counts=$(score "$OUT/$name" "$filter")
         read -r k n <<<"$counts"
