@@ -43,7 +43,7 @@ from stgcmt.dicom.uids import (
     STORAGE_COMMITMENT_PUSH_MODEL,
     VERIFICATION,
 )
-from stgcmt.events import AssociationRejected, SecurityAlert
+from stgcmt.events import AssociationRejected, ReportFailed, SecurityAlert
 from stgcmt.scu.send import EXIT_FAILED, EXIT_PENDING, SendOptions, send
 from stgcmt.storage.queries import SqliteScpQueries
 
@@ -945,6 +945,8 @@ def test_each_delivery_attempt_is_kept_with_its_route_outcome_error_and_next_tim
         remotes=(remote("MODALITY", port),),
         retry=RetryPolicy(start=1.0, cap=1.0, give_up_after=3600),
     )
+    failures: list[ReportFailed] = []
+    scp.events.subscribe(lambda e: isinstance(e, ReportFailed) and failures.append(e))
     paths = instances(1)
     assert modality.store(scp.port, paths) == [0]
     assert modality.commit(scp.port, refs_of(paths), "1.2.3.990") == 0  # nobody listens yet
@@ -958,5 +960,65 @@ def test_each_delivery_attempt_is_kept_with_its_route_outcome_error_and_next_tim
     assert failed.error and f"{LOCALHOST}:{port}" in failed.error, failed.error
     assert failed.next_attempt_at is not None
     assert failed.at + 0.9 <= failed.next_attempt_at <= failed.at + 1.5
+    # what the metrics and the dashboard are told of that attempt
+    told = failures[0]
+    assert (told.calling_aet, told.transaction_uid) == ("MODALITY", "1.2.3.990")
+    assert (told.error, told.next_attempt_at) == (failed.error, failed.next_attempt_at)
     assert (delivered.via, delivered.outcome, delivered.error) == ("new", "delivered", None)
     assert delivered.next_attempt_at is None
+
+
+# -- 16. which association a report takes: `same` never opens one, `auto` falls back at once ------
+
+
+def test_same_mode_never_opens_an_association_even_to_a_known_listening_peer(
+    scp_factory, modality, instances
+):
+    scp = scp_factory(remotes=(remote("MODALITY", modality.listen()),), report_assoc="same")
+    paths = instances(1)
+    assert modality.store(scp.port, paths) == [0]
+    assert modality.commit(scp.port, refs_of(paths), "1.2.3.991") == 0  # released at once
+    assert not modality.wait_report(3.0), "a report came on an association the SCP opened"
+    assert scp.journal.get(1).state == "report_pending"
+    # the modality's next association (any) brings it
+    assert (
+        modality.commit(scp.port, refs_of(paths), "1.2.3.992", wait_same=REPORT_WAIT, reports=2)
+        == 0
+    )
+    assert [how for _, _, how in modality.reports] == ["same", "same"]
+
+
+class HangsUpOnTheReport(Modality):
+    """Aborts its own (requesting) association when the report arrives on it, before
+    answering: the association closes under the report. Reports on new associations are
+    answered as usual."""
+
+    def _on_report(self, event) -> tuple[int, None]:
+        if event.assoc.is_requestor:
+            threading.Thread(target=event.assoc.abort, daemon=True).start()
+            time.sleep(2.0)
+            return PROCESSING_FAILURE, None  # never sent: the association is gone
+        return super()._on_report(event)
+
+
+def test_auto_mode_falls_back_at_once_when_the_association_closes_under_the_report(
+    scp_factory, instances
+):
+    modality = HangsUpOnTheReport("MODALITY")
+    try:
+        scp = scp_factory(
+            remotes=(remote("MODALITY", modality.listen()),),
+            report_assoc="auto",
+            retry=RetryPolicy(start=60.0, cap=60.0, give_up_after=3600),  # a retry is too late
+        )
+        paths = instances(1)
+        assert modality.store(scp.port, paths) == [0]
+        modality.commit(scp.port, refs_of(paths), "1.2.3.993", wait_same=REPORT_WAIT)
+        assert modality.wait_report(REPORT_WAIT)
+        assert [how for _, _, how in modality.reports] == ["new"]
+        tx = scp.wait_delivered("1.2.3.993", 5)
+        assert tx is not None and tx.delivered_via.startswith("a new association")
+        history = [(a.via, a.outcome) for a in scp.journal.attempts(1)]
+        assert history == [("new", "delivered")], "not at once: after a failed attempt"
+    finally:
+        modality.stop()
