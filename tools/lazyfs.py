@@ -2,7 +2,7 @@
 """A FUSE file system that forgets what was never synced: the power-cut model of
 ``tools/power_cut.py`` (the technique of Jepsen's LazyFS, written for the purpose on pyfuse3).
 
-    python tools/lazyfs.py BACKING MOUNTPOINT [--trace FILE]
+    python tools/lazyfs.py BACKING MOUNTPOINT [--trace FILE] [--eio-while FILE]
 
 It mounts ``MOUNTPOINT`` and serves it from memory, loaded from ``BACKING`` at mount:
 
@@ -19,6 +19,11 @@ never). Unmounting (``fusermount3 -u``) or killing this process is the power cut
 pending is written, and the next mount of ``BACKING`` starts from exactly what was synced. On
 exit it prints what the cut dropped. Permissions and times are not part of the model (they
 survive as they were); hard links are refused (EPERM).
+
+``--eio-while FILE`` models a dying disk instead: while ``FILE`` (outside the mount) exists,
+every ``fsync``/``fdatasync`` of a file and every ``fsync`` of a directory fails with a real
+``EIO`` from the kernel and syncs nothing, while writes, renames and reads still work
+(``tests/support/eio_fs.py`` mounts it so).
 """
 
 from __future__ import annotations
@@ -76,9 +81,12 @@ class Node:
 class LazyFS(pyfuse3.Operations):
     enable_writeback_cache = False
 
-    def __init__(self, backing: Path, trace: Path | None = None) -> None:
+    def __init__(
+        self, backing: Path, trace: Path | None = None, eio_while: Path | None = None
+    ) -> None:
         super().__init__()
         self.backing = backing
+        self.eio_while = eio_while
         self.nodes: dict[int, Node] = {}
         self.next_ino = pyfuse3.ROOT_INODE + 1
         self.counts = {"fsync": 0, "fsyncdir": 0}
@@ -197,6 +205,19 @@ class LazyFS(pyfuse3.Operations):
     def _log(self, *what: object) -> None:
         if self.trace:
             self.trace.write(" ".join(str(w) for w in what) + "\n")
+
+    def _sync(self, what: str, node: Node) -> None:
+        """An fsync of a file or a directory: written through, or EIO while the disk dies
+        (nothing synced, the pending state stays pending)."""
+        failing = self.eio_while is not None and self.eio_while.exists()
+        state = "pending" if node.pending() else "clean"
+        self._log(what, node.ino, state, *(["EIO"] if failing else []))
+        if failing:
+            raise pyfuse3.FUSEError(errno.EIO)
+        if node.is_dir:
+            self.sync_dir(node)
+        else:
+            self.sync_file(node)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -403,9 +424,7 @@ class LazyFS(pyfuse3.Operations):
         return None
 
     async def fsync(self, fh, datasync):
-        node = self._node(fh)
-        self._log("fsync", fh, "pending" if node.pending() else "clean")
-        self.sync_file(node)
+        self._sync("fsync", self._node(fh))
 
     async def opendir(self, inode, ctx):
         if not self._node(inode).is_dir:
@@ -426,9 +445,7 @@ class LazyFS(pyfuse3.Operations):
         return None
 
     async def fsyncdir(self, fh, datasync):
-        node = self._node(fh)
-        self._log("fsyncdir", fh, "pending" if node.pending() else "clean")
-        self.sync_dir(node)
+        self._sync("fsyncdir", self._node(fh))
 
     async def statfs(self, ctx):
         st = os.statvfs(self.backing)
@@ -450,27 +467,36 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("backing", type=Path, help="directory that holds the synced state")
-    parser.add_argument("mountpoint", type=Path)
-    parser.add_argument("--trace", type=Path, help="log every directory change and fsync here")
-    args = parser.parse_args()
-    fs = LazyFS(args.backing.resolve(), args.trace)
+def serve(fs: LazyFS, mountpoint: Path, fsname: str, mounted: str) -> int:
+    """Mount ``fs`` and serve it until unmounted or SIGTERM/SIGINT (everything pending is then
+    dropped, as in a cut); ``mounted`` is printed once the mount is up."""
     options = set(pyfuse3.default_options)
     options.discard("default_permissions")
-    options.add("fsname=lazyfs")
-    pyfuse3.init(fs, str(args.mountpoint), options)
-    # SIGTERM/SIGINT end the mount too: everything pending is dropped, as in a cut
+    options.add(f"fsname={fsname}")
+    pyfuse3.init(fs, str(mountpoint), options)
     signal.signal(signal.SIGTERM, lambda *_: pyfuse3.terminate())
     signal.signal(signal.SIGINT, lambda *_: pyfuse3.terminate())
-    print(f"lazyfs: {args.mountpoint} mounted over {args.backing}", flush=True)
+    print(mounted, flush=True)
     try:
         trio.run(pyfuse3.main)
     finally:
         pyfuse3.close(unmount=True)
         print(fs.dropped(), flush=True)
     return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("backing", type=Path, help="directory that holds the synced state")
+    parser.add_argument("mountpoint", type=Path)
+    parser.add_argument("--trace", type=Path, help="log every directory change and fsync here")
+    parser.add_argument(
+        "--eio-while", type=Path, help="every fsync fails with EIO while this file exists"
+    )
+    args = parser.parse_args()
+    fs = LazyFS(args.backing.resolve(), args.trace, args.eio_while)
+    mounted = f"lazyfs: {args.mountpoint} mounted over {args.backing}"
+    return serve(fs, args.mountpoint, "lazyfs", mounted)
 
 
 if __name__ == "__main__":
