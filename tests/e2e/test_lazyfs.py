@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from support.common import PYTHON
-
-EIO_FS = Path(__file__).parents[1] / "support" / "eio_fs.py"
+from support.eio_fs import eio_mount
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/dev/fuse"), reason="/dev/fuse is absent: no FUSE mount"
@@ -22,28 +19,12 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def eio_mount(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """(mountpoint, arming file) of a mounted eio_fs, unmounted after the test."""
-    mountpoint, arm = tmp_path / "mnt", tmp_path / "fsync-fails"
+def mounted(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(mountpoint, arming file) of a mounted eio_fs; nothing left mounted after the test."""
+    mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    proc = subprocess.Popen(
-        [PYTHON, str(EIO_FS), str(mountpoint), str(arm)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "mounted"
-        assert os.path.ismount(mountpoint)
+    with eio_mount(mountpoint, tmp_path / "fsync-fails") as arm:
         yield mountpoint, arm
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        finally:
-            if os.path.ismount(mountpoint):
-                subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
     assert not os.path.ismount(mountpoint)
 
 
@@ -55,8 +36,8 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def test_fsync_fails_with_eio_only_while_armed(eio_mount: tuple[Path, Path]) -> None:
-    mountpoint, arm = eio_mount
+def test_fsync_fails_with_eio_only_while_armed(mounted: tuple[Path, Path]) -> None:
+    mountpoint, arm = mounted
     blob = mountpoint / "blob.tmp"
     blob.write_bytes(b"DICM" * 1000)
     _fsync(blob)
