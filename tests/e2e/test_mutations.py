@@ -8,6 +8,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -43,7 +44,7 @@ from stgcmt.dicom.uids import (
     STORAGE_COMMITMENT_PUSH_MODEL,
     VERIFICATION,
 )
-from stgcmt.events import AssociationRejected, ReportFailed, SecurityAlert
+from stgcmt.events import AssociationRejected, ReportFailed, ReportGivenUp, SecurityAlert
 from stgcmt.scu.send import EXIT_FAILED, EXIT_PENDING, SendOptions, send
 from stgcmt.storage.queries import SqliteScpQueries
 
@@ -989,12 +990,15 @@ def test_same_mode_never_opens_an_association_even_to_a_known_listening_peer(
 
 
 class HangsUpOnTheReport(Modality):
-    """Aborts its own (requesting) association when the report arrives on it, before
-    answering: the association closes under the report. Reports on new associations are
-    answered as usual."""
+    """Aborts its own (requesting) association when the first report arrives on it, before
+    answering: the association closes under the report. Later reports, and reports on new
+    associations, are answered as usual."""
+
+    hung_up = False
 
     def _on_report(self, event) -> tuple[int, None]:
-        if event.assoc.is_requestor:
+        if event.assoc.is_requestor and not self.hung_up:
+            self.hung_up = True
             threading.Thread(target=event.assoc.abort, daemon=True).start()
             time.sleep(2.0)
             return PROCESSING_FAILURE, None  # never sent: the association is gone
@@ -1022,3 +1026,71 @@ def test_auto_mode_falls_back_at_once_when_the_association_closes_under_the_repo
         assert history == [("new", "delivered")], "not at once: after a failed attempt"
     finally:
         modality.stop()
+
+
+def test_auto_mode_retries_a_report_to_an_ae_without_address_on_its_next_association(
+    scp_factory, instances
+):
+    modality = HangsUpOnTheReport("MODALITY")
+    scp = scp_factory(  # an unknown AE: no address to open an association to
+        accept_unknown=True,
+        report_assoc="auto",
+        retry=RetryPolicy(start=0.5, cap=0.5, give_up_after=3600),
+    )
+    paths = instances(1)
+    assert modality.store(scp.port, paths) == [0]
+    modality.commit(scp.port, refs_of(paths), "1.2.3.994", wait_same=REPORT_WAIT)  # hangs up
+    assert not modality.reports and scp.journal.get(1).state == "report_pending"
+    status = modality.commit(
+        scp.port, refs_of(paths), "1.2.3.995", wait_same=REPORT_WAIT, reports=2
+    )
+    assert status == 0
+    assert sorted(info.TransactionUID for _, info, _ in modality.reports) == [
+        "1.2.3.994",
+        "1.2.3.995",
+    ]
+    assert [how for _, _, how in modality.reports] == ["same", "same"]
+
+
+def test_same_mode_counts_a_report_the_association_closed_under_as_a_failed_attempt(
+    scp_factory, instances
+):
+    modality = HangsUpOnTheReport("MODALITY")
+    scp = scp_factory(remotes=(remote("MODALITY", free_port()),), report_assoc="same")
+    paths = instances(1)
+    assert modality.store(scp.port, paths) == [0]
+    modality.commit(scp.port, refs_of(paths), "1.2.3.996", wait_same=REPORT_WAIT)
+    assert wait_for(lambda: scp.journal.attempts(1), 10)
+    [attempt] = scp.journal.attempts(1)
+    assert (attempt.via, attempt.outcome) == ("same", "failed")
+    assert scp.journal.get(1).state == "report_pending"
+
+
+# -- 17. giving up says after how long, how many attempts and the last error ---------------------
+
+
+def test_giving_up_records_and_announces_age_attempts_and_last_error(
+    scp_factory, modality, instances
+):
+    port = free_port()
+    scp = scp_factory(
+        remotes=(remote("MODALITY", port),),
+        retry=RetryPolicy(start=0.1, cap=0.2, give_up_after=1.0),
+    )
+    given_up: list[ReportGivenUp] = []
+    scp.events.subscribe(lambda e: isinstance(e, ReportGivenUp) and given_up.append(e))
+    paths = instances(1)
+    assert modality.store(scp.port, paths) == [0]
+    assert modality.commit(scp.port, refs_of(paths), "1.2.3.997") == 0
+    tx = scp.wait_delivered("1.2.3.997", 10)
+    assert tx is not None and tx.state == "given_up"
+    match = re.fullmatch(
+        r"gave up after (\d+) s and (\d+) attempts \(last error: (.+)\)", tx.last_error
+    )
+    assert match, tx.last_error
+    assert int(match[1]) >= 1 and int(match[2]) == tx.attempts >= 4
+    assert f"{LOCALHOST}:{port}" in match[3]
+    assert wait_for(lambda: given_up, 5)
+    assert [(e.calling_aet, e.transaction_uid, e.error) for e in given_up] == [
+        ("MODALITY", "1.2.3.997", tx.last_error)
+    ]
