@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from pydicom import dcmread
@@ -938,19 +939,33 @@ def test_a_crash_after_the_background_durability_sync_loses_nothing(
 # -- 15. the delivery history: every attempt, on which association, why it failed, what next ----
 
 
+E = TypeVar("E")
+
+
+def _scp_for_an_absent_modality(scp_factory, retry: RetryPolicy):
+    """An SCP whose one peer, MODALITY, does not listen on its port (yet); and that port."""
+    port = free_port()
+    return scp_factory(remotes=(remote("MODALITY", port),), retry=retry), port
+
+
+def _seen(scp, kind: type[E]) -> list[E]:
+    """The events of ``kind`` the SCP emits from now on."""
+    seen: list[E] = []
+    scp.events.subscribe(lambda e: isinstance(e, kind) and seen.append(e))
+    return seen
+
+
+def _store_and_commit(modality: Modality, scp, paths: list[Path], transaction_uid: str) -> None:
+    assert modality.store(scp.port, paths) == [0] * len(paths)
+    assert modality.commit(scp.port, refs_of(paths), transaction_uid) == 0
+
+
 def test_each_delivery_attempt_is_kept_with_its_route_outcome_error_and_next_time(
     scp_factory, modality, instances
 ):
-    port = free_port()
-    scp = scp_factory(
-        remotes=(remote("MODALITY", port),),
-        retry=RetryPolicy(start=1.0, cap=1.0, give_up_after=3600),
-    )
-    failures: list[ReportFailed] = []
-    scp.events.subscribe(lambda e: isinstance(e, ReportFailed) and failures.append(e))
-    paths = instances(1)
-    assert modality.store(scp.port, paths) == [0]
-    assert modality.commit(scp.port, refs_of(paths), "1.2.3.990") == 0  # nobody listens yet
+    scp, port = _scp_for_an_absent_modality(scp_factory, RetryPolicy(1.0, 1.0, 3600))
+    failures = _seen(scp, ReportFailed)
+    _store_and_commit(modality, scp, instances(1), "1.2.3.990")  # nobody listens yet
     assert wait_for(lambda: scp.journal.get(1).attempts >= 1, 10)
     modality.listen(port)
     assert modality.wait_report(REPORT_WAIT)
@@ -1072,16 +1087,9 @@ def test_same_mode_counts_a_report_the_association_closed_under_as_a_failed_atte
 def test_giving_up_records_and_announces_age_attempts_and_last_error(
     scp_factory, modality, instances
 ):
-    port = free_port()
-    scp = scp_factory(
-        remotes=(remote("MODALITY", port),),
-        retry=RetryPolicy(start=0.1, cap=0.2, give_up_after=1.0),
-    )
-    given_up: list[ReportGivenUp] = []
-    scp.events.subscribe(lambda e: isinstance(e, ReportGivenUp) and given_up.append(e))
-    paths = instances(1)
-    assert modality.store(scp.port, paths) == [0]
-    assert modality.commit(scp.port, refs_of(paths), "1.2.3.997") == 0
+    scp, port = _scp_for_an_absent_modality(scp_factory, RetryPolicy(0.1, 0.2, 1.0))
+    given_up = _seen(scp, ReportGivenUp)
+    _store_and_commit(modality, scp, instances(1), "1.2.3.997")
     tx = scp.wait_delivered("1.2.3.997", 10)
     assert tx is not None and tx.state == "given_up"
     match = re.fullmatch(
