@@ -5,17 +5,26 @@ Alert) and the metrics are built from. tests/e2e/test_scu_trust.py shows it on t
 from __future__ import annotations
 
 import itertools
+import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
 
 import pytest
 
 from stgcmt import ul
+from stgcmt.dicom.codec import encode_report
+from stgcmt.dicom.commitment import CommitmentReport
+from stgcmt.dicom.status import PROCESSING_FAILURE, SUCCESS, describe_status
 from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION
 from stgcmt.events import AssociationAccepted, AssociationRejected, Event, Events, SecurityAlert
+from stgcmt.scu.files import finish_due_actions
 from stgcmt.scu.options import Reporter
 from stgcmt.scu.reports import ReportHandler, Resolver
 
-from support.scu import pending_transaction
+from support.scu import pending_transaction, refs
 
 _ids = itertools.count(1)
 NOT_WAITED_FOR = (
@@ -28,8 +37,9 @@ def _peer(
     host: str = "127.0.0.1",
     called: str = "CT1",
     proposed: tuple[str, ...] = (STORAGE_COMMITMENT_PUSH_MODEL,),
+    port: int = 40000,
 ) -> ul.PeerInfo:
-    return ul.PeerInfo(calling, called, host, 40000, next(_ids), proposed)
+    return ul.PeerInfo(calling, called, host, port, next(_ids), proposed)
 
 
 @pytest.fixture
@@ -123,3 +133,150 @@ def test_a_host_name_keeps_the_addresses_it_had_and_a_failed_lookup_is_tried_aga
     assert "127.0.0.1" in resolver.addresses("localhost")  # not remembered: looked up again
     monkeypatch.setattr(socket, "getaddrinfo", down)
     assert "127.0.0.1" in resolver.addresses("localhost")  # resolved once, kept
+
+
+# -- what a report on an accepted association makes the SCU do, and answer ---------------------
+
+
+def _report_event(peer: ul.PeerInfo, files, uid: str = "1.2.3.9", event_type: int = 1):
+    data = encode_report(CommitmentReport(uid, committed=refs(files)), implicit=True)
+    return ul.EventReport(peer, event_type, data)
+
+
+@pytest.fixture
+def archive_reports(scu_journal, tmp_path):
+    """CT1 waiting for ARCHIVE@127.0.0.1:104 to commit two files (deleted once committed)."""
+    files = pending_transaction(scu_journal, tmp_path / "out", 2, on_commit="delete")
+    seen: list[Event] = []
+    events = Events()
+    events.subscribe(seen.append)
+    return ReportHandler(scu_journal, "CT1", events=events), files, seen
+
+
+def _refused(caplog, peer: ul.PeerInfo, reason: str) -> str:
+    return (
+        f"N-EVENT-REPORT from {peer} answered {describe_status(PROCESSING_FAILURE)}: {reason};"
+        " nothing done"
+    )
+
+
+def test_a_report_from_the_archive_asked_is_recorded_acted_on_and_answered_success(
+    archive_reports, scu_journal, caplog
+):
+    reports, files, _ = archive_reports
+    peer = _peer(port=104)
+    with caplog.at_level(logging.INFO, logger="stgcmt.scu"):
+        assert reports.on_report(_report_event(peer, files), "same association") == SUCCESS
+    assert scu_journal.get(1).state == "committed"
+    assert not any(f.path.exists() for f in files)
+    label = scu_journal.get(1).label
+    assert (
+        f"{label}: report from {peer} on same association: 2 committed, 0 failed" in caplog.messages
+    )
+
+
+def test_on_our_own_association_the_archive_must_answer_from_the_port_we_sent_to(
+    archive_reports, scu_journal
+):
+    reports, files, seen = archive_reports
+    elsewhere = _peer(port=105)  # same AE and host, another port: not the association we opened
+    assert (
+        reports.on_report(_report_event(elsewhere, files), "same association") == PROCESSING_FAILURE
+    )
+    assert scu_journal.get(1).state == "pending" and all(f.path.exists() for f in files)
+    [alert] = seen
+    assert isinstance(alert, SecurityAlert) and alert.kind == "forged-report"
+    assert alert.detail == (
+        "N-EVENT-REPORT on same association refused: transaction 1.2.3.9 (#1) was sent to"
+        f" ARCHIVE@127.0.0.1:104, not to {elsewhere}"
+    )
+    # on a new association the archive connects from any port
+    assert reports.on_report(_report_event(elsewhere, files), "new association") == SUCCESS
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        (
+            lambda peer, files: _report_event(peer, files, event_type=3),
+            "unusable report: Event Type ID 3",
+        ),
+        (
+            lambda peer, files: _report_event(peer, files, uid="1.2.3.77"),
+            "unknown Transaction UID 1.2.3.77",
+        ),
+    ],
+    ids=["event-type-3", "unknown-transaction"],
+)
+def test_an_unusable_report_is_answered_0110_and_says_why(
+    archive_reports, scu_journal, caplog, event, reason
+):
+    reports, files, _ = archive_reports
+    peer = _peer(port=104)
+    assert reports.on_report(event(peer, files), "new association") == PROCESSING_FAILURE
+    assert caplog.messages == [_refused(caplog, peer, reason)]
+    assert scu_journal.get(1).state == "pending" and all(f.path.exists() for f in files)
+
+
+def test_a_report_on_a_verification_only_association_is_a_forgery(archive_reports, scu_journal):
+    reports, files, seen = archive_reports
+    peer = _peer(port=104, proposed=(VERIFICATION,))
+    assert reports.on_report(_report_event(peer, files), "new association") == PROCESSING_FAILURE
+    [alert] = seen
+    assert (alert.kind, alert.detail) == (  # type: ignore[union-attr]
+        "forged-report",
+        "N-EVENT-REPORT on new association refused: the association proposed only"
+        " Verification (accepted from anyone for C-ECHO)",
+    )
+    assert scu_journal.get(1).state == "pending" and all(f.path.exists() for f in files)
+
+
+def test_a_report_that_cannot_be_processed_is_still_answered(archive_reports, scu_journal, caplog):
+    reports, files, _ = archive_reports
+    scu_journal.close()  # the journal fails under the report
+    assert (
+        reports.on_report(_report_event(_peer(port=104), files), "new association")
+        == PROCESSING_FAILURE
+    )
+    assert "could not be processed" in caplog.text
+    assert all(f.path.exists() for f in files)
+
+
+def test_an_ip_address_needs_no_name_server(monkeypatch):
+    def down(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_AGAIN, "name server down")
+
+    monkeypatch.setattr(socket, "getaddrinfo", down)
+    resolver = Resolver()
+    assert resolver.addresses("127.0.0.1") == {"127.0.0.1"}
+    assert resolver.addresses("::ffff:127.0.0.1") == {"127.0.0.1"}
+    assert resolver.addresses("fe80::1%lo") == {"fe80::1"}
+
+
+def test_a_crash_after_recording_a_report_leaves_its_deletions_due_for_the_restart(
+    archive_reports, scu_journal, tmp_path
+):
+    _, files, _ = archive_reports
+    report = tmp_path / "report.bin"
+    report.write_bytes(_report_event(_peer(port=104), files).data or b"")
+    agent = (
+        "import sys; from pathlib import Path; from stgcmt import ul;"
+        " from stgcmt.scu.reports import ReportHandler;"
+        " from stgcmt.storage.scu_journal import ScuJournal;"
+        " peer = ul.PeerInfo('ARCHIVE', 'CT1', '127.0.0.1', 104, 1, ());"
+        " event = ul.EventReport(peer, 1, Path(sys.argv[2]).read_bytes());"
+        " ReportHandler(ScuJournal(Path(sys.argv[1])), 'CT1').on_report(event, 'new association')"
+    )
+    env = os.environ | {"STGCMT_CRASH_POINTS": "scu.report.after_record"}
+    run = subprocess.run(
+        [sys.executable, "-c", agent, str(scu_journal.path), str(report)],
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == -signal.SIGKILL
+    assert scu_journal.get(1).state == "committed"  # recorded before the crash...
+    assert [r.action for r in scu_journal.files(1)] == ["due", "due"]  # ...not acted on
+    assert all(f.path.exists() for f in files)
+    finish_due_actions(scu_journal)  # what the next start does
+    assert not any(f.path.exists() for f in files)
