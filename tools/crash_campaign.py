@@ -45,7 +45,6 @@ started is stopped.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -58,7 +57,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
@@ -75,6 +73,16 @@ import stgcmt
 from stgcmt import faults
 from stgcmt.storage.backends import open_scp_queries
 from stgcmt.storage.queries import SqliteScuQueries
+
+from campaign_common import (
+    Checks,
+    campaign_parser,
+    campaign_workdir,
+    check_no_unjustified_deletion,
+    report,
+    run_rounds,
+    settle,
+)
 
 LOCALHOST = "127.0.0.1"
 SCP_AET, SCU_AET = "ARCHIVE", "MODALITY"
@@ -467,7 +475,7 @@ class Service:
 
 
 @dataclass
-class Summary:
+class Summary(Checks):
     kills: Counter = field(default_factory=Counter)  # "process:cause" -> SIGKILLs
     fired: Counter = field(default_factory=Counter)  # crash point -> times fired
     points: tuple[str, ...] = ()
@@ -479,13 +487,6 @@ class Summary:
     repeat_causes: dict[str, int] = field(default_factory=dict)
     rounds: int = 0
     seconds: float = 0.0
-    checks: int = 0
-    violations: list[str] = field(default_factory=list)
-
-    def check(self, ok: bool, message: str) -> None:
-        self.checks += 1
-        if not ok:
-            self.violations.append(message)
 
     @property
     def total_kills(self) -> int:
@@ -789,15 +790,7 @@ class Campaign:
             if service.life is not None and service.life.armed:
                 service.stop()
         self.ensure_running()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.scp_queries.active_transactions():
-                break
-            time.sleep(0.2)
-        # the agent finishes due deletions at start: restart it once more to be sure
-        self.agent.stop()
-        self.agent.start()
-        time.sleep(0.5)
+        settle(self.scp_queries, self.agent, timeout)
 
     def check(self) -> Summary:
         s = self.summary
@@ -917,12 +910,7 @@ class Campaign:
         s.repeat_causes = dict(repeats)
 
     def _check_no_unjustified_deletion(self, committed: set[str]) -> None:
-        s = self.summary
-        for uid, path in self.sent_paths.items():
-            if not path.exists():
-                s.check(uid in committed, f"{path.name} deleted but {uid} was never committed")
-        due = self.scu_queries.due_actions()
-        s.check(due == 0, f"{due} delete/move actions still due after settling")
+        check_no_unjustified_deletion(self.summary, self.sent_paths, committed, self.scu_queries)
 
     def _check_crash_points(self) -> None:
         s = self.summary
@@ -970,16 +958,13 @@ def run_campaign(
     started = time.monotonic()
     try:
         campaign.ensure_running()
-        index = 0
-        while summary.total_kills < kills or not all(summary.fired[p] for p in campaign.points):
-            if time.monotonic() - started > max_seconds:
-                summary.violations.append(
-                    f"time limit reached after {index} rounds and {summary.total_kills} kills"
-                )
-                break
-            campaign.round(index)
-            index += 1
-        summary.rounds = index
+        summary.rounds = run_rounds(
+            lambda: summary.total_kills >= kills and all(summary.fired[p] for p in campaign.points),
+            campaign.round,
+            lambda: f"{summary.total_kills} kills",
+            summary.violations,
+            max_seconds,
+        )
         campaign.settle(timeout=120)
         campaign.check()
         summary.seconds = time.monotonic() - started
@@ -989,49 +974,29 @@ def run_campaign(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kills", type=int, default=200, help="SIGKILLs to reach (200)")
-    parser.add_argument("--seed", type=int, default=int(time.time()), help="random seed")
-    parser.add_argument("--workdir", type=Path, help="keep everything here (default: temp)")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser = campaign_parser(__doc__, "kills", 200, "SIGKILLs to reach")
     parser.add_argument(
         "--database",
         metavar="URL",
         help="run the SCP on this (empty) PostgreSQL database (default: SQLite in the workdir)",
     )
     args = parser.parse_args()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="stgcmt-crash-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = campaign_workdir(args.workdir, "stgcmt-crash-")
     summary = run_campaign(args.kills, args.seed, workdir, database_url=args.database)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "kills": dict(summary.kills),
-                    "fired": {p: summary.fired[p] for p in summary.points},
-                    "timer_kills": summary.timer_kills,
-                    "timer_kills_in_flight": summary.timer_in_flight,
-                    "in_flight": dict(summary.in_flight),
-                    "idle_rounds": summary.idle_rounds,
-                    "wire": summary.wire,
-                    "repeat_causes": summary.repeat_causes,
-                    "checks": summary.checks,
-                    "violations": summary.violations,
-                    "seed": args.seed,
-                },
-                indent=2,
-            )
-        )
-    else:
-        for violation in summary.violations:
-            print(f"VIOLATION: {violation}")
-        for line in summary.lines():
-            print(line)
-        print(
-            f"({summary.rounds} rounds in {summary.seconds:.0f} s, seed {args.seed},"
-            f" logs in {workdir})"
-        )
-    return 1 if summary.violations else 0
+    fields = {
+        "kills": dict(summary.kills),
+        "fired": {p: summary.fired[p] for p in summary.points},
+        "timer_kills": summary.timer_kills,
+        "timer_kills_in_flight": summary.timer_in_flight,
+        "in_flight": dict(summary.in_flight),
+        "idle_rounds": summary.idle_rounds,
+        "wire": summary.wire,
+        "repeat_causes": summary.repeat_causes,
+        "checks": summary.checks,
+    }
+    replay = f"seed {args.seed}, logs in {workdir}"
+    tail = f"({summary.rounds} rounds in {summary.seconds:.0f} s, {replay})"
+    return report(args.json, fields, summary.violations, args.seed, [*summary.lines(), tail])
 
 
 if __name__ == "__main__":

@@ -38,8 +38,6 @@ Prints ``N power cuts, M invariants checked, V violations`` and exits 1 on any v
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import re
@@ -48,14 +46,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from stgcmt.storage.queries import SqliteScpQueries, SqliteScuQueries
 
+import campaign_common as common
 from crash_campaign import (
     LOCALHOST,
     SCP_AET,
@@ -75,15 +73,8 @@ REPEAT_REPORT = re.compile(r"transaction (\S+) \(#\d+\): report from .* again \(
 
 
 @dataclass
-class Summary:
-    checks: int = 0
-    violations: list[str] = field(default_factory=list)
+class Summary(common.Checks):
     dropped: int = 0  # files and directories whose unsynced changes the cuts dropped
-
-    def check(self, ok: bool, message: str) -> None:
-        self.checks += 1
-        if not ok:
-            self.violations.append(message)
 
 
 class LazyMount:
@@ -124,11 +115,7 @@ class LazyMount:
                 break
             time.sleep(0.1)
         if self.proc is not None:
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            common.wait_or_kill(self.proc, 20)
             self.proc = None
         if os.path.ismount(self.mountpoint):
             subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], check=False)
@@ -158,13 +145,9 @@ class Service:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.alive():
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            common.wait_or_kill(self.proc, 30)
 
 
 class PowerCutCampaign:
@@ -233,11 +216,7 @@ class PowerCutCampaign:
             time.sleep(self.rng.uniform(0.0, 2.0))
             self.power_cut()
         else:
-            try:
-                self.sender.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.sender.kill()
-                self.sender.wait()
+            common.wait_or_kill(self.sender, 60)
         self.ensure_running()
 
     def power_cut(self) -> None:
@@ -384,18 +363,9 @@ class PowerCutCampaign:
         """Wait until the SCP has no active transaction; restart the agent once (it finishes
         due deletions at start)."""
         if self.sender is not None:
-            try:
-                self.sender.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.sender.kill()
-                self.sender.wait()
+            common.wait_or_kill(self.sender, 60)
         self.ensure_running()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.scp_queries.active_transactions():
-            time.sleep(0.2)
-        self.agent.stop()
-        self.agent.start()
-        time.sleep(0.5)
+        common.settle(self.scp_queries, self.agent, timeout)
 
     def check_final(self) -> None:
         s = self.summary
@@ -423,11 +393,7 @@ class PowerCutCampaign:
             uid = tx["transaction_uid"]
             s.check(tx["state"] in ("delivered", "given_up"), f"SCP {uid} left {tx['state']}")
             s.check(delivered[uid] <= 1, f"transaction {uid} delivered {delivered[uid]} times")
-        for uid, path in sorted(self.sent_paths.items()):
-            if not path.exists():
-                s.check(uid in committed, f"{path.name} deleted but {uid} was never committed")
-        due = self.scu_queries.due_actions()
-        s.check(due == 0, f"{due} delete/move actions still due after settling")
+        common.check_no_unjustified_deletion(s, self.sent_paths, committed, self.scu_queries)
 
     def stop(self) -> None:
         try:
@@ -451,19 +417,16 @@ def run_power_cuts(
     cuts: int, seed: int, workdir: Path, max_seconds: float = 3600
 ) -> tuple[int, Summary]:
     campaign = PowerCutCampaign(workdir, seed)
-    started = time.monotonic()
     try:
         campaign.fs.mount()
         campaign.ensure_running()
-        index = 0
-        while campaign.cuts < cuts:
-            if time.monotonic() - started > max_seconds:
-                campaign.summary.violations.append(
-                    f"time limit reached after {index} rounds and {campaign.cuts} cuts"
-                )
-                break
-            campaign.power_round(index)
-            index += 1
+        common.run_rounds(
+            lambda: campaign.cuts >= cuts,
+            campaign.power_round,
+            lambda: f"{campaign.cuts} cuts",
+            campaign.summary.violations,
+            max_seconds,
+        )
         campaign.settle(timeout=120)
         campaign.check_final()
         campaign.check_reports_once()
@@ -473,34 +436,15 @@ def run_power_cuts(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cuts", type=int, default=50, help="power cuts to make (50)")
-    parser.add_argument("--seed", type=int, default=int(time.time()), help="random seed")
-    parser.add_argument("--workdir", type=Path, help="keep everything here (default: temp)")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    args = parser.parse_args()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="stgcmt-power-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    args = common.campaign_parser(__doc__, "cuts", 50, "power cuts to make").parse_args()
+    workdir = common.campaign_workdir(args.workdir, "stgcmt-power-")
     cuts, summary = run_power_cuts(args.cuts, args.seed, workdir)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "cuts": cuts,
-                    "checks": summary.checks,
-                    "dropped": summary.dropped,
-                    "violations": summary.violations,
-                    "seed": args.seed,
-                },
-                indent=2,
-            )
-        )
-    else:
-        for violation in summary.violations:
-            print(f"VIOLATION: {violation}")
-        print(f"the cuts dropped unsynced changes of {summary.dropped} files and directories")
-        print(f"{line(cuts, summary)} (seed {args.seed}, logs in {workdir})")
-    return 1 if summary.violations else 0
+    fields = {"cuts": cuts, "checks": summary.checks, "dropped": summary.dropped}
+    lines = [
+        f"the cuts dropped unsynced changes of {summary.dropped} files and directories",
+        f"{line(cuts, summary)} (seed {args.seed}, logs in {workdir})",
+    ]
+    return common.report(args.json, fields, summary.violations, args.seed, lines)
 
 
 if __name__ == "__main__":

@@ -25,24 +25,14 @@ from stgcmt.faults import crash_point
 from stgcmt.scu import negotiation
 from stgcmt.scu.dicomfiles import LocalFile, Skipped, scan, split
 from stgcmt.scu.negotiation import Offer
-from stgcmt.scu.options import (
-    DEFAULT_AET,
-    DEFAULT_LISTEN_BIND,
-    REPORT_WAIT_CHOICES,
-    Reporter,
-    ReportWait,
-    SendOptions,
-    UsageError,
-)
+from stgcmt.scu.options import SendOptions, UsageError
 from stgcmt.scu.reports import ReportHandler, report_server
 from stgcmt.scu.results import (
     EXIT_COMMITTED,
     EXIT_FAILED,
     EXIT_PENDING,
     NO_COMMITMENT,
-    FileResult,
     SendResult,
-    TransactionResult,
     transaction_result,
 )
 from stgcmt.storage.scu_journal import (
@@ -55,24 +45,19 @@ from stgcmt.storage.scu_journal import (
 )
 
 __all__ = [
-    "DEFAULT_AET",
-    "DEFAULT_LISTEN_BIND",
     "EXIT_COMMITTED",
     "EXIT_FAILED",
     "EXIT_PENDING",
-    "REPORT_WAIT_CHOICES",
-    "FileResult",
     "ProgressCallback",
-    "ReportWait",
-    "Reporter",
     "SendOptions",
-    "StageCallback",
     "SendResult",
-    "TransactionResult",
+    "StageCallback",
     "UsageError",
     "partial_result",
     "send",
 ]
+"""What callers of :func:`send` need beside it (its options, result and exit statuses); the
+rest of the SCU's public names are :mod:`stgcmt.scu`'s."""
 
 log = logging.getLogger("stgcmt.scu")
 
