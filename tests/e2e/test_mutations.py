@@ -61,6 +61,7 @@ from support.pynetdicom_archive import STORAGE_CLASSES, Archive
 from support.pynetdicom_peer import Modality, refs_of, report_content
 from support.scu import uids
 from support.tls_certs import CertificateAuthority
+from support.tls_peer import tls_report_listener
 
 REPORT_WAIT = 15
 SCU = "CT1"
@@ -266,14 +267,7 @@ def test_scp_report_to_tls_listener_with_untrusted_certificate_fails(scp_factory
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_context.load_cert_chain(str(impostor.cert), str(impostor.key))
     modality = Modality("MODALITY")
-    ae = AE("MODALITY")
-    ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, scu_role=True, scp_role=True)
-    listener = ae.start_server(
-        (LOCALHOST, 0),
-        block=False,
-        ssl_context=server_context,
-        evt_handlers=[(evt.EVT_N_EVENT_REPORT, modality._on_report)],
-    )
+    listener = tls_report_listener(modality, server_context)
     try:
         scp = scp_factory(
             remotes=(remote("MODALITY", listener.server_address[1]),),

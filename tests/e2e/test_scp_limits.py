@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pynetdicom import AE, evt
+from pynetdicom import AE
 
 from stgcmt.config import RemoteAE, TlsConfig
 from stgcmt.dicom.commitment import CommitmentRequest, build_action_information
@@ -23,6 +23,7 @@ from support.common import LOCALHOST, SECONDARY_CAPTURE, free_port, remote, writ
 from support.mounts import tmpfs
 from support.pynetdicom_peer import Modality, refs_of, report_content
 from support.tls_certs import CertificateAuthority
+from support.tls_peer import tls_report_listener
 
 REPORT_WAIT = 15
 
@@ -154,14 +155,7 @@ def test_tls_report_on_new_association(scp_factory, pki, instances):
     server_context.load_verify_locations(str(ca.cert))
     server_context.verify_mode = ssl.CERT_REQUIRED
     modality = Modality("MODALITY")
-    ae = AE("MODALITY")
-    ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, scu_role=True, scp_role=True)
-    listener = ae.start_server(
-        (LOCALHOST, 0),
-        block=False,
-        ssl_context=server_context,
-        evt_handlers=[(evt.EVT_N_EVENT_REPORT, modality._on_report)],
-    )
+    listener = tls_report_listener(modality, server_context)
     try:
         tls = TlsConfig(archive.cert, archive.key, ca.cert)
         scp = scp_factory(remotes=(remote("MODALITY", listener.server_address[1]),), tls=tls)
