@@ -224,30 +224,37 @@ def test_delivery_attempts_are_listed_with_their_errors_and_survive_a_restart(
     assert len(modality.reports) == 1
 
 
+BAD_QUERIES = {
+    "/api/v1/transactions?state=lost": "state",
+    "/api/v1/transactions?transaction_uid=1.02.x": "not a UID",
+    "/api/v1/transactions?since=yesterday": "ISO 8601",
+    "/api/v1/transactions?since=nan": "ISO 8601",
+    "/api/v1/transactions?until=1e400": "ISO 8601",
+    "/api/v1/transactions?limit=%C2%B2": "limit",
+    "/api/v1/transactions/%C2%B2": "not a number",
+    "/api/v1/transactions?limit=0": "limit",
+    "/api/v1/transactions?limit=9999": "limit",
+    "/api/v1/transactions?stat=delivered": "unknown parameter",
+    "/api/v1/transactions?state=delivered&state=given_up": "once",
+    "/api/v1/transactions?calling_aet=" + "A" * 17: "AE",
+    "/api/v1/instances?patient_id=" + "P" * 65: "64",
+    "/api/v1/instances?unsafe=yes": "not one of true, false",
+    "/api/v1/transactions/abc": "not a number",
+}
+"""GET requests the API must refuse with 400 bad-request: path -> what the detail names."""
+OTHER_ERRORS = [
+    ("GET", "/api/v1/transactions/4242", 404, "not-found", "#4242"),
+    ("POST", "/api/v1/transactions/4242/retry", 404, "not-found", "#4242"),
+    ("GET", "/api/v1/transactions/1/retry", 405, "method-not-allowed", "GET"),
+    ("DELETE", "/api/v1/transactions", 405, "method-not-allowed", "DELETE"),
+    ("GET", "/api/v2/transactions", 404, "not-found", "openapi"),
+]
+"""(method, path, status, error, what the detail names) for the other refusals."""
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status", "error", "says"),
-    [
-        ("GET", "/api/v1/transactions?state=lost", 400, "bad-request", "state"),
-        ("GET", "/api/v1/transactions?transaction_uid=1.02.x", 400, "bad-request", "not a UID"),
-        ("GET", "/api/v1/transactions?since=yesterday", 400, "bad-request", "ISO 8601"),
-        ("GET", "/api/v1/transactions?since=nan", 400, "bad-request", "ISO 8601"),
-        ("GET", "/api/v1/transactions?until=1e400", 400, "bad-request", "ISO 8601"),
-        ("GET", "/api/v1/transactions?limit=%C2%B2", 400, "bad-request", "limit"),
-        ("GET", "/api/v1/transactions/%C2%B2", 400, "bad-request", "not a number"),
-        ("GET", "/api/v1/transactions?limit=0", 400, "bad-request", "limit"),
-        ("GET", "/api/v1/transactions?limit=9999", 400, "bad-request", "limit"),
-        ("GET", "/api/v1/transactions?stat=delivered", 400, "bad-request", "unknown parameter"),
-        ("GET", "/api/v1/transactions?state=delivered&state=given_up", 400, "bad-request", "once"),
-        ("GET", "/api/v1/transactions?calling_aet=" + "A" * 17, 400, "bad-request", "AE"),
-        ("GET", "/api/v1/instances?patient_id=" + "P" * 65, 400, "bad-request", "64"),
-        ("GET", "/api/v1/instances?unsafe=yes", 400, "bad-request", "not one of true, false"),
-        ("GET", "/api/v1/transactions/abc", 400, "bad-request", "not a number"),
-        ("GET", "/api/v1/transactions/4242", 404, "not-found", "#4242"),
-        ("POST", "/api/v1/transactions/4242/retry", 404, "not-found", "#4242"),
-        ("GET", "/api/v1/transactions/1/retry", 405, "method-not-allowed", "GET"),
-        ("DELETE", "/api/v1/transactions", 405, "method-not-allowed", "DELETE"),
-        ("GET", "/api/v2/transactions", 404, "not-found", "openapi"),
-    ],
+    [("GET", path, 400, "bad-request", says) for path, says in BAD_QUERIES.items()] + OTHER_ERRORS,
 )
 def test_bad_requests_get_the_right_status_and_a_json_error(
     archive, method, path, status, error, says
