@@ -72,10 +72,14 @@ class NoCommitmentArchive(Archive):
         return self._server.server_address[1]
 
 
-def started(archive: Archive, factory_list: list) -> int:
+def send_to_archive(archive: Archive, *paths: Path, home: Path):
+    """``stgcmt send`` to ``archive`` (one of the misbehaving archives above), started for
+    this one run and stopped after it, also when the run fails."""
     port = archive.start()
-    factory_list.append(archive)
-    return port
+    try:
+        return send_to(port, *paths, home=home)
+    finally:
+        archive.stop()
 
 
 # -- 1. --json always prints the result ----------------------------------------------------------
@@ -191,13 +195,7 @@ def test_status_shows_aborted_files_as_aborted(instances, tmp_path):
 
 
 def test_archive_without_storage_commitment_is_named(instances, tmp_path):
-    archives: list[Archive] = []
-    port = started(NoCommitmentArchive(), archives)
-    try:
-        run = send_to(port, *instances(2), home=tmp_path)
-    finally:
-        for archive in archives:
-            archive.stop()
+    run = send_to_archive(NoCommitmentArchive(), *instances(2), home=tmp_path)
     assert run.returncode == 1
     assert run.stdout.count("the archive does not support Storage Commitment (no report)") >= 2
     assert "not in the report" not in run.stdout
@@ -207,13 +205,7 @@ def test_store_failure_is_not_counted_as_failed_reference(instances, tmp_path):
     paths = instances(3)
     archive = StoreFailingArchive(report="same")
     archive.refuse = uids(paths[:1])
-    archives: list[Archive] = []
-    port = started(archive, archives)
-    try:
-        run = send_to(port, *paths, home=tmp_path)
-    finally:
-        for a in archives:
-            a.stop()
+    run = send_to_archive(archive, *paths, home=tmp_path)
     assert run.returncode == 1
     assert "C-STORE failed" in run.stdout
     assert "2 committed, 0 failed" in run.stderr  # the report's log line
@@ -270,13 +262,7 @@ def test_status_without_arguments_uses_the_default_journal(instances, tmp_path):
 
 
 def test_resource_limitation_suggests_max_refs(instances, tmp_path):
-    archives: list[Archive] = []
-    port = started(LimitedArchive(), archives)
-    try:
-        run = send_to(port, *instances(4), home=tmp_path)
-    finally:
-        for a in archives:
-            a.stop()
+    run = send_to_archive(LimitedArchive(), *instances(4), home=tmp_path)
     assert run.returncode == 1
     assert "0x0213" in run.stdout
     assert "--max-refs N, e.g. --max-refs 2" in run.stdout
