@@ -16,7 +16,7 @@ import pytest
 
 from stgcmt import ul
 from stgcmt.dicom.codec import encode_report
-from stgcmt.dicom.commitment import CommitmentReport
+from stgcmt.dicom.commitment import CommitmentReport, Reference
 from stgcmt.dicom.status import PROCESSING_FAILURE, SUCCESS, describe_status
 from stgcmt.dicom.uids import STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION
 from stgcmt.events import AssociationAccepted, AssociationRejected, Event, Events, SecurityAlert
@@ -280,3 +280,23 @@ def test_a_crash_after_recording_a_report_leaves_its_deletions_due_for_the_resta
     assert all(f.path.exists() for f in files)
     finish_due_actions(scu_journal)  # what the next start does
     assert not any(f.path.exists() for f in files)
+
+
+def test_a_report_acts_on_its_own_transaction_only_and_counts_what_it_ignored(
+    scu_journal, tmp_path, caplog
+):
+    earlier = pending_transaction(scu_journal, tmp_path / "a", 1, "1.2.3.1", on_commit="delete")
+    scu_journal.record_report(CommitmentReport("1.2.3.1", committed=refs(earlier)), "test")
+    # ...its deletion left due (the agent stopped before acting): the next start's job
+    files = pending_transaction(scu_journal, tmp_path / "b", 1, "1.2.3.2", on_commit="delete")
+    stranger = Reference(files[0].sop_class_uid, "1.2.3.4.5.6")
+    report = CommitmentReport("1.2.3.2", committed=[*refs(files), stranger])
+    peer = _peer(port=104)
+    event = ul.EventReport(peer, 1, encode_report(report, implicit=True))
+    with caplog.at_level(logging.INFO, logger="stgcmt.scu"):
+        assert ReportHandler(scu_journal, "CT1").on_report(event, "new association") == SUCCESS
+    assert not files[0].path.exists() and earlier[0].path.exists()
+    assert (
+        f"{scu_journal.get(2).label}: report from {peer} on new association: 1 committed,"
+        " 0 failed; 1 references we never asked about ignored"
+    ) in caplog.messages
