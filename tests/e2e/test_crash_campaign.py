@@ -18,7 +18,7 @@ def test_every_crash_point_is_called_in_the_code():
 
 
 def test_thirty_kills_lose_nothing(tmp_path):
-    summary = run_campaign(KILLS, seed=20261122, workdir=tmp_path, max_seconds=150)
+    summary = run_campaign(KILLS, seed=20261122, workdir=tmp_path, max_seconds=300)
     print("\n".join(summary.lines()))
     assert summary.violations == []
     assert summary.total_kills >= KILLS
