@@ -6,6 +6,8 @@ modality on the wire, repeats only across an SCP crash between answer and record
 
 from __future__ import annotations
 
+import pytest
+
 from stgcmt import faults
 
 from crash_campaign import crash_points_in_code, run_campaign
@@ -17,6 +19,7 @@ def test_every_crash_point_is_called_in_the_code():
     assert sorted(crash_points_in_code()) == sorted(faults.POINTS)
 
 
+@pytest.mark.timeout(420)  # the campaign's own bound, plus its checks
 def test_thirty_kills_lose_nothing(tmp_path):
     summary = run_campaign(KILLS, seed=20261122, workdir=tmp_path, max_seconds=300)
     print("\n".join(summary.lines()))
