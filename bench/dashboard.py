@@ -26,18 +26,9 @@ from .procs import BenchError, Children, dcmtk_env, free_port, run_parallel, wai
 from .servers import SCU_AET, START_TIMEOUT
 
 RESULTS = Path(__file__).resolve().parent / "results"
+TESTS = Path(__file__).resolve().parent.parent / "tests"
 AET = "ARCHIVE"
 TOKEN = "bench-dashboard-token"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -96,7 +87,8 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, list[float]]:
-    from playwright.sync_api import sync_playwright
+    sys.path.insert(0, str(TESTS))
+    from support.browser import chromium, sign_in  # the browser the dashboard tests use
 
     storescu = ensure_dcmtk("storescu")
     samples: dict[str, list[float]] = {k: [] for k in ("ratio", "cpu_quiet", "cpu_polled")}
@@ -104,16 +96,13 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, list[float]]:
     try:
         pid, port, http_port = start_scp(children, workdir)
         store(storescu, port, make_set(workdir / "warm", 20, 64).folder, workdir / "scu.log")
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        with chromium() as browser:
             for run in range(args.runs):
                 quiet = make_set(workdir / f"quiet-{run}", args.instances, 64).folder
                 polled = make_set(workdir / f"polled-{run}", args.instances, 64).folder
                 wall_q, cpu_q = timed(pid, storescu, port, quiet, workdir / "scu.log")
                 page = browser.new_context().new_page()
-                page.goto(f"http://127.0.0.1:{http_port}/?poll=1")
-                page.fill("#login-token", TOKEN)
-                page.click("#login button[type=submit]")
+                sign_in(page, http_port, TOKEN, "?poll=1")
                 page.wait_for_selector("#count-instances .n")
                 wall_p, cpu_p = timed(pid, storescu, port, polled, workdir / "scu.log")
                 page.context.close()
@@ -125,7 +114,6 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, list[float]]:
                     f" polled {wall_p:.2f} s (SCP CPU {cpu_p:.2f} s)",
                     flush=True,
                 )
-            browser.close()
     finally:
         children.stop_all()
     return samples

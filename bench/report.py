@@ -239,45 +239,32 @@ def _ours(summary: dict[str, Any], part: str) -> list[str]:
     return sorted(names)
 
 
+COMMIT_X = "ingest_commit_x_storescp"
+INGEST_TARGETS = {
+    "ingest small, C-STORE only, vs storescp": ("small", "x_storescp", ">= 1.0x"),
+    "ingest large, C-STORE only, vs storescp": ("large", "x_storescp", ">= 0.8x"),
+    "ingest small + commitment of all, vs storescp": ("small", COMMIT_X, ">= 0.8x"),
+    "ingest large + commitment of all, vs storescp": ("large", COMMIT_X, ">= 0.8x"),
+    "server CPU per small instance, x storescp's": ("small", "cpu_x_storescp", "<= 1.0x"),
+}
+"""Issue 12's ingest targets for each of our SCP variants: what -> (instance size, ratio in the
+summary, what is wanted)."""
+
+
+def _meets(wanted: str) -> Callable[[float], bool]:
+    """The test a wanted ratio states: ``>= 0.8x`` or ``<= 1.0x``."""
+    op, bound = wanted.split()
+    limit = float(bound.rstrip("x"))
+    return (lambda v: v >= limit) if op == ">=" else (lambda v: v <= limit)
+
+
 def ingest_targets(summary: dict[str, Any]) -> list[Target]:
-    found = []
-    for name in _ours(summary, "ingest"):
-        small = summary["ingest"].get("small", {}).get(name, {})
-        large = summary["ingest"].get("large", {}).get(name, {})
-        small_n = f"{name}, ingest small"
-        found += [
-            _target(
-                f"{small_n}, C-STORE only, vs storescp",
-                ">= 1.0x",
-                small.get("x_storescp"),
-                lambda v: v >= 1.0,
-            ),
-            _target(
-                f"{name}, ingest large, C-STORE only, vs storescp",
-                ">= 0.8x",
-                large.get("x_storescp"),
-                lambda v: v >= 0.8,
-            ),
-            _target(
-                f"{small_n} + commitment of all, vs storescp",
-                ">= 0.8x",
-                small.get("ingest_commit_x_storescp"),
-                lambda v: v >= 0.8,
-            ),
-            _target(
-                f"{name}, ingest large + commitment of all, vs storescp",
-                ">= 0.8x",
-                large.get("ingest_commit_x_storescp"),
-                lambda v: v >= 0.8,
-            ),
-            _target(
-                f"{name}, server CPU per small instance, x storescp's",
-                "<= 1.0x",
-                small.get("cpu_x_storescp"),
-                lambda v: v <= 1.0,
-            ),
-        ]
-    return found
+    return [
+        _target(f"{name}, {what}", wanted, by_size.get(figure), _meets(wanted))
+        for name in _ours(summary, "ingest")
+        for what, (size, figure, wanted) in INGEST_TARGETS.items()
+        for by_size in [summary["ingest"].get(size, {}).get(name, {})]
+    ]
 
 
 def commitment_targets(summary: dict[str, Any]) -> list[Target]:
@@ -413,45 +400,47 @@ def _n(s: Stats, digits: int = 0, unit: str = "") -> str:
     return spread(s, unit=unit, digits=digits) if s else "-"
 
 
-def ingest_table(summary: dict[str, Any]) -> str:
-    rows = []
-    for size, by_server in summary["ingest"].items():
-        for name, r in by_server.items():
-            rows.append(
-                [
-                    f"{size} {name}",
-                    _n(r["instances_per_s"]),
-                    _n(r["x_storescp"], 2, "x"),
-                    _n(r.get("ingest_commit_x_storescp"), 2, "x"),
-                    _n(r.get("commit_seconds"), 3),
-                    _n(r["cpu_us_per_instance"]),
-                ]
-            )
-    header = [
-        "size / server",
-        "inst/s",
-        "x storescp",
-        "+commit x storescp",
-        "commit s",
-        "CPU us/inst",
+def _rows_by_size(
+    by_size: dict[str, dict[str, Any]], cells: Callable[[dict[str, Any]], list[str]]
+) -> list[list[str]]:
+    """One row per instance size and program, its figures from ``cells``: the layout of
+    every section measured per size (ingest, send)."""
+    return [
+        [f"{size} {name}", *cells(r)]
+        for size, by_name in by_size.items()
+        for name, r in by_name.items()
     ]
+
+
+def _ingest_cells(r: dict[str, Any]) -> list[str]:
+    return [
+        _n(r["instances_per_s"]),
+        _n(r["x_storescp"], 2, "x"),
+        _n(r.get("ingest_commit_x_storescp"), 2, "x"),
+        _n(r.get("commit_seconds"), 3),
+        _n(r["cpu_us_per_instance"]),
+    ]
+
+
+def ingest_table(summary: dict[str, Any]) -> str:
+    header = ["size / server", "inst/s", "x storescp", "+commit x storescp", "commit s"]
+    header += ["CPU us/inst"]
+    rows = _rows_by_size(summary["ingest"], _ingest_cells)
     return _table("Ingest: storescu (TCP_NODELAY=1), one association", header, rows)
 
 
+def _send_cells(r: dict[str, Any]) -> list[str]:
+    return [
+        _n(r["instances_per_s"]),
+        _n(r["x_storescu"], 2, "x"),
+        _n(r.get("cstore_phase_instances_per_s")),
+        _n(r.get("cstore_phase_x_storescu"), 2, "x"),
+    ]
+
+
 def send_table(summary: dict[str, Any]) -> str:
-    rows = []
-    for size, by_client in summary["send"].items():
-        for name, r in by_client.items():
-            rows.append(
-                [
-                    f"{size} {name}",
-                    _n(r["instances_per_s"]),
-                    _n(r["x_storescu"], 2, "x"),
-                    _n(r.get("cstore_phase_instances_per_s")),
-                    _n(r.get("cstore_phase_x_storescu"), 2, "x"),
-                ]
-            )
     header = ["size / client", "inst/s whole", "x storescu", "C-STORE phase/s", "x storescu"]
+    rows = _rows_by_size(summary["send"], _send_cells)
     return _table("Send into storescp (whole command, and send's C-STORE phase)", header, rows)
 
 
@@ -474,14 +463,8 @@ def commitment_table(summary: dict[str, Any]) -> str:
                         phases or "-",
                     ]
                 )
-    header = [
-        "kind / server",
-        "refs",
-        "stored/missing",
-        "latency s",
-        "peak RSS MB",
-        "phases s (SCP log)",
-    ]
+    header = ["kind / server", "refs", "stored/missing", "latency s", "peak RSS MB"]
+    header += ["phases s (SCP log)"]
     return _table("Commitment: N-ACTION sent -> N-EVENT-REPORT received", header, rows)
 
 

@@ -18,13 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from stgcmt.config import RetryPolicy
 from stgcmt.dicom.commitment import Reference
 from stgcmt.storage import fsync as fsync_module
 from stgcmt.storage.scu_journal import ScuJournal
 
+from support.browser import chromium, sign_in
 from support.common import (
     LOCALHOST,
     SECONDARY_CAPTURE,
@@ -38,16 +39,6 @@ from support.http import TOKEN, agent_with_http, scp_with_http
 from support.pynetdicom_peer import Modality, refs_of
 from support.scu import pending_transaction
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 DOCS = Path(os.environ.get("STGCMT_SCREENSHOTS") or tempfile.mkdtemp(prefix="stgcmt-shots-"))
 WAIT_MS = 15_000
 
@@ -55,10 +46,8 @@ WAIT_MS = 15_000
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     ensure_debian_package("chromium", "chromium")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -72,12 +61,6 @@ def page(browser: Browser) -> Iterator[Page]:
     yield page
     context.close()
     assert not errors, f"script errors in the dashboard: {errors}"
-
-
-def sign_in(page: Page, port: int, token: str = TOKEN, query: str = "") -> None:
-    page.goto(f"http://{LOCALHOST}:{port}/{query}")
-    page.fill("#login-token", token)
-    page.click("#login button[type=submit]")
 
 
 @pytest.fixture
@@ -99,7 +82,7 @@ def test_overview_transaction_and_search(tmp_path, page, modality):
         tx = scp.wait_delivered("1.2.3.30", 15)
         assert tx is not None
 
-        sign_in(page, web.port)
+        sign_in(page, web.port, TOKEN)
         expect(page.locator("#count-delivered .n")).to_have_text("1")
         expect(page.locator("#count-report_pending .n")).to_have_text("0")
         expect(page.locator("#count-instances .n")).to_have_text("3")
@@ -145,7 +128,7 @@ def test_unsafe_copies_are_highlighted_and_listed(tmp_path, page, modality, monk
         monkeypatch.undo()
         assert modality.store(scp.port, kept) == [0]
 
-        sign_in(page, web.port)
+        sign_in(page, web.port, TOKEN)
         expect(page.locator("#count-unsafe .n")).to_have_text("2")
         expect(page.locator("#count-unsafe")).to_have_class(re.compile("alert"))
         page.click("#count-unsafe")
@@ -180,7 +163,7 @@ def test_retry_button_delivers_the_report(tmp_path, page):
             assert tried, "the first delivery attempt did not fail"
             (tx,) = tried
 
-            sign_in(page, web.port, query="?poll=1")
+            sign_in(page, web.port, TOKEN, "?poll=1")
             expect(page.locator("#count-report_pending .n")).to_have_text("1")
             page.goto(f"http://{LOCALHOST}:{web.port}/?poll=1#/tx/{tx.id}")
             expect(page.locator("#tx-state")).to_have_text("report pending")
@@ -202,7 +185,7 @@ def test_agent_dashboard_shows_a_pending_transaction(tmp_path, page):
     finally:
         journal.close()
     with agent_with_http(tmp_path / "scu.sqlite", "CT1") as (_, web):
-        sign_in(page, web.port)
+        sign_in(page, web.port, TOKEN)
         expect(page.locator("#count-pending .n")).to_have_text("1")
         expect(page.locator("#peers")).to_contain_text("ARCHIVE@127.0.0.1:104")
         page.goto(f"http://{LOCALHOST}:{web.port}/#/tx/1")
@@ -215,7 +198,7 @@ def test_agent_dashboard_shows_a_pending_transaction(tmp_path, page):
 
 def test_wrong_token_is_refused_in_the_browser(tmp_path, page):
     with scp_with_http(tmp_path / "scp") as (_, web):
-        sign_in(page, web.port, token="not-the-token")
+        sign_in(page, web.port, "not-the-token")
         expect(page.locator("#login-error")).to_contain_text("refused")
         expect(page.locator("#login")).to_be_visible()
 
@@ -253,7 +236,7 @@ def test_ingest_while_the_dashboard_polls_every_second(tmp_path, browser):
     with scp_with_http(tmp_path / "scp", accept_unknown=True) as (scp, web):
         _storescu(scp.port, tmp_path / "first")
         page = browser.new_context().new_page()
-        sign_in(page, web.port, query="?poll=1")
+        sign_in(page, web.port, TOKEN, "?poll=1")
         expect(page.locator("#count-instances .n")).to_have_text("20")
         _storescu(scp.port, tmp_path / "watched")
         expect(page.locator("#count-instances .n")).to_have_text("520")

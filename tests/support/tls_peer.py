@@ -23,9 +23,11 @@ def tls_report_listener(
     caller shuts it down."""
     ae = AE(modality.aet)
     ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, scu_role=True, scp_role=True)
-    return ae.start_server(
+    server = ae.start_server(
         (LOCALHOST, 0),
         block=False,
         ssl_context=server_context,
         evt_handlers=[(evt.EVT_N_EVENT_REPORT, modality._on_report)],
     )
+    assert server is not None  # what a non-blocking start returns
+    return server
