@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from support.mounts import tmpfs
 from support.pynetdicom_peer import Modality
 
 
@@ -16,3 +18,10 @@ def modality() -> Iterator[Modality]:
     peer = Modality("MODALITY", called="ARCHIVE")
     yield peer
     peer.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs that the test fills up: a real 'database or disk is full'."""
+    with tmpfs(tmp_path / "small-disk", "4m") as mount_point:
+        yield mount_point

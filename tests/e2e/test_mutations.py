@@ -57,6 +57,7 @@ from support.common import (
     remote,
     wait_for,
 )
+from support.mounts import fill_up
 from support.pynetdicom_archive import STORAGE_CLASSES, Archive
 from support.pynetdicom_peer import Modality, refs_of, report_content
 from support.scu import uids
@@ -1096,3 +1097,41 @@ def test_giving_up_records_and_announces_age_attempts_and_last_error(
     assert [(e.calling_aet, e.transaction_uid, e.error) for e in given_up] == [
         ("MODALITY", "1.2.3.997", tx.last_error)
     ]
+
+
+def test_giving_up_before_any_attempt_says_there_was_no_error(scp_factory, modality, instances):
+    """The archive was down longer than give_up_after: the report is given up unsent."""
+    scp, _ = _scp_for_an_absent_modality(scp_factory, RetryPolicy(0.1, 0.2, 0.001))
+    _store_and_commit(modality, scp, instances(1), "1.2.3.998")
+    tx = scp.wait_delivered("1.2.3.998", 10)
+    assert tx is not None and tx.state == "given_up"
+    assert re.fullmatch(r"gave up after 0 s and 0 attempts \(last error: none\)", tx.last_error)
+
+
+# -- 18. attempts the journal could not record still lengthen the retry schedule ----------------
+
+
+def test_attempts_made_while_the_journal_was_full_count_after_it_recovers(
+    scp_factory, modality, instances, small_disk
+):
+    target = DownReportTarget()
+    try:
+        scp = scp_factory(
+            remotes=(remote("MODALITY", target.port),),
+            data_dir=small_disk / "data",
+            retry=RetryPolicy(start=0.2, cap=3.2, give_up_after=3600),
+        )
+        _store_and_commit(modality, scp, instances(1), "1.2.3.999")
+        assert wait_for(lambda: scp.journal.get(1).attempts >= 1, 10)
+        fill_up(small_disk / "filler")
+        # the next attempts fail and cannot be recorded: 0.4, 0.8, 1.6 s apart in memory
+        assert wait_for(lambda: len(target.times) >= 4, 10), target.times
+        assert scp.journal.get(1).attempts == 1, "the disk did not fill up"
+        (small_disk / "filler").unlink()
+        assert wait_for(lambda: scp.journal.get(1).attempts >= 2, 10)
+    finally:
+        target.close()
+    last = scp.journal.attempts(1)[-1]
+    assert last.outcome == "failed" and last.next_attempt_at is not None
+    # 1 recorded + the unrecorded ones + this one: the cap (3.2 s), not the second step (0.4 s)
+    assert last.next_attempt_at - last.at >= 3.0, (last, target.times)

@@ -45,7 +45,7 @@ from support.common import (
     remote,
     wait_for,
 )
-from support.mounts import tmpfs
+from support.mounts import fill_up
 from support.pynetdicom_peer import Modality, refs_of, report_content
 
 REPORT_WAIT = 15
@@ -305,29 +305,6 @@ def test_index_rows_outside_the_store_are_never_used(scp_factory, tmp_path, capl
 # -- a journal that cannot record: no report storm ----------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs that the test fills up: a real 'database or disk is full'."""
-    with tmpfs(tmp_path / "small-disk", "4m") as mount_point:
-        yield mount_point
-
-
-def _fill(path: Path) -> None:
-    """Write until the file system has no block left."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        block = b"\0" * 65536
-        while True:
-            try:
-                os.write(fd, block)
-            except OSError:
-                if len(block) == 1:
-                    return
-                block = block[: len(block) // 2]
-    finally:
-        os.close(fd)
-
-
 def test_report_not_stormed_when_journal_cannot_record(scp_factory, tmp_path, small_disk, caplog):
     port = free_port()
     modality = Modality("MODALITY")
@@ -343,7 +320,7 @@ def test_report_not_stormed_when_journal_cannot_record(scp_factory, tmp_path, sm
         # Journaled while the disk has room; the first delivery fails (nobody listens yet).
         assert modality.commit(scp.port, refs_of(modality_paths), "1.2.3.930") == 0
         assert wait_for(lambda: scp.journal.get(1).attempts >= 1, 10)
-        _fill(small_disk / "filler")
+        fill_up(small_disk / "filler")
         modality.listen(port)
         assert modality.wait_report(10)
         time.sleep(4.0)  # retry schedule 1, 2, 2 s: a storm would deliver thousands here

@@ -60,3 +60,19 @@ def read_only_file(path: Path) -> Iterator[Path]:
         yield path
     finally:
         unmount(path)
+
+
+def fill_up(path: Path) -> None:
+    """Write ``path`` until its file system has no block left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        block = b"\0" * 65536
+        while True:
+            try:
+                os.write(fd, block)
+            except OSError:
+                if len(block) == 1:
+                    return
+                block = block[: len(block) // 2]
+    finally:
+        os.close(fd)
